@@ -1,0 +1,122 @@
+//! The flow hash: one function, used by the XDP program to pick splits and table slots and
+//! by the agent to answer `veer trace` with exactly the kernel's arithmetic.
+//!
+//! MurmurHash3's 32-bit block mix and finalizer over 32-bit words: cheap in BPF
+//! (multiplies and rotates, no tables) and well distributed for table lookups.
+
+use crate::FlowKey;
+
+pub const SEED_SPLIT: u32 = 0x5eed_0001;
+pub const SEED_SLOT: u32 = 0x5eed_0002;
+pub const SEED_OFFSET: u32 = 0x5eed_0003;
+pub const SEED_SKIP: u32 = 0x5eed_0004;
+
+#[inline(always)]
+pub const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+pub const fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of an address (4 words, IPv4 in word 0) plus one extra word.
+#[inline(always)]
+pub const fn hash_addr(addr_be: &[u32; 4], extra: u32, seed: u32) -> u32 {
+    let mut h = mix(seed, addr_be[0]);
+    h = mix(h, addr_be[1]);
+    h = mix(h, addr_be[2]);
+    h = mix(h, addr_be[3]);
+    finish(mix(h, extra))
+}
+
+/// Hash of a full 5-tuple.
+#[inline(always)]
+pub const fn hash_flow(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = mix(seed, key.src_be[0]);
+    h = mix(h, key.src_be[1]);
+    h = mix(h, key.src_be[2]);
+    h = mix(h, key.src_be[3]);
+    h = mix(h, key.dst_be[0]);
+    h = mix(h, key.dst_be[1]);
+    h = mix(h, key.dst_be[2]);
+    h = mix(h, key.dst_be[3]);
+    h = mix(h, (key.sport_be as u32) << 16 | key.dport_be as u32);
+    finish(mix(h, key.proto as u32))
+}
+
+/// Does this new flow go to the VIP's next pool? `by_client` keys on the client address
+/// alone, so one client always lands in one pool, and raising `split_bp` only ever moves
+/// clients from the current pool to the next one.
+#[inline(always)]
+pub const fn split_to_next(key: &FlowKey, by_client: bool, split_bp: u32) -> bool {
+    let h = if by_client {
+        hash_addr(&key.src_be, 0, SEED_SPLIT)
+    } else {
+        hash_flow(key, SEED_SPLIT)
+    };
+    h % crate::SPLIT_SCALE < split_bp
+}
+
+/// The Maglev slot a new flow reads.
+#[inline(always)]
+pub const fn table_slot(key: &FlowKey, by_source: bool, ring_size: u32) -> u32 {
+    let h = if by_source {
+        hash_addr(&key.src_be, 0, SEED_SLOT)
+    } else {
+        hash_flow(key, SEED_SLOT)
+    };
+    h % ring_size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = FlowKey {
+            src_be: [1, 0, 0, 0],
+            dst_be: [2, 0, 0, 0],
+            sport_be: 3,
+            dport_be: 4,
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
+        let h = hash_flow(&base, SEED_SLOT);
+        let variants = [
+            FlowKey { src_be: [9, 0, 0, 0], ..base },
+            FlowKey { dst_be: [2, 0, 0, 1], ..base },
+            FlowKey { sport_be: 5, ..base },
+            FlowKey { dport_be: 5, ..base },
+            FlowKey { proto: 17, ..base },
+        ];
+        for v in variants {
+            assert_ne!(hash_flow(&v, SEED_SLOT), h, "{v:?}");
+        }
+        assert_ne!(hash_flow(&base, SEED_SPLIT), h, "seeds must give independent hashes");
+    }
+
+    #[test]
+    fn split_is_monotone_in_split_bp() {
+        for i in 0..2000u32 {
+            let key = FlowKey { src_be: [i, 0, 0, 0], sport_be: i as u16, ..Default::default() };
+            let mut was_next = false;
+            for bp in (0..=SPLIT_STEPS).map(|s| s * 500) {
+                let next = split_to_next(&key, true, bp);
+                assert!(!(was_next && !next), "client {i} moved back at {bp} bp");
+                was_next = next;
+            }
+            assert!(split_to_next(&key, false, crate::SPLIT_SCALE));
+            assert!(!split_to_next(&key, false, 0));
+        }
+    }
+    const SPLIT_STEPS: u32 = 20;
+}

@@ -1,0 +1,245 @@
+//! Map names, keys and values shared by the XDP program and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and a size assertion; byte order is in
+//! the field name (`_be` = network order, stored exactly as it appears on the wire).
+
+use core::mem::size_of;
+
+/// Map names: both sides spell them through these constants. A layout change bumps the
+/// suffix so an old pinned map is never read with the new layout.
+pub const MAP_VIPS: &str = "VIPS_V1";
+pub const MAP_BACKENDS: &str = "BACKENDS_V1";
+pub const MAP_TABLES: &str = "TABLES_V1";
+pub const MAP_FLOWS: &str = "FLOWS_V1";
+pub const MAP_NAT_REV: &str = "NAT_REV_V1";
+pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
+pub const MAP_REASONS: &str = "REASONS_V1";
+pub const MAP_CONFIG: &str = "CONFIG_V1";
+pub const MAP_TX_PORTS: &str = "TX_PORTS_V1";
+
+/// Program names in the object file.
+pub const PROG_BALANCER: &str = "veer_xdp";
+pub const PROG_PASS: &str = "veer_pass";
+
+/// Default map sizes; the agent may override them at load time.
+pub const DEFAULT_MAX_VIPS: u32 = 256;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Maglev table size M: prime, so every backend's permutation visits every slot.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Tables resident at once (id 0 is "no table"): two pools per VIP plus spares for flips.
+pub const DEFAULT_MAX_TABLES: u32 = 16;
+pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// Basis points of the split hash space (100% = 10000).
+pub const SPLIT_SCALE: u32 = 10_000;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `VipInfo.flags`
+pub const VIP_F_SPLIT_BY_CLIENT: u32 = 1 << 0;
+/// Hash only the client address into the Maglev table (source-hash affinity).
+pub const VIP_F_HASH_SOURCE: u32 = 1 << 1;
+
+/// `Backend.state`: 0 means the slot is unset.
+pub const BACKEND_UNSET: u8 = 0;
+/// Takes new flows and keeps its established ones.
+pub const BACKEND_READY: u8 = 1;
+/// Takes no new flows, keeps its established ones (lossless switch).
+pub const BACKEND_DRAIN: u8 = 2;
+/// Takes no new flows and its established flows are re-chosen (maint or failed health).
+pub const BACKEND_DOWN: u8 = 3;
+
+/// A service address: `addr_be` holds the IPv4 address in word 0 (rest zero) or the
+/// IPv6 address, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr_be: [u32; 4],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into VIP_STATS.
+    pub vip_id: u32,
+    /// Table id of the active pool (0: pool empty, new flows are dropped and counted).
+    pub table_current: u32,
+    /// Table id of the pool that takes `split_bp` of new flows (0: none).
+    pub table_next: u32,
+    /// Share of new flows, in basis points, that go to `table_next`.
+    pub split_bp: u32,
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<VipInfo>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr_be: [u32; 4],
+    pub port_be: u16,
+    pub family: u8,
+    pub state: u8,
+    pub vip_id: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// A connection's 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_be: [u32; 4],
+    pub dst_be: [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Connection-table value: the backend a client flow is pinned to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_id: u32,
+    /// Source port the balancer uses towards the backend (NAT mode).
+    pub snat_port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Flow>() == 8);
+
+/// Reverse-NAT value, keyed by the reply's 5-tuple (backend -> balancer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatRev {
+    pub client_be: [u32; 4],
+    pub vip_be: [u32; 4],
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub vip_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<NatRev>() == 44);
+
+/// CONFIG[0]: balancer-wide settings written by the agent before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Balancer's own IPv4 address used as NAT source (0: IPv4 NAT disabled).
+    pub snat_v4_be: u32,
+    /// Maglev table size M, equal for every table.
+    pub ring_size: u32,
+    pub snat_v6_be: [u32; 4],
+}
+const _: () = assert!(size_of::<Config>() == 24);
+
+/// Per-CPU counters kept per VIP and per backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(size_of::<Counters>() == 32);
+
+/// Why a packet left the program the way it did: indices into the REASONS per-CPU array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed to the stack.
+    PassNotIp = 0,
+    /// IP traffic for no VIP and no NAT flow: passed untouched.
+    PassNotVip = 1,
+    /// Headers shorter than they claim: dropped.
+    DropTruncated = 2,
+    /// IPv4 fragment or IPv6 extension header to a VIP: dropped (see docs/decisions.md).
+    DropFragment = 3,
+    /// The VIP's selected pool has no usable backend.
+    DropNoBackend = 4,
+    /// No free NAT source port for this client and backend.
+    DropNoPort = 5,
+    /// Next hop not resolved yet: rewritten packet handed to the stack to resolve it.
+    PassNoNeigh = 6,
+    /// FIB lookup failed (no route, forwarding off): dropped.
+    DropFib = 7,
+    /// Forwarded out of the ingress interface.
+    Tx = 8,
+    /// Forwarded through the devmap to another interface.
+    Redirect = 9,
+    /// A reply rewritten back to VIP -> client.
+    NatReply = 10,
+    /// IPv4 header with a bad version/length field, or IPv6 with a bad version: dropped.
+    DropMalformed = 11,
+    /// A connection-table insert failed.
+    DropFlowInsert = 12,
+    /// Egress interface not in the devmap.
+    DropNoTxPort = 13,
+}
+
+pub const REASON_COUNT: u32 = 16;
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::DropTruncated,
+        Reason::DropFragment,
+        Reason::DropNoBackend,
+        Reason::DropNoPort,
+        Reason::PassNoNeigh,
+        Reason::DropFib,
+        Reason::Tx,
+        Reason::Redirect,
+        Reason::NatReply,
+        Reason::DropMalformed,
+        Reason::DropFlowInsert,
+        Reason::DropNoTxPort,
+    ];
+
+    /// Stable name used in status output and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropNoPort => "drop_no_nat_port",
+            Reason::PassNoNeigh => "pass_no_neigh",
+            Reason::DropFib => "drop_fib",
+            Reason::Tx => "tx",
+            Reason::Redirect => "redirect",
+            Reason::NatReply => "nat_reply",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropFlowInsert => "drop_flow_insert",
+            Reason::DropNoTxPort => "drop_no_tx_port",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), contain only integers and have no implicit padding
+    // (checked by the size assertions above).
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for NatRev {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Counters {}
+}
