@@ -7,11 +7,12 @@ use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
-    let object = out_dir.join("veer");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-        fs::write(&object, []).context("write stub eBPF object")?;
+        for object in ["veer", "veer-pass"] {
+            fs::write(out_dir.join(object), []).context("write stub eBPF object")?;
+        }
         return Ok(());
     }
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?)
