@@ -17,10 +17,16 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
 pub const MAP_REASONS: &str = "REASONS_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_TX_PORTS: &str = "TX_PORTS_V1";
+pub const MAP_VIP_FILTER: &str = "VIP_FILTER_V1";
+pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
+pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
 
 /// Program names in the object file.
 pub const PROG_BALANCER: &str = "veer_xdp";
 pub const PROG_PASS: &str = "veer_pass";
+/// Bench-only programs carried in the balancer's object (see `cargo xtask bench`).
+pub const PROG_BENCH_HARNESS: &str = "veer_bench_harness";
+pub const PROG_BENCH_FLOOR: &str = "veer_bench_floor";
 
 /// Default map sizes; the agent may override them at load time.
 pub const DEFAULT_MAX_VIPS: u32 = 256;
@@ -31,6 +37,18 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_MAX_TABLES: u32 = 16;
 pub const DEFAULT_MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_TX_PORTS: u32 = 64;
+
+/// VIP_FILTER: a bitmap over hashed destination addresses (VIPs and SNAT addresses), so
+/// traffic for anything else passes after one array read instead of a hash lookup.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// Word index and bit mask of an address in VIP_FILTER.
+#[inline(always)]
+pub const fn vip_filter_slot(addr_be: &[u32; 4]) -> (u32, u64) {
+    let h = (addr_be[0] ^ addr_be[1] ^ addr_be[2] ^ addr_be[3]).wrapping_mul(0x9e37_79b1);
+    let bit = h >> 16; // 16 bits: 1024 words x 64 bits
+    (bit >> 6, 1u64 << (bit & 63))
+}
 
 /// Basis points of the split hash space (100% = 10000).
 pub const SPLIT_SCALE: u32 = 10_000;
@@ -143,6 +161,19 @@ pub struct Config {
 }
 const _: () = assert!(size_of::<Config>() == 24);
 
+/// BENCH_PACKET[0]: the packet the bench harness restores before every run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchPacket {
+    pub len: u32,
+    /// Offset of a 32-bit word overwritten with a run counter (0: none), so every run is a new flow.
+    pub vary_offset: u32,
+    pub counter: u32,
+    pub _pad: u32,
+    pub data: [u8; 128],
+}
+const _: () = assert!(size_of::<BenchPacket>() == 144);
+
 /// Per-CPU counters kept per VIP and per backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -242,4 +273,5 @@ mod pod {
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for BenchPacket {}
 }

@@ -1,15 +1,158 @@
+//! veer's XDP balancer: picks a backend for every new flow to a VIP, keeps established
+//! flows where they are, rewrites (NAT) and forwards at the driver.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+mod bench;
+mod fib;
+mod flow;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+mod stats;
 
-#[xdp]
-pub fn veer_xdp(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{Config, FAMILY_V4, FlowKey, NatRev, Reason, VipInfo, VipKey};
+
+use crate::{
+    maps::{CONFIG, NAT_REV, VIPS},
+    nat::{Rewrite, rewrite},
+    parse::{Packet, Parsed, parse},
+};
+
+/// What happens to a packet; mapped to an XDP action in one place.
+pub enum Verdict {
+    Pass(Reason),
+    Drop(Reason),
+    Tx(Reason),
+    Redirect(Reason, u32),
 }
 
+#[xdp]
+pub fn veer_xdp(ctx: XdpContext) -> u32 {
+    match process(&ctx) {
+        Verdict::Pass(r) => {
+            stats::count_reason(r);
+            xdp_action::XDP_PASS
+        }
+        Verdict::Drop(r) => {
+            stats::count_reason(r);
+            xdp_action::XDP_DROP
+        }
+        Verdict::Tx(r) => {
+            stats::count_reason(r);
+            xdp_action::XDP_TX
+        }
+        Verdict::Redirect(r, action) => {
+            stats::count_reason(r);
+            action
+        }
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> Verdict {
+    let pkt = match parse(ctx) {
+        Parsed::Pass(r) => return Verdict::Pass(r),
+        Parsed::Drop(r) => return Verdict::Drop(r),
+        Parsed::Ip(pkt) => pkt,
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Verdict::Pass(Reason::PassNotVip);
+    };
+    let vip_key = VipKey {
+        addr_be: pkt.key.dst_be,
+        port_be: pkt.key.dport_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    // SAFETY: plain data copied out at once.
+    if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+        let vip = *vip;
+        return to_backend(ctx, &pkt, &vip, cfg);
+    }
+    let snat = snat_addr(cfg, pkt.key.family);
+    if pkt.key.dst_be == snat {
+        // SAFETY: plain data copied out at once.
+        if let Some(rev) = unsafe { NAT_REV.get(&pkt.key) } {
+            let rev = *rev;
+            return to_client(ctx, &pkt, &rev);
+        }
+    }
+    Verdict::Pass(Reason::PassNotVip)
+}
+
+#[inline(always)]
+fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
+    if family == FAMILY_V4 { [cfg.snat_v4_be, 0, 0, 0] } else { cfg.snat_v6_be }
+}
+
+/// Client -> VIP: pick (or reuse) the backend, DNAT + SNAT, forward.
+#[inline(always)]
+fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config) -> Verdict {
+    if pkt.fragment {
+        return Verdict::Drop(Reason::DropFragment);
+    }
+    let snat = snat_addr(cfg, pkt.key.family);
+    if snat == [0; 4] {
+        return Verdict::Drop(Reason::DropNoPort);
+    }
+    let key = &pkt.key;
+    let (backend_id, backend, snat_port, new_flow) = match flow::established(key) {
+        Some((f, b)) => (f.backend_id, b, f.snat_port_be, false),
+        None => {
+            let (id, b) = match select::select_backend(key, vip, cfg) {
+                Ok(chosen) => chosen,
+                Err(r) => return Verdict::Drop(r),
+            };
+            let rev = NatRev {
+                client_be: key.src_be,
+                vip_be: key.dst_be,
+                client_port_be: key.sport_be,
+                vip_port_be: key.dport_be,
+                vip_id: vip.vip_id,
+                backend_id: id,
+            };
+            let port = match flow::allocate_port(key, &snat, &b, &rev) {
+                Ok(p) => p,
+                Err(r) => return Verdict::Drop(r),
+            };
+            if let Err(r) = flow::record(key, id, port) {
+                return Verdict::Drop(r);
+            }
+            (id, b, port, true)
+        }
+    };
+    stats::count_vip(vip.vip_id, pkt.ip_len, new_flow);
+    stats::count_backend(backend_id, pkt.ip_len, new_flow);
+    let rw = Rewrite { src: &snat, sport_be: snat_port, dst: &backend.addr_be, dport_be: backend.port_be };
+    if rewrite(ctx, pkt, &rw).is_none() {
+        return Verdict::Drop(Reason::DropTruncated);
+    }
+    fib::forward(ctx, key.family, &snat, &backend.addr_be, pkt.ip_len, Reason::Tx)
+}
+
+/// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &NatRev) -> Verdict {
+    let rw = Rewrite {
+        src: &rev.vip_be,
+        sport_be: rev.vip_port_be,
+        dst: &rev.client_be,
+        dport_be: rev.client_port_be,
+    };
+    if rewrite(ctx, pkt, &rw).is_none() {
+        return Verdict::Drop(Reason::DropTruncated);
+    }
+    fib::forward(ctx, pkt.key.family, &rev.vip_be, &rev.client_be, pkt.ip_len, Reason::NatReply)
+}
+
+/// Never reached; the verifier rejects programs that could panic.
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

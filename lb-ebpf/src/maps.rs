@@ -1,0 +1,54 @@
+//! The balancer's maps. Layouts and names live in lb-common; sizes here are defaults the
+//! agent overrides at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+};
+use lb_common::{
+    Backend, BenchPacket, Config, Counters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, Flow, FlowKey, MAX_TX_PORTS, NatRev,
+    REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
+};
+
+#[map(name = "VIPS_V1")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "VIP_FILTER_V1")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+#[map(name = "BACKENDS_V1")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "TABLES_V1")]
+pub static TABLES: Array<u32> =
+    Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, 0);
+
+#[map(name = "FLOWS_V1")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "NAT_REV_V1")]
+pub static NAT_REV: LruHashMap<FlowKey, NatRev> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "CONFIG_V1")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "VIP_STATS_V1")]
+pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "BACKEND_STATS_V1")]
+pub static BACKEND_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "REASONS_V1")]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+#[map(name = "TX_PORTS_V1")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map(name = "BENCH_PACKET_V1")]
+pub static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_PROGS_V1")]
+pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

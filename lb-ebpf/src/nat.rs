@@ -1,0 +1,87 @@
+//! NAT rewrites: addresses and ports in place, with incremental IP and L4 checksums.
+
+use lb_common::{
+    FAMILY_V4, PROTO_TCP,
+    csum::{apply, diff16},
+};
+
+use crate::parse::{Ipv4Hdr, Ipv6Hdr, Packet, Ports, ptr_at};
+use aya_ebpf::programs::XdpContext;
+
+/// Where a packet goes after the rewrite: addresses as in `FlowKey` (`[u32; 4]`, IPv4 in word 0).
+pub struct Rewrite<'a> {
+    pub src: &'a [u32; 4],
+    pub sport_be: u16,
+    pub dst: &'a [u32; 4],
+    pub dport_be: u16,
+}
+
+#[inline(always)]
+fn diff_addr(mut d: u32, old: &[u16], new: &[u32; 4]) -> u32 {
+    let mut i = 0;
+    while i < old.len() {
+        let word = new[i / 2];
+        let n = if i % 2 == 0 { word as u16 } else { (word >> 16) as u16 };
+        d = diff16(d, old[i], n);
+        i += 1;
+    }
+    d
+}
+
+#[inline(always)]
+fn store_addr(dst: &mut [u16], new: &[u32; 4]) {
+    let mut i = 0;
+    while i < dst.len() {
+        let word = new[i / 2];
+        dst[i] = if i % 2 == 0 { word as u16 } else { (word >> 16) as u16 };
+        i += 1;
+    }
+}
+
+/// Rewrites the 5-tuple of `pkt` to `rw`. Returns None only if the headers vanished, which
+/// parsing already ruled out.
+#[inline(always)]
+pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
+    let mut d: u32 = 0;
+    if pkt.key.family == FAMILY_V4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
+        // SAFETY: bounds checked by ptr_at; the packet is ours to write.
+        let ip = unsafe { &mut *ip };
+        d = diff_addr(d, &ip.saddr, rw.src);
+        d = diff_addr(d, &ip.daddr, rw.dst);
+        ip.check = apply(ip.check, d);
+        store_addr(&mut ip.saddr, rw.src);
+        store_addr(&mut ip.daddr, rw.dst);
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
+        // SAFETY: bounds checked by ptr_at; the packet is ours to write.
+        let ip = unsafe { &mut *ip };
+        d = diff_addr(d, &ip.saddr, rw.src);
+        d = diff_addr(d, &ip.daddr, rw.dst);
+        store_addr(&mut ip.saddr, rw.src);
+        store_addr(&mut ip.daddr, rw.dst);
+    }
+    let ports = ptr_at::<Ports>(ctx, pkt.l4_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { &mut *ports };
+    d = diff16(d, ports.source, rw.sport_be);
+    d = diff16(d, ports.dest, rw.dport_be);
+    ports.source = rw.sport_be;
+    ports.dest = rw.dport_be;
+    if pkt.key.proto == PROTO_TCP {
+        let check = ptr_at::<u16>(ctx, pkt.l4_off + 16)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *check = apply(*check, d) };
+    } else {
+        let check = ptr_at::<u16>(ctx, pkt.l4_off + 6)?;
+        // SAFETY: bounds checked by ptr_at.
+        let old = unsafe { *check };
+        // IPv4 UDP may carry no checksum (0); it stays that way. A computed 0 is sent as ~0.
+        if old != 0 || pkt.key.family != FAMILY_V4 {
+            let new = apply(old, d);
+            // SAFETY: as above.
+            unsafe { *check = if new == 0 { 0xffff } else { new } };
+        }
+    }
+    Some(())
+}

@@ -1,0 +1,203 @@
+//! Header parsing: Ethernet (one optional 802.1Q tag), IPv4 with options, IPv6, TCP, UDP.
+//!
+//! Headers are read as 16-bit words: every header starts 2-byte aligned after the 14-byte
+//! Ethernet header, so no access is ever misaligned for its type.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
+
+pub const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+
+/// Returns a pointer to a `T` at `off` bytes into the packet, if it fits.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub ver_ihl_tos: u16,
+    pub tot_len_be: u16,
+    pub id: u16,
+    pub frag_off_be: u16,
+    pub ttl_proto: u16,
+    pub check: u16,
+    pub saddr: [u16; 2],
+    pub daddr: [u16; 2],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub ver_tc_flow: [u16; 2],
+    pub payload_len_be: u16,
+    pub nexthdr_hop: u16,
+    pub saddr: [u16; 8],
+    pub daddr: [u16; 8],
+}
+
+/// The part of TCP and UDP headers the balancer reads: ports, then (at 6 or 16) the checksum.
+#[repr(C)]
+pub struct Ports {
+    pub source: u16,
+    pub dest: u16,
+}
+
+/// What the rest of the program needs to know about a packet.
+pub struct Packet {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    /// Total IP length in bytes (for counters and the FIB MTU check).
+    pub ip_len: u16,
+    /// IPv4 first fragment (more-fragments set, offset 0).
+    pub fragment: bool,
+    pub key: FlowKey,
+}
+
+pub enum Parsed {
+    /// Not IP, or IP not for us: pass with this reason.
+    Pass(Reason),
+    Drop(Reason),
+    /// Destination address may be a VIP or SNAT address: ports are filled in.
+    Ip(Packet),
+}
+
+#[inline(always)]
+pub fn words_to_addr2(w: &[u16; 2]) -> u32 {
+    w[0] as u32 | (w[1] as u32) << 16
+}
+
+#[inline(always)]
+fn words_to_addr8(w: &[u16; 8]) -> [u32; 4] {
+    [
+        w[0] as u32 | (w[1] as u32) << 16,
+        w[2] as u32 | (w[3] as u32) << 16,
+        w[4] as u32 | (w[5] as u32) << 16,
+        w[6] as u32 | (w[7] as u32) << 16,
+    ]
+}
+
+/// Is this destination address one the balancer cares about (VIP or SNAT address)?
+#[inline(always)]
+fn interesting(addr: &[u32; 4]) -> bool {
+    let (word, bit) = lb_common::vip_filter_slot(addr);
+    match crate::maps::VIP_FILTER.get(word) {
+        Some(bits) => *bits & bit != 0,
+        None => false,
+    }
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(eth_type) = ptr_at::<u16>(ctx, 12) else {
+        return Parsed::Drop(Reason::DropTruncated);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let mut proto = u16::from_be(unsafe { *eth_type });
+    let mut l3_off = ETH_LEN;
+    if proto == ETH_P_8021Q {
+        let Some(inner) = ptr_at::<u16>(ctx, 16) else {
+            return Parsed::Drop(Reason::DropTruncated);
+        };
+        // SAFETY: bounds checked by ptr_at.
+        proto = u16::from_be(unsafe { *inner });
+        l3_off += 4;
+    }
+    match proto {
+        ETH_P_IP => parse_v4(ctx, l3_off),
+        ETH_P_IPV6 => parse_v6(ctx, l3_off),
+        _ => Parsed::Pass(Reason::PassNotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3_off) else {
+        return Parsed::Drop(Reason::DropTruncated);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let daddr = [words_to_addr2(&ip.daddr), 0, 0, 0];
+    if !interesting(&daddr) {
+        return Parsed::Pass(Reason::PassNotVip);
+    }
+    let first = u16::from_be(ip.ver_ihl_tos);
+    let ihl = ((first >> 8) & 0x0f) as usize;
+    if first >> 12 != 4 || ihl < 5 {
+        return Parsed::Drop(Reason::DropMalformed);
+    }
+    let ip_len = u16::from_be(ip.tot_len_be);
+    let l4_proto = (u16::from_be(ip.ttl_proto) & 0xff) as u8;
+    if l4_proto != PROTO_TCP && l4_proto != PROTO_UDP {
+        return Parsed::Pass(Reason::PassNotVip);
+    }
+    let frag = u16::from_be(ip.frag_off_be);
+    if frag & 0x1fff != 0 {
+        // A later fragment carries no ports: it cannot be matched to a VIP flow here.
+        return Parsed::Pass(Reason::PassNotVip);
+    }
+    let l4_off = l3_off + ihl * 4;
+    let Some(ports) = ptr_at::<Ports>(ctx, l4_off) else {
+        return Parsed::Drop(Reason::DropTruncated);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { &*ports };
+    let key = FlowKey {
+        src_be: [words_to_addr2(&ip.saddr), 0, 0, 0],
+        dst_be: daddr,
+        sport_be: ports.source,
+        dport_be: ports.dest,
+        proto: l4_proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let fragment = frag & 0x2000 != 0;
+    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment, key })
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3_off) else {
+        return Parsed::Drop(Reason::DropTruncated);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let daddr = words_to_addr8(&ip.daddr);
+    if !interesting(&daddr) {
+        return Parsed::Pass(Reason::PassNotVip);
+    }
+    if u16::from_be(ip.ver_tc_flow[0]) >> 12 != 6 {
+        return Parsed::Drop(Reason::DropMalformed);
+    }
+    let l4_proto = (u16::from_be(ip.nexthdr_hop) >> 8) as u8;
+    if l4_proto != PROTO_TCP && l4_proto != PROTO_UDP {
+        // Extension headers (fragments included) are not followed: see docs/decisions.md.
+        return Parsed::Pass(Reason::PassNotVip);
+    }
+    let l4_off = l3_off + size_of::<Ipv6Hdr>();
+    let Some(ports) = ptr_at::<Ports>(ctx, l4_off) else {
+        return Parsed::Drop(Reason::DropTruncated);
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { &*ports };
+    let key = FlowKey {
+        src_be: words_to_addr8(&ip.saddr),
+        dst_be: daddr,
+        sport_be: ports.source,
+        dport_be: ports.dest,
+        proto: l4_proto,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    };
+    let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
+    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment: false, key })
+}
