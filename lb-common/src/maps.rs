@@ -209,20 +209,22 @@ pub enum Reason {
     Tx = 8,
     /// Forwarded through the devmap to another interface.
     Redirect = 9,
-    /// A reply rewritten back to VIP -> client.
-    NatReply = 10,
+    /// A NAT reply rewritten back to VIP -> client, out of the ingress interface.
+    TxReply = 10,
     /// IPv4 header with a bad version/length field, or IPv6 with a bad version: dropped.
     DropMalformed = 11,
     /// A connection-table insert failed.
     DropFlowInsert = 12,
     /// Egress interface not in the devmap.
     DropNoTxPort = 13,
+    /// A NAT reply rewritten back to VIP -> client, through the devmap.
+    RedirectReply = 14,
 }
 
 pub const REASON_COUNT: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -233,10 +235,11 @@ impl Reason {
         Reason::DropFib,
         Reason::Tx,
         Reason::Redirect,
-        Reason::NatReply,
+        Reason::TxReply,
         Reason::DropMalformed,
         Reason::DropFlowInsert,
         Reason::DropNoTxPort,
+        Reason::RedirectReply,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -252,10 +255,11 @@ impl Reason {
             Reason::DropFib => "drop_fib",
             Reason::Tx => "tx",
             Reason::Redirect => "redirect",
-            Reason::NatReply => "nat_reply",
+            Reason::TxReply => "tx_reply",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropFlowInsert => "drop_flow_insert",
             Reason::DropNoTxPort => "drop_no_tx_port",
+            Reason::RedirectReply => "redirect_reply",
         }
     }
 }

@@ -24,7 +24,7 @@ pub fn forward(
     src: &[u32; 4],
     dst: &[u32; 4],
     ip_len: u16,
-    ok: Reason,
+    reply: bool,
 ) -> Verdict {
     // SAFETY: plain C struct, all-zero is a valid value.
     let mut p: FibParams = unsafe { zeroed() };
@@ -59,10 +59,10 @@ pub fn forward(
     eth[..6].copy_from_slice(&p.dmac);
     eth[6..].copy_from_slice(&p.smac);
     if p.ifindex == ingress {
-        return Verdict::Tx(ok);
+        return Verdict::Tx(if reply { Reason::TxReply } else { Reason::Tx });
     }
     match TX_PORTS.redirect(p.ifindex, 0) {
-        Ok(action) => Verdict::Redirect(Reason::Redirect, action),
+        Ok(action) => Verdict::Redirect(if reply { Reason::RedirectReply } else { Reason::Redirect }, action),
         Err(_) => Verdict::Drop(Reason::DropNoTxPort),
     }
 }

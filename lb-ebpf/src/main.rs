@@ -130,7 +130,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config) -> Ve
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
-    fib::forward(ctx, key.family, &snat, &backend.addr_be, pkt.ip_len, Reason::Tx)
+    fib::forward(ctx, key.family, &snat, &backend.addr_be, pkt.ip_len, false)
 }
 
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
@@ -145,7 +145,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &NatRev) -> Verdict {
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
-    fib::forward(ctx, pkt.key.family, &rev.vip_be, &rev.client_be, pkt.ip_len, Reason::NatReply)
+    fib::forward(ctx, pkt.key.family, &rev.vip_be, &rev.client_be, pkt.ip_len, true)
 }
 
 /// Never reached; the verifier rejects programs that could panic.

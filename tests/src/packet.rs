@@ -1,0 +1,135 @@
+//! Packet fixtures: build test packets from a readable spec (etherparse computes every
+//! checksum independently of veer's own arithmetic) and check checksums of output frames.
+
+use std::net::IpAddr;
+
+use etherparse::{
+    IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetHeaders, PacketBuilder, PacketHeaders,
+    TransportHeader, VlanId,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// TCP with flags (syn, ack) and sequence number.
+    Tcp { syn: bool, ack: bool, seq: u32 },
+    Udp,
+}
+
+/// A packet to build: Ethernet (optional VLAN), IPv4 or IPv6, TCP or UDP, payload.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub vlan: Option<u16>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub l4: L4,
+    /// IPv4 options bytes (multiple of 4, at most 40).
+    pub ipv4_options: Vec<u8>,
+    pub more_fragments: bool,
+    pub fragment_offset: u16,
+    pub payload: Vec<u8>,
+}
+
+impl Spec {
+    pub fn tcp_syn(src: (IpAddr, u16), dst: (IpAddr, u16)) -> Self {
+        Spec {
+            src_mac: [0x02, 0, 0, 0, 0, 0xaa],
+            dst_mac: [0x02, 0, 0, 0, 0, 0x01],
+            vlan: None,
+            src: src.0,
+            dst: dst.0,
+            sport: src.1,
+            dport: dst.1,
+            l4: L4::Tcp { syn: true, ack: false, seq: 1000 },
+            ipv4_options: Vec::new(),
+            more_fragments: false,
+            fragment_offset: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Self {
+        Spec { l4: L4::Udp, payload: payload.to_vec(), ..Spec::tcp_syn(src, dst) }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let proto = match self.l4 {
+            L4::Tcp { .. } => IpNumber::TCP,
+            L4::Udp => IpNumber::UDP,
+        };
+        let ip = match (self.src, self.dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut h = Ipv4Header::new(0, 64, proto, s.octets(), d.octets()).expect("ipv4");
+                h.options = self.ipv4_options.as_slice().try_into().expect("options");
+                h.more_fragments = self.more_fragments;
+                h.fragment_offset = self.fragment_offset.try_into().expect("offset");
+                etherparse::IpHeaders::Ipv4(h, Default::default())
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => etherparse::IpHeaders::Ipv6(
+                Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Ipv6FlowLabel::ZERO,
+                    payload_length: 0,
+                    next_header: proto,
+                    hop_limit: 64,
+                    source: s.octets(),
+                    destination: d.octets(),
+                },
+                Default::default(),
+            ),
+            _ => panic!("mixed address families"),
+        };
+        let ip = match self.vlan {
+            Some(v) => eth.single_vlan(VlanId::try_new(v).expect("vlan id")).ip(ip),
+            None => eth.ip(ip),
+        };
+        let mut out = Vec::new();
+        match self.l4 {
+            L4::Tcp { syn, ack, seq } => {
+                let mut b = ip.tcp(self.sport, self.dport, seq, 64240);
+                if syn {
+                    b = b.syn();
+                }
+                if ack {
+                    b = b.ack(1);
+                }
+                b.write(&mut out, &self.payload).expect("write tcp");
+            }
+            L4::Udp => ip.udp(self.sport, self.dport).write(&mut out, &self.payload).expect("write udp"),
+        }
+        out
+    }
+}
+
+/// Recomputes the IPv4 header and TCP/UDP checksums of a frame and compares them with the
+/// stored ones. Returns a description of the first mismatch.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let h = PacketHeaders::from_ethernet_slice(frame).map_err(|e| format!("unparsable: {e}"))?;
+    let payload = h.payload.slice();
+    match (&h.net, &h.transport) {
+        (Some(NetHeaders::Ipv4(ip, _)), Some(t)) => {
+            if ip.header_checksum != ip.calc_header_checksum() {
+                return Err(format!("ipv4 header checksum {:#06x} != {:#06x}", ip.header_checksum, ip.calc_header_checksum()));
+            }
+            let (stored, want) = match t {
+                TransportHeader::Tcp(tcp) => (tcp.checksum, tcp.calc_checksum_ipv4(ip, payload).map_err(|e| e.to_string())?),
+                TransportHeader::Udp(udp) => (udp.checksum, udp.calc_checksum_ipv4(ip, payload).map_err(|e| e.to_string())?),
+                _ => return Err("not tcp/udp".into()),
+            };
+            (stored == want).then_some(()).ok_or(format!("l4 checksum {stored:#06x} != {want:#06x}"))
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), Some(t)) => {
+            let (stored, want) = match t {
+                TransportHeader::Tcp(tcp) => (tcp.checksum, tcp.calc_checksum_ipv6(ip, payload).map_err(|e| e.to_string())?),
+                TransportHeader::Udp(udp) => (udp.checksum, udp.calc_checksum_ipv6(ip, payload).map_err(|e| e.to_string())?),
+                _ => return Err("not tcp/udp".into()),
+            };
+            (stored == want).then_some(()).ok_or(format!("l4 checksum {stored:#06x} != {want:#06x}"))
+        }
+        _ => Err("no ip/transport headers".into()),
+    }
+}
