@@ -166,10 +166,13 @@ const _: () = assert!(size_of::<Config>() == 24);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchPacket {
     pub len: u32,
-    /// Offset of a 32-bit word overwritten with a run counter (0: none), so every run is a new flow.
+    /// Offset of a 32-bit word overwritten with a run counter (0: none), so every run is a
+    /// new flow: point it at the client address.
     pub vary_offset: u32,
     pub counter: u32,
-    pub _pad: u32,
+    /// Offset of a 16-bit word overwritten with the counter's low half (0: none): the client
+    /// port, so NAT source ports do not run out over a million new flows.
+    pub vary_port_offset: u32,
     pub data: [u8; 128],
 }
 const _: () = assert!(size_of::<BenchPacket>() == 144);

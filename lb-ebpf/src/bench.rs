@@ -33,6 +33,14 @@ pub fn veer_bench_harness(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_ABORTED;
         }
     }
+    let off = pkt.vary_port_offset;
+    if off != 0 && off <= 126 {
+        let mut port = pkt.counter as u16;
+        // SAFETY: 2 bytes from the stack; the helper checks the packet bounds.
+        if unsafe { bpf_xdp_store_bytes(ctx.ctx, off, (&raw mut port).cast(), 2) } != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
     // SAFETY: tail call into the program under test; returns only on failure.
     unsafe { BENCH_PROGS.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED

@@ -52,18 +52,44 @@ pub fn allocate_port(
             return Ok(reply.dport_be);
         }
         // SAFETY: plain data copied out at once.
-        if let Some(old) = unsafe { NAT_REV.get(&reply) }
-            && old.client_be == rev.client_be
-            && old.client_port_be == rev.client_port_be
-            && old.vip_port_be == rev.vip_port_be
+        if let Some(old) = unsafe { NAT_REV.get(&reply) }.copied()
+            && (owned_by(&old, rev) || stale(&old, &reply))
         {
-            // Our own entry (the flow entry was evicted or re-chosen): refresh it.
+            // Our own entry (the flow was evicted or re-chosen), or one whose client flow is
+            // gone from the connection table: that connection cannot continue, take the port.
             let _ = NAT_REV.insert(&reply, rev, 0);
             return Ok(reply.dport_be);
         }
         i += 1;
     }
     Err(Reason::DropNoPort)
+}
+
+#[inline(always)]
+fn owned_by(old: &NatRev, rev: &NatRev) -> bool {
+    old.client_be == rev.client_be
+        && old.client_port_be == rev.client_port_be
+        && old.vip_port_be == rev.vip_port_be
+        && old.vip_be == rev.vip_be
+}
+
+/// A reverse entry is live only while its client flow still maps to it.
+#[inline(always)]
+fn stale(old: &NatRev, reply: &FlowKey) -> bool {
+    let client = FlowKey {
+        src_be: old.client_be,
+        dst_be: old.vip_be,
+        sport_be: old.client_port_be,
+        dport_be: old.vip_port_be,
+        proto: reply.proto,
+        family: reply.family,
+        _pad: [0; 2],
+    };
+    // SAFETY: plain data copied out at once.
+    match unsafe { FLOWS.get(&client) } {
+        Some(flow) => flow.backend_id != old.backend_id || flow.snat_port_be != reply.dport_be,
+        None => true,
+    }
 }
 
 #[inline(always)]
