@@ -18,6 +18,7 @@ pub const MAP_REASONS: &str = "REASONS_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_TX_PORTS: &str = "TX_PORTS_V1";
 pub const MAP_VIP_FILTER: &str = "VIP_FILTER_V1";
+pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V1";
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
 pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
 
@@ -136,6 +137,20 @@ pub struct Flow {
 }
 const _: () = assert!(size_of::<Flow>() == 8);
 
+/// A next hop as bpf_fib_lookup found it, cached by the data path (per backend in
+/// NEXTHOPS, per client in the reverse-NAT entry) and refreshed about once a second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Egress interface; 0 = nothing cached.
+    pub ifindex: u32,
+    /// Coarse time of the lookup, in units of 2^30 ns (about a second).
+    pub stamp: u32,
+}
+const _: () = assert!(size_of::<NextHop>() == 20);
+
 /// Reverse-NAT value, keyed by the reply's 5-tuple (backend -> balancer).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,8 +161,10 @@ pub struct NatRev {
     pub vip_port_be: u16,
     pub vip_id: u32,
     pub backend_id: u32,
+    /// Next hop towards the client.
+    pub hop: NextHop,
 }
-const _: () = assert!(size_of::<NatRev>() == 44);
+const _: () = assert!(size_of::<NatRev>() == 64);
 
 /// CONFIG[0]: balancer-wide settings written by the agent before attaching.
 #[repr(C)]
@@ -278,6 +295,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for NatRev {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}

@@ -16,7 +16,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{Config, FAMILY_V4, FlowKey, NatRev, Reason, VipInfo, VipKey};
 
 use crate::{
-    maps::{CONFIG, NAT_REV, VIPS},
+    maps::{CONFIG, NAT_REV, NEXTHOPS, VIPS},
     nat::{Rewrite, rewrite},
     parse::{Packet, Parsed, parse},
 };
@@ -74,10 +74,10 @@ fn process(ctx: &XdpContext) -> Verdict {
     }
     let snat = snat_addr(cfg, pkt.key.family);
     if pkt.key.dst_be == snat {
-        // SAFETY: plain data copied out at once.
-        if let Some(rev) = unsafe { NAT_REV.get(&pkt.key) } {
-            let rev = *rev;
-            return to_client(ctx, &pkt, &rev);
+        if let Some(rev) = NAT_REV.get_ptr_mut(&pkt.key) {
+            // SAFETY: LRU value pointer valid for this program run; concurrent writers only
+            // ever store the same next hop.
+            return to_client(ctx, &pkt, unsafe { &mut *rev });
         }
     }
     Verdict::Pass(Reason::PassNotVip)
@@ -113,6 +113,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config) -> Ve
                 vip_port_be: key.dport_be,
                 vip_id: vip.vip_id,
                 backend_id: id,
+                hop: Default::default(),
             };
             let port = match flow::allocate_port(key, &snat, &b, &rev) {
                 Ok(p) => p,
@@ -130,12 +131,17 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config) -> Ve
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
-    fib::forward(ctx, key.family, &snat, &backend.addr_be, pkt.ip_len, false)
+    let Some(hop) = NEXTHOPS.get_ptr_mut(backend_id) else {
+        return Verdict::Drop(Reason::DropNoBackend);
+    };
+    // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
+    let hop = unsafe { &mut *hop };
+    fib::forward(ctx, hop, key.family, &snat, &backend.addr_be, pkt.ip_len, false)
 }
 
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &NatRev) -> Verdict {
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev) -> Verdict {
     let rw = Rewrite {
         src: &rev.vip_be,
         sport_be: rev.vip_port_be,
@@ -145,7 +151,8 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &NatRev) -> Verdict {
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
-    fib::forward(ctx, pkt.key.family, &rev.vip_be, &rev.client_be, pkt.ip_len, true)
+    let (vip, client) = (rev.vip_be, rev.client_be);
+    fib::forward(ctx, &mut rev.hop, pkt.key.family, &vip, &client, pkt.ip_len, true)
 }
 
 /// Never reached; the verifier rejects programs that could panic.

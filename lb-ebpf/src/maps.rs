@@ -2,12 +2,14 @@
 //! agent overrides at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Backend, BenchPacket, Config, Counters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, Flow, FlowKey, MAX_TX_PORTS, NatRev,
+    NextHop,
     REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
 };
 
@@ -20,16 +22,20 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 #[map(name = "BACKENDS_V1")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
+/// Next hop per backend id, filled by the data path itself (see fib.rs).
+#[map(name = "NEXTHOPS_V1")]
+pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
 #[map(name = "TABLES_V1")]
 pub static TABLES: Array<u32> =
     Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, 0);
 
 #[map(name = "FLOWS_V1")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "NAT_REV_V1")]
 pub static NAT_REV: LruHashMap<FlowKey, NatRev> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "CONFIG_V1")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

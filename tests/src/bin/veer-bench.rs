@@ -33,6 +33,9 @@ struct Options {
     /// Measurements per path; the median is reported.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// Measure only the paths whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Path { name: "established TCP flow (IPv6)", packet: ack6.build(), harness: true, vary: None, verdict: XDP_TX, proof: Reason::Tx, new_flows_per_run: 0, target: None , warmup: Some(ack6.build()) },
     ];
 
+    let paths: Vec<Path> = paths.into_iter().filter(|p| opts.only.as_ref().is_none_or(|o| p.name.contains(o.as_str()))).collect();
     let floor_pkt = syn4.build();
     let mut floor = Vec::new();
     let mut per_path: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
