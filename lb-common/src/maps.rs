@@ -131,11 +131,13 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
+    /// VIP_STATS index, so established packets need no VIP lookup.
+    pub vip_id: u32,
     /// Source port the balancer uses towards the backend (NAT mode).
     pub snat_port_be: u16,
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<Flow>() == 8);
+const _: () = assert!(size_of::<Flow>() == 12);
 
 /// A next hop as bpf_fib_lookup found it, cached by the data path (per backend in
 /// NEXTHOPS, per client in the reverse-NAT entry) and refreshed about once a second.

@@ -93,7 +93,7 @@ fn stale(old: &NatRev, reply: &FlowKey) -> bool {
 }
 
 #[inline(always)]
-pub fn record(key: &FlowKey, backend_id: u32, snat_port_be: u16) -> Result<(), Reason> {
-    let flow = Flow { backend_id, snat_port_be, _pad: 0 };
+pub fn record(key: &FlowKey, backend_id: u32, vip_id: u32, snat_port_be: u16) -> Result<(), Reason> {
+    let flow = Flow { backend_id, vip_id, snat_port_be, _pad: 0 };
     FLOWS.insert(key, &flow, 0).map_err(|_| Reason::DropFlowInsert)
 }

@@ -13,7 +13,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Config, FAMILY_V4, FlowKey, NatRev, Reason, VipInfo, VipKey};
+use lb_common::{Backend, Config, FAMILY_V4, FlowKey, NatRev, Reason, VipInfo, VipKey};
 
 use crate::{
     maps::{CONFIG, NAT_REV, NEXTHOPS, VIPS},
@@ -61,6 +61,21 @@ fn process(ctx: &XdpContext) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::Pass(Reason::PassNotVip);
     };
+    let snat = snat_addr(cfg, pkt.key.family);
+    if pkt.key.dst_be == snat
+        && let Some(rev) = NAT_REV.get_ptr_mut(&pkt.key)
+    {
+        // SAFETY: LRU value pointer valid for this program run; concurrent writers only
+        // ever store the same next hop.
+        return to_client(ctx, &pkt, unsafe { &mut *rev });
+    }
+    // Established flows first: they need no VIP lookup (the flow knows its VIP), and a
+    // flow outlives neither its backend nor, through it, its VIP.
+    if !pkt.fragment
+        && let Some((flow, backend)) = flow::established(&pkt.key)
+    {
+        return to_backend(ctx, &pkt, &snat, flow.vip_id, flow.backend_id, &backend, flow.snat_port_be, false);
+    }
     let vip_key = VipKey {
         addr_be: pkt.key.dst_be,
         port_be: pkt.key.dport_be,
@@ -68,19 +83,13 @@ fn process(ctx: &XdpContext) -> Verdict {
         family: pkt.key.family,
     };
     // SAFETY: plain data copied out at once.
-    if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
-        let vip = *vip;
-        return to_backend(ctx, &pkt, &vip, cfg);
-    }
-    let snat = snat_addr(cfg, pkt.key.family);
-    if pkt.key.dst_be == snat {
-        if let Some(rev) = NAT_REV.get_ptr_mut(&pkt.key) {
-            // SAFETY: LRU value pointer valid for this program run; concurrent writers only
-            // ever store the same next hop.
-            return to_client(ctx, &pkt, unsafe { &mut *rev });
+    match unsafe { VIPS.get(&vip_key) } {
+        Some(vip) => {
+            let vip = *vip;
+            new_flow(ctx, &pkt, &vip, cfg, &snat)
         }
+        None => Verdict::Pass(Reason::PassNotVip),
     }
-    Verdict::Pass(Reason::PassNotVip)
 }
 
 #[inline(always)]
@@ -88,46 +97,56 @@ fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
     if family == FAMILY_V4 { [cfg.snat_v4_be, 0, 0, 0] } else { cfg.snat_v6_be }
 }
 
-/// Client -> VIP: pick (or reuse) the backend, DNAT + SNAT, forward.
+/// First packet of a client flow to a VIP: choose the backend, allocate the NAT port,
+/// record both directions, forward.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config) -> Verdict {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &[u32; 4]) -> Verdict {
     if pkt.fragment {
         return Verdict::Drop(Reason::DropFragment);
     }
-    let snat = snat_addr(cfg, pkt.key.family);
-    if snat == [0; 4] {
+    if *snat == [0; 4] {
         return Verdict::Drop(Reason::DropNoPort);
     }
     let key = &pkt.key;
-    let (backend_id, backend, snat_port, new_flow) = match flow::established(key) {
-        Some((f, b)) => (f.backend_id, b, f.snat_port_be, false),
-        None => {
-            let (id, b) = match select::select_backend(key, vip, cfg) {
-                Ok(chosen) => chosen,
-                Err(r) => return Verdict::Drop(r),
-            };
-            let rev = NatRev {
-                client_be: key.src_be,
-                vip_be: key.dst_be,
-                client_port_be: key.sport_be,
-                vip_port_be: key.dport_be,
-                vip_id: vip.vip_id,
-                backend_id: id,
-                hop: Default::default(),
-            };
-            let port = match flow::allocate_port(key, &snat, &b, &rev) {
-                Ok(p) => p,
-                Err(r) => return Verdict::Drop(r),
-            };
-            if let Err(r) = flow::record(key, id, port) {
-                return Verdict::Drop(r);
-            }
-            (id, b, port, true)
-        }
+    let (id, backend) = match select::select_backend(key, vip, cfg) {
+        Ok(chosen) => chosen,
+        Err(r) => return Verdict::Drop(r),
     };
-    stats::count_vip(vip.vip_id, pkt.ip_len, new_flow);
+    let rev = NatRev {
+        client_be: key.src_be,
+        vip_be: key.dst_be,
+        client_port_be: key.sport_be,
+        vip_port_be: key.dport_be,
+        vip_id: vip.vip_id,
+        backend_id: id,
+        hop: Default::default(),
+    };
+    let port = match flow::allocate_port(key, snat, &backend, &rev) {
+        Ok(p) => p,
+        Err(r) => return Verdict::Drop(r),
+    };
+    if let Err(r) = flow::record(key, id, vip.vip_id, port) {
+        return Verdict::Drop(r);
+    }
+    to_backend(ctx, pkt, snat, vip.vip_id, id, &backend, port, true)
+}
+
+/// Client -> VIP on a chosen backend: DNAT + SNAT, count, forward.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "always inlined: no BPF call arguments")]
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    snat: &[u32; 4],
+    vip_id: u32,
+    backend_id: u32,
+    backend: &Backend,
+    snat_port: u16,
+    new_flow: bool,
+) -> Verdict {
+    stats::count_vip(vip_id, pkt.ip_len, new_flow);
     stats::count_backend(backend_id, pkt.ip_len, new_flow);
-    let rw = Rewrite { src: &snat, sport_be: snat_port, dst: &backend.addr_be, dport_be: backend.port_be };
+    let rw = Rewrite { src: snat, sport_be: snat_port, dst: &backend.addr_be, dport_be: backend.port_be };
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
@@ -136,7 +155,7 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config) -> Ve
     };
     // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
     let hop = unsafe { &mut *hop };
-    fib::forward(ctx, hop, key.family, &snat, &backend.addr_be, pkt.ip_len, false)
+    fib::forward(ctx, hop, pkt.key.family, snat, &backend.addr_be, pkt.ip_len, false)
 }
 
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
