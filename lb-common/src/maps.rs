@@ -19,6 +19,8 @@ pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_TX_PORTS: &str = "TX_PORTS_V1";
 pub const MAP_VIP_FILTER: &str = "VIP_FILTER_V1";
 pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V1";
+pub const MAP_AB_RULES: &str = "AB_RULES_V1";
+pub const DEFAULT_MAX_AB_RULES: u32 = 4096;
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
 pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
 
@@ -63,6 +65,24 @@ pub const PROTO_UDP: u8 = 17;
 pub const VIP_F_SPLIT_BY_CLIENT: u32 = 1 << 0;
 /// Hash only the client address into the Maglev table (source-hash affinity).
 pub const VIP_F_HASH_SOURCE: u32 = 1 << 1;
+/// The VIP has A/B client-network rules in AB_RULES: a matching client goes to the next pool.
+pub const VIP_F_AB_RULES: u32 = 1 << 2;
+
+/// `Flow.flags` / `NatRev.flags`
+/// The first FIN or RST of the flow was seen (counted in `closed_flows`).
+pub const FLOW_F_CLOSED: u16 = 1 << 0;
+/// The backend answered (counted in `answered_flows`).
+pub const FLOW_F_ANSWERED: u16 = 1 << 1;
+
+/// LPM trie data of an A/B rule: the VIP, then the client network. The prefix length
+/// covers `vip_id` (32 bits) plus the network's prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AbKey {
+    pub vip_id_be: u32,
+    pub addr_be: [u32; 4],
+}
+const _: () = assert!(size_of::<AbKey>() == 20);
 
 /// `Backend.state`: 0 means the slot is unset.
 pub const BACKEND_UNSET: u8 = 0;
@@ -135,7 +155,8 @@ pub struct Flow {
     pub vip_id: u32,
     /// Source port the balancer uses towards the backend (NAT mode).
     pub snat_port_be: u16,
-    pub _pad: u16,
+    /// FLOW_F_*
+    pub flags: u16,
 }
 const _: () = assert!(size_of::<Flow>() == 12);
 
@@ -165,8 +186,11 @@ pub struct NatRev {
     pub backend_id: u32,
     /// Next hop towards the client.
     pub hop: NextHop,
+    /// FLOW_F_* as seen from the backend side.
+    pub flags: u16,
+    pub _pad: [u16; 3],
 }
-const _: () = assert!(size_of::<NatRev>() == 64);
+const _: () = assert!(size_of::<NatRev>() == 72);
 
 /// CONFIG[0]: balancer-wide settings written by the agent before attaching.
 #[repr(C)]
@@ -200,12 +224,43 @@ const _: () = assert!(size_of::<BenchPacket>() == 144);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Client -> backend packets and IP bytes.
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
-    pub _reserved: u64,
+    /// Flows whose first FIN or RST was seen (TCP). Live flows = new - closed.
+    pub closed_flows: u64,
+    /// New flows whose backend answered at least once.
+    pub answered_flows: u64,
+    /// TCP RSTs sent by the backend: a passive health signal.
+    pub backend_resets: u64,
+    /// Backend -> client packets and IP bytes.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
-const _: () = assert!(size_of::<Counters>() == 32);
+const _: () = assert!(size_of::<Counters>() == 64);
+
+impl Counters {
+    /// Sum of two counter sets (per-CPU values are summed with this).
+    pub const fn add(self, o: Counters) -> Counters {
+        Counters {
+            packets: self.packets + o.packets,
+            bytes: self.bytes + o.bytes,
+            new_flows: self.new_flows + o.new_flows,
+            closed_flows: self.closed_flows + o.closed_flows,
+            answered_flows: self.answered_flows + o.answered_flows,
+            backend_resets: self.backend_resets + o.backend_resets,
+            reply_packets: self.reply_packets + o.reply_packets,
+            reply_bytes: self.reply_bytes + o.reply_bytes,
+        }
+    }
+
+    /// Flows opened and not yet seen closing. UDP flows never close, and a TCP flow evicted
+    /// without FIN/RST stays counted: an upper bound, exact for well-behaved TCP.
+    pub const fn live_flows(&self) -> u64 {
+        self.new_flows.saturating_sub(self.closed_flows)
+    }
+}
 
 /// Why a packet left the program the way it did: indices into the REASONS per-CPU array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,6 +353,7 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for AbKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}

@@ -11,9 +11,9 @@ use crate::maps::{BACKENDS, FLOWS, NAT_REV};
 /// The established flow's backend, unless that backend is gone or down: then the flow is
 /// re-chosen (a `drain` backend keeps its flows).
 #[inline(always)]
-pub fn established(key: &FlowKey) -> Option<(Flow, Backend)> {
-    // SAFETY: values are plain data copied out at once.
-    let flow = *unsafe { FLOWS.get(key) }?;
+pub fn established(key: &FlowKey) -> Option<(&'static mut Flow, Backend)> {
+    // SAFETY: LRU value pointer, valid for this program run.
+    let flow = unsafe { &mut *FLOWS.get_ptr_mut(key)? };
     let backend = *BACKENDS.get(flow.backend_id)?;
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
@@ -94,6 +94,6 @@ fn stale(old: &NatRev, reply: &FlowKey) -> bool {
 
 #[inline(always)]
 pub fn record(key: &FlowKey, backend_id: u32, vip_id: u32, snat_port_be: u16) -> Result<(), Reason> {
-    let flow = Flow { backend_id, vip_id, snat_port_be, _pad: 0 };
+    let flow = Flow { backend_id, vip_id, snat_port_be, flags: 0 };
     FLOWS.insert(key, &flow, 0).map_err(|_| Reason::DropFlowInsert)
 }

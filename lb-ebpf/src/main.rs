@@ -13,12 +13,16 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Backend, Config, FAMILY_V4, FlowKey, NatRev, Reason, VipInfo, VipKey};
+use lb_common::{
+    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FlowKey, NatRev, Reason, VipInfo,
+    VipKey,
+};
 
 use crate::{
     maps::{CONFIG, NAT_REV, NEXTHOPS, VIPS},
     nat::{Rewrite, rewrite},
-    parse::{Packet, Parsed, parse},
+    parse::{Packet, Parsed, TCP_FIN, TCP_RST, parse},
+    stats::Event,
 };
 
 /// What happens to a packet; mapped to an XDP action in one place.
@@ -74,7 +78,12 @@ fn process(ctx: &XdpContext) -> Verdict {
     if !pkt.fragment
         && let Some((flow, backend)) = flow::established(&pkt.key)
     {
-        return to_backend(ctx, &pkt, &snat, flow.vip_id, flow.backend_id, &backend, flow.snat_port_be, false);
+        let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
+        if closed {
+            flow.flags |= FLOW_F_CLOSED;
+        }
+        let event = Event { bytes: pkt.ip_len, reply: false, new_flow: false, closed, answered: false, reset: false };
+        return to_backend(ctx, &pkt, &snat, flow.vip_id, flow.backend_id, &backend, flow.snat_port_be, &event);
     }
     let vip_key = VipKey {
         addr_be: pkt.key.dst_be,
@@ -120,6 +129,8 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &
         vip_id: vip.vip_id,
         backend_id: id,
         hop: Default::default(),
+        flags: 0,
+        _pad: [0; 3],
     };
     let port = match flow::allocate_port(key, snat, &backend, &rev) {
         Ok(p) => p,
@@ -128,7 +139,8 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &
     if let Err(r) = flow::record(key, id, vip.vip_id, port) {
         return Verdict::Drop(r);
     }
-    to_backend(ctx, pkt, snat, vip.vip_id, id, &backend, port, true)
+    let event = Event { bytes: pkt.ip_len, reply: false, new_flow: true, closed: false, answered: false, reset: false };
+    to_backend(ctx, pkt, snat, vip.vip_id, id, &backend, port, &event)
 }
 
 /// Client -> VIP on a chosen backend: DNAT + SNAT, count, forward.
@@ -142,10 +154,9 @@ fn to_backend(
     backend_id: u32,
     backend: &Backend,
     snat_port: u16,
-    new_flow: bool,
+    event: &Event,
 ) -> Verdict {
-    stats::count_vip(vip_id, pkt.ip_len, new_flow);
-    stats::count_backend(backend_id, pkt.ip_len, new_flow);
+    stats::count(vip_id, backend_id, event);
     let rw = Rewrite { src: snat, sport_be: snat_port, dst: &backend.addr_be, dport_be: backend.port_be };
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
@@ -161,6 +172,12 @@ fn to_backend(
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev) -> Verdict {
+    let answered = rev.flags & FLOW_F_ANSWERED == 0;
+    let reset = pkt.tcp_flags & TCP_RST != 0;
+    let closed = reset && rev.flags & FLOW_F_CLOSED == 0;
+    rev.flags |= FLOW_F_ANSWERED | if closed { FLOW_F_CLOSED } else { 0 };
+    let event = Event { bytes: pkt.ip_len, reply: true, new_flow: false, closed, answered, reset };
+    stats::count(rev.vip_id, rev.backend_id, &event);
     let rw = Rewrite {
         src: &rev.vip_be,
         sport_be: rev.vip_port_be,

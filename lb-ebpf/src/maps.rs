@@ -4,10 +4,10 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    Backend, BenchPacket, Config, Counters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    AbKey, DEFAULT_MAX_AB_RULES, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, Flow, FlowKey, MAX_TX_PORTS, NatRev,
     NextHop,
     REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
@@ -49,6 +49,10 @@ pub static BACKEND_STATS: PerCpuArray<Counters> =
 
 #[map(name = "REASONS_V1")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// A/B client networks per VIP (value unused: a match sends the client to the next pool).
+#[map(name = "AB_RULES_V1")]
+pub static AB_RULES: LpmTrie<AbKey, u32> = LpmTrie::with_max_entries(DEFAULT_MAX_AB_RULES, 0);
 
 #[map(name = "TX_PORTS_V1")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);

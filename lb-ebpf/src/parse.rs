@@ -52,6 +52,27 @@ pub struct Ports {
     pub dest: u16,
 }
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+const TCP_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+
+/// Reads ports (and TCP flags) of a complete TCP/UDP header at `l4_off`.
+#[inline(always)]
+fn l4_header(ctx: &XdpContext, l4_off: usize, proto: u8) -> Option<(u16, u16, u8)> {
+    let ports = ptr_at::<Ports>(ctx, l4_off)?;
+    if proto == PROTO_TCP {
+        ptr_at::<[u8; TCP_HEADER_LEN]>(ctx, l4_off)?;
+        let flags = ptr_at::<u8>(ctx, l4_off + 13)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { Some(((*ports).source, (*ports).dest, *flags)) }
+    } else {
+        ptr_at::<[u8; UDP_HEADER_LEN]>(ctx, l4_off)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { Some(((*ports).source, (*ports).dest, 0)) }
+    }
+}
+
 /// What the rest of the program needs to know about a packet.
 pub struct Packet {
     pub l3_off: usize,
@@ -60,6 +81,8 @@ pub struct Packet {
     pub ip_len: u16,
     /// IPv4 first fragment (more-fragments set, offset 0).
     pub fragment: bool,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
     pub key: FlowKey,
 }
 
@@ -146,22 +169,20 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         return Parsed::Pass(Reason::PassNotVip);
     }
     let l4_off = l3_off + ihl * 4;
-    let Some(ports) = ptr_at::<Ports>(ctx, l4_off) else {
+    let Some((sport_be, dport_be, tcp_flags)) = l4_header(ctx, l4_off, l4_proto) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
-    // SAFETY: bounds checked by ptr_at.
-    let ports = unsafe { &*ports };
     let key = FlowKey {
         src_be: [words_to_addr2(&ip.saddr), 0, 0, 0],
         dst_be: daddr,
-        sport_be: ports.source,
-        dport_be: ports.dest,
+        sport_be,
+        dport_be,
         proto: l4_proto,
         family: FAMILY_V4,
         _pad: [0; 2],
     };
     let fragment = frag & 0x2000 != 0;
-    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment, key })
+    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment, tcp_flags, key })
 }
 
 #[inline(always)]
@@ -184,20 +205,18 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         return Parsed::Pass(Reason::PassNotVip);
     }
     let l4_off = l3_off + size_of::<Ipv6Hdr>();
-    let Some(ports) = ptr_at::<Ports>(ctx, l4_off) else {
+    let Some((sport_be, dport_be, tcp_flags)) = l4_header(ctx, l4_off, l4_proto) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
-    // SAFETY: bounds checked by ptr_at.
-    let ports = unsafe { &*ports };
     let key = FlowKey {
         src_be: words_to_addr8(&ip.saddr),
         dst_be: daddr,
-        sport_be: ports.source,
-        dport_be: ports.dest,
+        sport_be,
+        dport_be,
         proto: l4_proto,
         family: FAMILY_V6,
         _pad: [0; 2],
     };
     let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
-    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment: false, key })
+    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment: false, tcp_flags, key })
 }

@@ -1,6 +1,7 @@
 //! Per-CPU counters: per VIP, per backend, and one per verdict reason.
 
-use lb_common::Reason;
+use aya_ebpf::maps::PerCpuArray;
+use lb_common::{Counters, Reason};
 
 use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
 
@@ -12,24 +13,37 @@ pub fn count_reason(reason: Reason) {
     }
 }
 
+/// What one packet adds to its VIP's and backend's counters.
+pub struct Event {
+    pub bytes: u16,
+    pub reply: bool,
+    pub new_flow: bool,
+    pub closed: bool,
+    pub answered: bool,
+    pub reset: bool,
+}
+
 #[inline(always)]
-pub fn count_vip(vip_id: u32, bytes: u16, new_flow: bool) {
-    if let Some(c) = VIP_STATS.get_ptr_mut(vip_id) {
+fn bump(map: &PerCpuArray<Counters>, index: u32, e: &Event) {
+    if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer.
         let c = unsafe { &mut *c };
-        c.packets += 1;
-        c.bytes += bytes as u64;
-        c.new_flows += new_flow as u64;
+        if e.reply {
+            c.reply_packets += 1;
+            c.reply_bytes += e.bytes as u64;
+        } else {
+            c.packets += 1;
+            c.bytes += e.bytes as u64;
+        }
+        c.new_flows += e.new_flow as u64;
+        c.closed_flows += e.closed as u64;
+        c.answered_flows += e.answered as u64;
+        c.backend_resets += e.reset as u64;
     }
 }
 
 #[inline(always)]
-pub fn count_backend(backend_id: u32, bytes: u16, new_flow: bool) {
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot, no concurrent writer.
-        let c = unsafe { &mut *c };
-        c.packets += 1;
-        c.bytes += bytes as u64;
-        c.new_flows += new_flow as u64;
-    }
+pub fn count(vip_id: u32, backend_id: u32, e: &Event) {
+    bump(&VIP_STATS, vip_id, e);
+    bump(&BACKEND_STATS, backend_id, e);
 }

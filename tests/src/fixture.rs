@@ -235,13 +235,17 @@ impl Fixture {
 
     /// A VIP's counters summed over CPUs.
     pub fn vip_counters(&self, vip_id: u32) -> Counters {
-        let m: PerCpuArray<_, Counters> = self.ebpf.map(MAP_VIP_STATS).unwrap().try_into().unwrap();
-        m.get(&vip_id, 0).unwrap().iter().fold(Counters::default(), |a, c| Counters {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-            new_flows: a.new_flows + c.new_flows,
-            _reserved: 0,
-        })
+        self.counters(MAP_VIP_STATS, vip_id)
+    }
+
+    /// A backend's counters summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Counters {
+        self.counters(lb_common::MAP_BACKEND_STATS, backend_id)
+    }
+
+    fn counters(&self, map: &str, index: u32) -> Counters {
+        let m: PerCpuArray<_, Counters> = self.ebpf.map(map).unwrap().try_into().unwrap();
+        m.get(&index, 0).unwrap().iter().fold(Counters::default(), |a, c| a.add(*c))
     }
 
     pub fn reason(&self, r: Reason) -> u64 {

@@ -289,3 +289,74 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
     });
 }
 
+
+#[test]
+fn backend_counters_track_new_answered_closed_and_reset_flows() {
+    with_fixture(|fx| {
+        let syn = Spec::tcp_syn(client4(50000), (VIP4.into(), 80));
+        let i = check_forward(fx, &syn, 0, 8080);
+        let id = i as u32; // pool of VIP 0 holds ids 1..=3
+        let c = fx.backend_counters(id);
+        assert_eq!((c.new_flows, c.live_flows(), c.answered_flows), (1, 1, 0));
+        check_reply(fx, &syn, i, 8080);
+        check_reply(fx, &syn, i, 8080);
+        let c = fx.backend_counters(id);
+        assert_eq!((c.answered_flows, c.reply_packets), (1, 2), "answered counts flows, not packets");
+        let fin = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, ..syn.clone() }.build();
+        let mut fin = fin;
+        fin[14 + 20 + 13] |= 0x01; // FIN (checksum is not checked by the balancer)
+        fx.run(&fin, None);
+        fx.run(&fin, None);
+        let c = fx.backend_counters(id);
+        assert_eq!((c.closed_flows, c.live_flows()), (1, 0), "a flow closes once");
+        // a second flow that the backend resets
+        let syn2 = Spec::tcp_syn(client4(50001), (VIP4.into(), 80));
+        let j = check_forward(fx, &syn2, 0, 8080);
+        let mut rst = Spec {
+            src_mac: backend_mac(j),
+            dst_mac: IF_MAC,
+            src: backend4(j).into(),
+            sport: 8080,
+            dst: SNAT4.into(),
+            dport: 50001,
+            l4: L4::Tcp { syn: false, ack: true, seq: 1 },
+            ..syn2.clone()
+        }
+        .build();
+        rst[14 + 20 + 13] |= 0x04;
+        let (verdict, _) = fx.run(&rst, None);
+        assert_eq!(verdict, XDP_REDIRECT, "the reset still reaches the client");
+        let c = fx.backend_counters(j as u32);
+        assert!(c.backend_resets >= 1 && c.live_flows() == c.new_flows - c.closed_flows);
+        assert_eq!(fx.vip_counters(0).new_flows, 2);
+    });
+}
+
+#[test]
+fn ab_network_rule_sends_matching_clients_to_the_next_pool() {
+    use aya::maps::lpm_trie::{Key, LpmTrie};
+    with_fixture(|fx| {
+        let variant = Pool { table: 5, backends: vec![(3, SocketAddr::new(backend4(3).into(), 8080), 1)] };
+        fx.write_table(&variant);
+        let flags = lb_common::VIP_F_AB_RULES;
+        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 1, table_next: 5, flags, ..Default::default() });
+        {
+            let mut rules: LpmTrie<_, lb_common::AbKey, u32> = fx.ebpf.map_mut(lb_common::MAP_AB_RULES).unwrap().try_into().unwrap();
+            let net = lb_common::AbKey { vip_id_be: 0u32.to_be(), addr_be: [u32::from_ne_bytes([10, 9, 0, 0]), 0, 0, 0] };
+            rules.insert(&Key::new(32 + 24, net), 1, 0).unwrap();
+        }
+        for port in 51000..51020 {
+            let (_, out) = fx.run(&Spec::tcp_syn(client4(port), (VIP4.into(), 80)).build(), None);
+            assert_eq!(out[0..6], backend_mac(3), "client inside 10.9.0.0/24 goes to the variant pool");
+        }
+        let mut outside = [0u32; 4];
+        for port in 51000..51030 {
+            let spec = Spec::tcp_syn((Ipv4Addr::new(10, 8, 0, 5).into(), port), (VIP4.into(), 80));
+            let want = backend_of(fx.predict(1, &flow_key(&spec)), 0);
+            let (_, out) = fx.run(&spec.build(), None);
+            assert_eq!(out[0..6], backend_mac(want), "client outside the network follows the current pool");
+            outside[want as usize] += 1;
+        }
+        assert!(outside[1] + outside[2] > 0, "outside clients reach the current pool's other backends");
+    });
+}
