@@ -1,1 +1,41 @@
-fn main(){}
+//! `cargo xtask`: everything a fresh machine needs, as Rust, no shell scripts.
+
+mod bench;
+mod build;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "veer development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent).
+    Setup(setup::Options),
+    /// Build the `veer` binary (and the XDP objects it embeds).
+    Build(build::Options),
+    /// Run every test: unit, packet fixtures, network-namespace end-to-end (needs root).
+    Test(test::Options),
+    /// Data-path and control-plane benchmarks (needs root).
+    Bench(bench::Options),
+    /// Without arguments: a small lab with demo traffic. With arguments: `veer agent ARGS`.
+    Run(run::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(o) => setup::run(&o).map(|_| ()),
+        Command::Build(o) => build::run(&o),
+        Command::Test(o) => test::run(&o),
+        Command::Bench(o) => bench::run(&o),
+        Command::Run(o) => run::run(&o),
+    }
+}

@@ -1,0 +1,18 @@
+//! `cargo xtask bench`: the data-path bench (BPF_PROG_TEST_RUN, ratios to an XDP_TX floor
+//! measured in the same run).
+
+use crate::{setup, util};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Arguments for the bench binary (after `--`), e.g. `-- --repeat 2000000 --json`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let linker = setup::run(&setup::Options::default())?;
+    let mut cmd = util::cargo(&linker)?;
+    cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-bench", "--"]).args(&opts.args);
+    util::run(&mut cmd)
+}

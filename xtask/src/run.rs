@@ -1,0 +1,23 @@
+//! `cargo xtask run`: with no arguments, the lab (namespaces, demo backends, the agent,
+//! bounded demo traffic, the spread printed); with arguments, `veer agent ARGS` for real.
+
+use crate::{build::build_veer, setup, util};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Arguments for `veer agent` (after `--`), e.g. `-- --iface eth0 --config veer.toml`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let linker = setup::run(&setup::Options::default())?;
+    build_veer(&linker, true)?;
+    let veer = util::target_dir()?.join("release/veer");
+    if opts.args.is_empty() {
+        let mut cmd = util::cargo(&linker)?;
+        cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-lab"]).env("VEER_BIN", &veer);
+        return util::run(&mut cmd);
+    }
+    util::run(std::process::Command::new(&veer).arg("agent").args(&opts.args))
+}

@@ -1,0 +1,20 @@
+//! `cargo xtask test`: setup, build `veer`, then every test of the workspace. Tests that
+//! need root and BPF run here (CI is root); they skip with a reason elsewhere.
+
+use crate::{build::build_veer, setup, util};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Extra arguments for `cargo test` (after `--`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    let linker = setup::run(&setup::Options::default())?;
+    build_veer(&linker, false)?;
+    let veer = util::target_dir()?.join("debug/veer");
+    let mut cmd = util::cargo(&linker)?;
+    cmd.args(["test", "--workspace"]).args(&opts.args).env("VEER_BIN", &veer);
+    util::run(&mut cmd)
+}
