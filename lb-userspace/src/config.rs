@@ -1,0 +1,397 @@
+//! The agent's configuration file (TOML, see DESIGN.md): parsed, then validated as a whole
+//! before anything touches the kernel. Every error names the file, the line and the field.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+pub const DEFAULT_SOCKET: &str = "/run/veer/veer.sock";
+pub const DEFAULT_WEIGHT: u32 = 100;
+pub const MAX_WEIGHT: u32 = 10_000;
+pub const MIN_FLOW_CAPACITY: u32 = 1024;
+
+/// A rejected configuration: where, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line; 0 when the error concerns the file as a whole.
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.field.is_empty()) {
+            (0, true) => write!(f, "{}: {}", self.file, self.message),
+            (0, false) => write!(f, "{}: {}: {}", self.file, self.field, self.message),
+            (l, true) => write!(f, "{}:{l}: {}", self.file, self.message),
+            (l, false) => write!(f, "{}:{l}: {}: {}", self.file, self.field, self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    Maglev,
+    SourceHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Nat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    pub interfaces: Vec<String>,
+    pub socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub snat_v4: Option<Ipv4Addr>,
+    pub snat_v6: Option<Ipv6Addr>,
+    pub flow_capacity: u32,
+    pub ring_size: u32,
+    pub max_backends: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub scheduler: Scheduler,
+    pub active: String,
+    /// Kept as written; health checking is configured here (see the health module).
+    pub health: Option<toml::Table>,
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub vips: Vec<VipConfig>,
+}
+
+// ---- raw, as written (spans kept for error lines) ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    socket: Option<String>,
+    metrics: Option<Spanned<String>>,
+    snat_v4: Option<Spanned<String>>,
+    snat_v6: Option<Spanned<String>>,
+    flow_capacity: Option<Spanned<i64>>,
+    ring_size: Option<Spanned<i64>>,
+    max_backends: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    name: Spanned<String>,
+    address: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    scheduler: Option<Spanned<String>>,
+    active: Spanned<String>,
+    health: Option<toml::Table>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<RawPool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default, rename = "vip")]
+    vips: Vec<RawVip>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 0,
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and validates config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+        ConfigError { file: file.into(), line, field: String::new(), message: e.message().trim().to_string() }
+    })?;
+    Validator { text, file }.config(raw)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn err<T>(&self, span: std::ops::Range<usize>, field: &str, message: impl Into<String>) -> Result<T, ConfigError> {
+        Err(ConfigError { file: self.file.into(), line: line_of(self.text, span.start), field: field.into(), message: message.into() })
+    }
+
+    fn int(&self, v: &Option<Spanned<i64>>, field: &str, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        let n = *v.get_ref();
+        if n < min as i64 || n > max as i64 {
+            return self.err(v.span(), field, format!("{n} is out of range ({min}..={max})"));
+        }
+        Ok(n as u32)
+    }
+
+    fn socket_addr(&self, v: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Ok(a),
+            Ok(_) => self.err(v.span(), field, "port 0 is not a service port"),
+            Err(_) => self.err(v.span(), field, format!("{:?} is not IP:PORT or [IPv6]:PORT", v.get_ref())),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let a = &raw.agent;
+        let snat_v4 = match &a.snat_v4 {
+            Some(s) => Some(s.get_ref().parse::<Ipv4Addr>().or_else(|_| self.err(s.span(), "agent.snat_v4", "not an IPv4 address"))?),
+            None => None,
+        };
+        let snat_v6 = match &a.snat_v6 {
+            Some(s) => Some(s.get_ref().parse::<Ipv6Addr>().or_else(|_| self.err(s.span(), "agent.snat_v6", "not an IPv6 address"))?),
+            None => None,
+        };
+        let metrics = match &a.metrics {
+            Some(m) => Some(m.get_ref().parse::<SocketAddr>().or_else(|_| self.err(m.span(), "agent.metrics", "not IP:PORT"))?),
+            None => None,
+        };
+        let ring_size = self.int(&a.ring_size, "agent.ring_size", lb_common::DEFAULT_RING_SIZE, 3, 1 << 24)?;
+        if !lb_common::maglev::valid_ring_size(ring_size)
+            && let Some(r) = &a.ring_size
+        {
+            return self.err(r.span(), "agent.ring_size", format!("{ring_size} is not prime (Maglev needs a prime table size, e.g. 65537)"));
+        }
+        let agent = AgentConfig {
+            interfaces: a.interfaces.clone(),
+            socket: PathBuf::from(a.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
+            metrics,
+            snat_v4,
+            snat_v6,
+            flow_capacity: self.int(&a.flow_capacity, "agent.flow_capacity", lb_common::DEFAULT_MAX_FLOWS, MIN_FLOW_CAPACITY, 1 << 26)?,
+            ring_size,
+            max_backends: self.int(&a.max_backends, "agent.max_backends", lb_common::DEFAULT_MAX_BACKENDS, 1, 1 << 20)?,
+        };
+        let mut vips = Vec::new();
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut backend_count = 0u32;
+        for v in raw.vips {
+            let vip = self.vip(v, &mut names, &mut keys)?;
+            backend_count += vip.pools.iter().map(|p| p.backends.len() as u32).sum::<u32>();
+            vips.push(vip);
+        }
+        if vips.len() as u32 > lb_common::DEFAULT_MAX_VIPS {
+            return Err(ConfigError { file: self.file.into(), line: 0, field: "vip".into(), message: format!("{} VIPs, at most {}", vips.len(), lb_common::DEFAULT_MAX_VIPS) });
+        }
+        // backend id 0 is reserved
+        if backend_count >= agent.max_backends {
+            return Err(ConfigError { file: self.file.into(), line: 0, field: "agent.max_backends".into(), message: format!("{backend_count} backends configured, max_backends is {}", agent.max_backends) });
+        }
+        Ok(Config { agent, vips })
+    }
+
+    fn vip(&self, v: RawVip, names: &mut HashSet<String>, keys: &mut HashSet<(SocketAddr, Protocol)>) -> Result<VipConfig, ConfigError> {
+        let name = v.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return self.err(v.name.span(), "vip.name", format!("{name:?}: use letters, digits, '-', '_' or '.'"));
+        }
+        if !names.insert(name.clone()) {
+            return self.err(v.name.span(), "vip.name", format!("duplicate VIP name {name:?}"));
+        }
+        let address = self.socket_addr(&v.address, "vip.address")?;
+        let protocol = match v.protocol.as_ref().map(|p| p.get_ref().as_str()) {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some(other) => return self.err(v.protocol.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.protocol", format!("{other:?}: expected \"tcp\" or \"udp\"")),
+        };
+        if !keys.insert((address, protocol)) {
+            return self.err(v.address.span(), "vip.address", format!("{address} ({protocol:?}) is already another VIP"));
+        }
+        let mode = match v.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            None | Some("nat") => Mode::Nat,
+            Some(m @ ("dsr" | "ipip")) => return self.err(v.mode.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.mode", format!("{m:?} is not supported yet; use \"nat\"")),
+            Some(other) => return self.err(v.mode.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.mode", format!("{other:?}: expected \"nat\", \"dsr\" or \"ipip\"")),
+        };
+        let scheduler = match v.scheduler.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("maglev") => Scheduler::Maglev,
+            Some("source-hash") => Scheduler::SourceHash,
+            Some(s @ ("least-conn" | "round-robin")) => return self.err(v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.scheduler", format!("{s:?} is not supported yet; use \"maglev\" or \"source-hash\"")),
+            Some(other) => return self.err(v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.scheduler", format!("{other:?}: expected \"maglev\", \"source-hash\", \"least-conn\" or \"round-robin\"")),
+        };
+        let mut pools = Vec::new();
+        let mut pool_names = HashSet::new();
+        let mut seen_backends = HashSet::new();
+        for p in v.pools {
+            let pname = p.name.get_ref().clone();
+            if !pool_names.insert(pname.clone()) {
+                return self.err(p.name.span(), "vip.pool.name", format!("duplicate pool {pname:?} in VIP {name:?}"));
+            }
+            let mut backends = Vec::new();
+            for b in p.backends {
+                let addr = self.socket_addr(&b.address, "vip.pool.backends.address")?;
+                if addr.is_ipv4() != address.is_ipv4() {
+                    return self.err(b.address.span(), "vip.pool.backends.address", format!("{addr} is not the VIP's address family ({address})"));
+                }
+                if !seen_backends.insert(addr) {
+                    return self.err(b.address.span(), "vip.pool.backends.address", format!("{addr} appears twice in VIP {name:?}"));
+                }
+                let weight = self.int(&b.weight, "vip.pool.backends.weight", DEFAULT_WEIGHT, 0, MAX_WEIGHT)?;
+                backends.push(BackendConfig { address: addr, weight });
+            }
+            pools.push(PoolConfig { name: pname, backends });
+        }
+        let active = v.active.get_ref().clone();
+        if !pool_names.contains(&active) {
+            return self.err(v.active.span(), "vip.active", format!("no pool named {active:?} in VIP {name:?}"));
+        }
+        Ok(VipConfig { name, address, protocol, mode, scheduler, active, health: v.health, pools })
+    }
+}
+
+impl VipConfig {
+    pub fn family_is_v4(&self) -> bool {
+        matches!(self.address.ip(), IpAddr::V4(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[agent]
+interfaces = ["eth0"]
+snat_v4 = "10.0.0.2"
+
+[[vip]]
+name = "web"
+address = "10.0.0.100:80"
+protocol = "tcp"
+mode = "nat"
+scheduler = "maglev"
+active = "blue"
+health = { kind = "http", path = "/healthz", interval = "1s" }
+
+[[vip.pool]]
+name = "blue"
+backends = [ { address = "10.0.1.10:8080", weight = 100 }, { address = "10.0.1.11:8080" } ]
+
+[[vip.pool]]
+name = "green"
+backends = [ { address = "10.0.2.10:8080" } ]
+"#;
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, "veer.toml").expect_err("must be rejected")
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = parse(GOOD, "veer.toml").unwrap();
+        assert_eq!(c.vips.len(), 1);
+        assert_eq!(c.vips[0].pools[0].backends[1].weight, DEFAULT_WEIGHT);
+        assert_eq!(c.agent.ring_size, 65537);
+        assert_eq!(c.agent.snat_v4, Some(Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let e = err(&GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\ncolour = \"red\""));
+        assert_eq!(e.line, 10, "{e}");
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_weight_and_active_pool_are_rejected_with_lines() {
+        let e = err(&GOOD.replace("10.0.1.11:8080", "10.0.1.11"));
+        assert_eq!((e.line, e.field.as_str()), (17, "vip.pool.backends.address"), "{e}");
+        let e = err(&GOOD.replace("weight = 100", "weight = 10001"));
+        assert_eq!((e.line, e.field.as_str()), (17, "vip.pool.backends.weight"), "{e}");
+        let e = err(&GOOD.replace("weight = 100", "weight = -1"));
+        assert_eq!(e.field, "vip.pool.backends.weight", "{e}");
+        let e = err(&GOOD.replace("active = \"blue\"", "active = \"purple\""));
+        assert_eq!((e.line, e.field.as_str()), (12, "vip.active"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_configs_are_rejected() {
+        let dup_backend = GOOD.replace("10.0.2.10:8080", "10.0.1.10:8080");
+        assert_eq!(err(&dup_backend).field, "vip.pool.backends.address");
+        let mixed = GOOD.replace("10.0.2.10:8080", "[fd00::1]:8080");
+        assert!(err(&mixed).message.contains("family"));
+        let two = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[vip]]").unwrap()..]);
+        assert!(err(&two).message.contains("duplicate VIP name"));
+        let same_addr = two.replacen("name = \"web\"", "name = \"web2\"", 1);
+        assert!(err(&same_addr).message.contains("already another VIP"));
+        assert!(err(&GOOD.replace("mode = \"nat\"", "mode = \"dsr\"")).message.contains("not supported yet"));
+        assert!(err(&GOOD.replace("maglev", "fastest")).message.contains("expected"));
+        assert_eq!(err(&GOOD.replace("interfaces", "ring_size = 65536\ninterfaces")).field, "agent.ring_size");
+        assert!(err("[[vip]\n").line >= 1);
+        assert!(err(&GOOD.replace(":80\"", ":0\"")).message.contains("port 0"));
+    }
+}

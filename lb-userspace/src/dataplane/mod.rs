@@ -1,0 +1,229 @@
+//! The only module that uses aya: loads the embedded XDP object, pins its maps, attaches it,
+//! writes a [`Plan`] into the maps and reads counters back.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    Backend, Config, Counters, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG,
+    MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS,
+    MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
+    vip_filter_slot,
+};
+use tracing::{info, warn};
+
+use crate::state::Plan;
+
+/// The balancer's object (built by build.rs from lb-ebpf).
+pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
+/// A map-less XDP_PASS program for veth peers (XDP_TX/REDIRECT into a veth need one).
+pub const PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-pass"));
+
+pub const PIN_DIR: &str = "/sys/fs/bpf/veer";
+
+/// Maps pinned under PIN_DIR: the agent's state lives in them.
+const PINNED: &[&str] = &[
+    MAP_VIPS, MAP_VIP_FILTER, MAP_BACKENDS, MAP_NEXTHOPS, MAP_TABLES, MAP_FLOWS, MAP_NAT_REV,
+    MAP_CONFIG, MAP_VIP_STATS, MAP_BACKEND_STATS, MAP_REASONS, MAP_TX_PORTS, MAP_AB_RULES,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("the embedded XDP object is empty: this binary was built with AYA_BUILD_SKIP=1; build it with `cargo xtask build`")]
+    StubObject,
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel rejected the XDP program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("devmap TX_PORTS: {0}")]
+    TxPort(String),
+    #[error("no interface named {0:?}")]
+    NoInterface(String),
+    #[error("attaching to {iface} in {mode:?} mode: {source}")]
+    Attach { iface: String, mode: XdpMode, source: aya::programs::ProgramError },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// How to attach: `Auto` tries native (driver) mode and falls back to generic with a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Map sizes fixed at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    pub flows: u32,
+    pub backends: u32,
+    pub ring_size: u32,
+    pub max_tables: u32,
+}
+
+/// A loaded balancer. Dropping it detaches from every interface and removes the pins it
+/// created.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    links: Vec<(String, XdpLinkId)>,
+    pin_dir: PathBuf,
+}
+
+impl Dataplane {
+    pub fn load(sizes: Sizes, pin_dir: &Path) -> Result<Self, DataplaneError> {
+        if BALANCER_OBJECT.is_empty() {
+            return Err(DataplaneError::StubObject);
+        }
+        // Kernels >= 5.11 account BPF memory to the cgroup; older ones need memlock.
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: plain syscall with a valid struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+            info!("could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to cgroups", std::io::Error::last_os_error());
+        }
+        std::fs::create_dir_all(pin_dir)?;
+        let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(MAP_FLOWS, sizes.flows)
+            .map_max_entries(MAP_NAT_REV, sizes.flows)
+            .map_max_entries(MAP_BACKENDS, sizes.backends)
+            .map_max_entries(MAP_NEXTHOPS, sizes.backends)
+            .map_max_entries(MAP_BACKEND_STATS, sizes.backends)
+            .map_max_entries(MAP_TABLES, sizes.max_tables * sizes.ring_size);
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(BALANCER_OBJECT)?;
+        let prog: &mut Xdp = ebpf.program_mut(PROG_BALANCER).ok_or(DataplaneError::StubObject)?.try_into()?;
+        prog.load()?;
+        Ok(Dataplane { ebpf, links: Vec::new(), pin_dir: pin_dir.to_path_buf() })
+    }
+
+    /// Attaches to `iface`; returns the mode used.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DataplaneError> {
+        let ifindex = ifindex(iface)?;
+        let prog: &mut Xdp = self.ebpf.program_mut(PROG_BALANCER).ok_or(DataplaneError::StubObject)?.try_into()?;
+        let try_mode = |prog: &mut Xdp, m: XdpMode| {
+            prog.attach(iface, m).map_err(|source| DataplaneError::Attach { iface: iface.into(), mode: m, source })
+        };
+        let (link, used) = match mode {
+            AttachMode::Native => (try_mode(prog, XdpMode::Driver)?, XdpMode::Driver),
+            AttachMode::Generic => (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb),
+            AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
+                Ok(l) => (l, XdpMode::Driver),
+                Err(e) => {
+                    warn!("{e}; falling back to generic XDP (slower: runs after the driver allocated an skb)");
+                    (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb)
+                }
+            },
+        };
+        self.links.push((iface.to_string(), link));
+        let mut tx: DevMapHash<&mut MapData> = self.ebpf.map_mut(MAP_TX_PORTS).ok_or(DataplaneError::StubObject)?.try_into().map_err(map_err(MAP_TX_PORTS))?;
+        tx.insert(ifindex, ifindex, None, 0).map_err(|e| DataplaneError::TxPort(e.to_string()))?;
+        info!(iface, ?used, "attached");
+        Ok(used)
+    }
+
+    /// Writes `plan` into the maps, in an order no packet can observe half-done: backends
+    /// and tables before the VIPs that point at them, the filter last.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
+        let mut cfg: Array<&mut MapData, Config> = self.map_mut(MAP_CONFIG)?;
+        cfg.set(0, plan.config, 0).map_err(map_err(MAP_CONFIG))?;
+        let mut backends: Array<&mut MapData, Backend> = self.map_mut(MAP_BACKENDS)?;
+        for b in &plan.backends {
+            backends.set(b.id, b.value, 0).map_err(map_err(MAP_BACKENDS))?;
+        }
+        let mut hops: Array<&mut MapData, NextHop> = self.map_mut(MAP_NEXTHOPS)?;
+        for b in &plan.backends {
+            hops.set(b.id, NextHop::default(), 0).map_err(map_err(MAP_NEXTHOPS))?;
+        }
+        let mut tables: Array<&mut MapData, u32> = self.map_mut(MAP_TABLES)?;
+        let m = plan.config.ring_size;
+        for (id, slots) in &plan.tables {
+            for (slot, backend) in slots.iter().enumerate() {
+                tables.set(id * m + slot as u32, backend, 0).map_err(map_err(MAP_TABLES))?;
+            }
+        }
+        let mut vips: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
+        for v in &plan.vips {
+            vips.insert(v.key, v.info, 0).map_err(map_err(MAP_VIPS))?;
+        }
+        let mut filter: Array<&mut MapData, u64> = self.map_mut(MAP_VIP_FILTER)?;
+        for addr in &plan.filter {
+            let (word, bit) = vip_filter_slot(addr);
+            let old = filter.get(&word, 0).map_err(map_err(MAP_VIP_FILTER))?;
+            filter.set(word, old | bit, 0).map_err(map_err(MAP_VIP_FILTER))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(DataplaneError::StubObject)?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    fn per_cpu_sum(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
+        let map: PerCpuArray<&MapData, Counters> = self.ebpf.map(name).ok_or(DataplaneError::StubObject)?.try_into().map_err(map_err(name))?;
+        Ok(map.get(&index, 0).map_err(map_err(name))?.iter().fold(Counters::default(), |a, c| a.add(*c)))
+    }
+
+    pub fn vip_counters(&self, vip_id: u32) -> Result<Counters, DataplaneError> {
+        self.per_cpu_sum(MAP_VIP_STATS, vip_id)
+    }
+
+    pub fn backend_counters(&self, backend_id: u32) -> Result<Counters, DataplaneError> {
+        self.per_cpu_sum(MAP_BACKEND_STATS, backend_id)
+    }
+
+    /// Every reason counter, summed over CPUs.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        let map: PerCpuArray<&MapData, u64> = self.ebpf.map(MAP_REASONS).ok_or(DataplaneError::StubObject)?.try_into().map_err(map_err(MAP_REASONS))?;
+        Reason::ALL
+            .iter()
+            .map(|r| Ok((*r, map.get(&(*r as u32), 0).map_err(map_err(MAP_REASONS))?.iter().sum())))
+            .collect()
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Some(prog) = self.ebpf.program_mut(PROG_BALANCER).and_then(|p| <&mut Xdp>::try_from(p).ok()) {
+            for (iface, link) in self.links.drain(..) {
+                match prog.detach(link) {
+                    Ok(()) => info!(iface, "detached"),
+                    Err(e) => warn!(iface, "detach failed: {e}"),
+                }
+            }
+        }
+        for name in PINNED {
+            let _ = std::fs::remove_file(self.pin_dir.join(name));
+        }
+        let _ = std::fs::remove_dir(&self.pin_dir);
+    }
+}
+
+pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
+    let c = CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.into()))?;
+    // SAFETY: valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DataplaneError::NoInterface(iface.into())),
+        i => Ok(i),
+    }
+}
