@@ -1,0 +1,383 @@
+//! A network-namespace lab: a client, the balancer and backends joined by a bridge that
+//! lives in a namespace of its own, real HTTP/UDP servers, real clients, the real agent.
+//! Everything it creates is removed on drop, pass or fail.
+
+mod netns;
+mod servers;
+mod traffic;
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+pub use netns::{Netns, run_cmd};
+pub use servers::Servers;
+pub use traffic::{Outcome, http_get, udp_request, run_http_load};
+
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
+pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x10);
+pub const HTTP_PORT: u16 = 8080;
+pub const UDP_PORT: u16 = 5353;
+
+pub fn backend4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 11 + i as u8)
+}
+pub fn backend6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
+pub fn backend_name(i: usize) -> String {
+    format!("b{}", i + 1)
+}
+
+/// Is this process root? The lab needs it; tests skip (with a printed reason) otherwise.
+pub fn is_root() -> bool {
+    // SAFETY: trivial libc call.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `veer` binary: $VEER_BIN (set by `cargo xtask test/run`), else next to this test
+/// binary's target directory.
+pub fn veer_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("VEER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("veer");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("cannot find the veer binary: run through `cargo xtask test`, or set VEER_BIN")
+}
+
+/// Serialises labs: the agent's pin directory is global to the machine.
+struct LabLock {
+    _file: File,
+}
+
+impl LabLock {
+    fn acquire() -> anyhow::Result<Self> {
+        let f = File::create("/run/veer-lab.lock").context("create lab lock")?;
+        // SAFETY: valid fd; blocks until the other lab is gone.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("flock: {}", std::io::Error::last_os_error());
+        }
+        Ok(LabLock { _file: f })
+    }
+}
+
+/// The running agent: SIGTERM on drop, SIGKILL if it does not stop within 5 s.
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the agent; returns its exit status (None if it had to be killed).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Backends of the lab's VIP: (weight) per backend; the lab has `weights.len()` backends.
+pub struct LabOptions {
+    pub weights: Vec<u32>,
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+    bridge: Netns,
+    pub servers: Vec<Servers>,
+    pub agent: Option<Agent>,
+    _pass: Option<aya::Ebpf>,
+    _lock: LabLock,
+}
+
+impl Lab {
+    pub fn new(opts: &LabOptions) -> anyhow::Result<Lab> {
+        let lock = LabLock::acquire()?;
+        ensure!(
+            !Path::new(veer::dataplane::PIN_DIR).exists(),
+            "{} exists: another veer agent is running on this machine",
+            veer::dataplane::PIN_DIR
+        );
+        static N: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!("vlab{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(&prefix);
+        fs::create_dir_all(&dir)?;
+        let bridge = Netns::new(&format!("{prefix}-br"))?;
+        let mut lab = Lab {
+            client: Netns::new(&format!("{prefix}-cl"))?,
+            lb: Netns::new(&format!("{prefix}-lb"))?,
+            backends: Vec::new(),
+            bridge,
+            servers: Vec::new(),
+            agent: None,
+            _pass: None,
+            _lock: lock,
+            prefix: prefix.clone(),
+            dir,
+        };
+        for i in 0..opts.weights.len() {
+            lab.backends.push(Netns::new(&format!("{prefix}-b{}", i + 1))?);
+        }
+        lab.wire()?;
+        for (i, ns) in lab.backends.iter().enumerate() {
+            lab.servers.push(Servers::start(ns, &backend_name(i), HTTP_PORT, UDP_PORT)?);
+        }
+        Ok(lab)
+    }
+
+    /// Bridge, veths, addresses, routes, sysctls, offloads, and the XDP_PASS program on the
+    /// balancer's bridge-side peer (XDP_TX into a veth needs one, see TOOLCHAIN.md).
+    fn wire(&mut self) -> anyhow::Result<()> {
+        let br = self.bridge.name.clone();
+        run_cmd(&["ip", "-n", &br, "link", "add", "name", "br0", "type", "bridge"])?;
+        run_cmd(&["ip", "-n", &br, "link", "set", "dev", "br0", "up"])?;
+        let mut hosts: Vec<(&Netns, String, Vec<String>)> = vec![
+            (&self.client, "p-cl".into(), vec![format!("{CLIENT4}/24"), format!("{CLIENT6}/64")]),
+            (&self.lb, "p-lb".into(), vec![format!("{LB4}/24"), format!("{LB6}/64")]),
+        ];
+        for (i, ns) in self.backends.iter().enumerate() {
+            hosts.push((ns, format!("p-b{}", i + 1), vec![format!("{}/24", backend4(i)), format!("{}/64", backend6(i))]));
+        }
+        for (ns, peer, addrs) in &hosts {
+            let n = ns.name.as_str();
+            run_cmd(&["ip", "-n", &br, "link", "add", "name", "eth0", "type", "veth", "peer", "name", peer])?;
+            run_cmd(&["ip", "-n", &br, "link", "set", "dev", "eth0", "netns", n])?;
+            run_cmd(&["ip", "-n", &br, "link", "set", "dev", peer, "master", "br0", "up"])?;
+            run_cmd(&["ip", "-n", n, "link", "set", "dev", "lo", "up"])?;
+            run_cmd(&["ip", "-n", n, "link", "set", "dev", "eth0", "up"])?;
+            for a in addrs {
+                if a.contains(':') {
+                    run_cmd(&["ip", "-n", n, "addr", "add", a, "dev", "eth0", "nodad"])?;
+                } else {
+                    run_cmd(&["ip", "-n", n, "addr", "add", a, "dev", "eth0"])?;
+                }
+            }
+            // Senders into the XDP program must not leave checksums to offload.
+            run_cmd(&["ip", "netns", "exec", n, "ethtool", "-K", "eth0", "tx", "off"])?;
+        }
+        let cl = self.client.name.as_str();
+        run_cmd(&["ip", "-n", cl, "route", "add", &format!("{VIP4}/32"), "via", &LB4.to_string()])?;
+        run_cmd(&["ip", "-n", cl, "-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()])?;
+        let lb = self.lb.name.as_str();
+        for s in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.conf.all.accept_local=1",
+            "net.ipv4.conf.eth0.accept_local=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ] {
+            run_cmd(&["ip", "netns", "exec", lb, "sysctl", "-qw", s])?;
+        }
+        let pass = self.bridge.run(|| -> anyhow::Result<aya::Ebpf> {
+            let mut ebpf = aya::Ebpf::load(veer::dataplane::PASS_OBJECT).context("load the XDP_PASS object")?;
+            let prog: &mut aya::programs::Xdp = ebpf.program_mut(lb_common::PROG_PASS).context("veer_pass")?.try_into()?;
+            prog.load()?;
+            prog.attach("p-lb", aya::programs::XdpMode::Driver).context("attach veer_pass to p-lb")?;
+            Ok(ebpf)
+        })??;
+        self._pass = Some(pass);
+        Ok(())
+    }
+
+    /// Writes a config for one TCP VIP (HTTP) and one UDP VIP per family over all backends.
+    pub fn write_config(&self, weights: &[u32]) -> anyhow::Result<PathBuf> {
+        let mut text = format!(
+            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nsnat_v6 = \"{LB6}\"\nflow_capacity = 65536\n"
+        );
+        let pools = |v6: bool, port: u16| -> String {
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let addr = if v6 { format!("[{}]:{port}", backend6(i)) } else { format!("{}:{port}", backend4(i)) };
+                    format!("{{ address = \"{addr}\", weight = {w} }}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (name, vip, proto, port) in [
+            ("web4", format!("{VIP4}:80"), "tcp", HTTP_PORT),
+            ("dns4", format!("{VIP4}:53"), "udp", UDP_PORT),
+            ("web6", format!("[{VIP6}]:80"), "tcp", HTTP_PORT),
+            ("dns6", format!("[{VIP6}]:53"), "udp", UDP_PORT),
+        ] {
+            let v6 = vip.starts_with('[');
+            text.push_str(&format!(
+                "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nprotocol = \"{proto}\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
+                pools(v6, port)
+            ));
+        }
+        let path = self.dir.join("veer.toml");
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Starts `veer agent` in the balancer namespace and waits until it says it is ready.
+    pub fn start_agent(&mut self, config: &Path) -> anyhow::Result<()> {
+        let veer = veer_bin()?;
+        let log = self.dir.join("agent.log");
+        let out = File::create(&log)?;
+        // Not `ip netns exec`: that also makes a mount namespace with a fresh /sys, hiding
+        // the host's bpffs where the agent pins its maps.
+        let ns = File::open(format!("/run/netns/{}", self.lb.name))?;
+        let mut cmd = Command::new(&veer);
+        // SAFETY: setns is async-signal-safe; the fd stays open until exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .args(["agent", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("failed to run {} agent", veer.display()))?;
+        let mut agent = Agent { child: Some(child), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if agent.log_text().contains("veer agent ready") {
+                break;
+            }
+            if let Some(c) = agent.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!("veer agent exited ({status}) before it was ready:\n{}", agent.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("veer agent not ready after 20 s:\n{}", agent.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log_text()).unwrap_or_default()
+    }
+
+    /// `n` new-connection HTTP GETs from the client to `vip` (bounded: each has a timeout).
+    pub fn http_load(&self, vip: SocketAddr, n: usize) -> anyhow::Result<Outcome> {
+        self.client.run(move || run_http_load(vip, n, Duration::from_secs(3)))
+    }
+
+    /// Waits (bounded) until the VIP answers once: the first packets resolve neighbours.
+    pub fn wait_for_vip(&self, vip: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = self.client.run(move || http_get(vip, Duration::from_secs(1)).is_ok())?;
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("VIP {vip} never answered; agent log:\n{}", self.agent_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn udp(&self, vip: SocketAddr, payload: &'static [u8]) -> anyhow::Result<String> {
+        self.client.run(move || udp_request(vip, payload, Duration::from_secs(2)))?
+    }
+
+    /// Names of every namespace of this lab.
+    pub fn names(&self) -> Vec<String> {
+        let mut v = vec![self.bridge.name.clone(), self.client.name.clone(), self.lb.name.clone()];
+        v.extend(self.backends.iter().map(|b| b.name.clone()));
+        v
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.stop();
+        }
+        for s in &mut self.servers {
+            s.stop();
+        }
+        self._pass = None;
+        // Namespaces are deleted by their own guards (fields drop after this).
+        // If the agent was killed, its pins are ours to remove.
+        if let Ok(entries) = fs::read_dir(veer::dataplane::PIN_DIR) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+            let _ = fs::remove_dir(veer::dataplane::PIN_DIR);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Requests per backend name, and the share in percent.
+pub fn shares(outcome: &Outcome) -> BTreeMap<String, (usize, f64)> {
+    let total = outcome.by_backend.values().sum::<usize>().max(1);
+    outcome.by_backend.iter().map(|(k, &n)| (k.clone(), (n, n as f64 * 100.0 / total as f64))).collect()
+}
+
+/// Names of namespaces that still exist with this prefix.
+pub fn leftover_namespaces(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}

@@ -1,0 +1,82 @@
+//! Real clients: new-connection HTTP GETs and UDP request/reply, bounded in count and time.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub ok: usize,
+    pub failed: usize,
+    /// Answers per backend name.
+    pub by_backend: BTreeMap<String, usize>,
+    /// The first few failures, for the report.
+    pub errors: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// One GET on a new connection with `Connection: close`; returns the backend's name.
+pub fn http_get(vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&vip, timeout).with_context(|| format!("connect {vip}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {vip}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).context("read response")?;
+    let text = String::from_utf8_lossy(&resp);
+    if !text.starts_with("HTTP/1.1 200") {
+        bail!("unexpected response: {:?}", text.lines().next().unwrap_or(""));
+    }
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+    if body.is_empty() {
+        bail!("empty body");
+    }
+    Ok(body)
+}
+
+/// `n` sequential new-connection GETs.
+pub fn run_http_load(vip: SocketAddr, n: usize, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut out = Outcome::default();
+    for _ in 0..n {
+        match http_get(vip, timeout) {
+            Ok(name) => {
+                out.ok += 1;
+                *out.by_backend.entry(name).or_default() += 1;
+            }
+            Err(e) => {
+                out.failed += 1;
+                if out.errors.len() < 5 {
+                    out.errors.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    out.elapsed = start.elapsed();
+    out
+}
+
+/// One UDP datagram to `vip`; returns the reply as text.
+pub fn udp_request(vip: SocketAddr, payload: &[u8], timeout: Duration) -> anyhow::Result<String> {
+    let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    // A few tries: the first datagram may be spent resolving neighbours.
+    for _ in 0..5 {
+        s.send_to(payload, vip)?;
+        let mut buf = [0u8; 1500];
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            if from != vip {
+                bail!("reply from {from}, expected the VIP {vip}");
+            }
+            return Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        }
+    }
+    bail!("no UDP reply from {vip}")
+}
