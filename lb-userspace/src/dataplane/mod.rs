@@ -94,6 +94,7 @@ impl Dataplane {
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
             info!("could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to cgroups", std::io::Error::last_os_error());
         }
+        ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)?;
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
@@ -217,6 +218,21 @@ impl Drop for Dataplane {
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
     }
+}
+
+/// Pinning needs bpffs at /sys/fs/bpf; systemd mounts it on most hosts, mount it if not.
+fn ensure_bpffs() -> Result<(), DataplaneError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+        return Ok(());
+    }
+    info!("mounting bpffs at /sys/fs/bpf");
+    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+    // SAFETY: valid C strings; mounting needs CAP_SYS_ADMIN, which loading XDP needs too.
+    if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
