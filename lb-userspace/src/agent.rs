@@ -1,28 +1,39 @@
-//! `veer agent`: validate the config, load and program the data path, attach, then hold it
-//! until SIGINT/SIGTERM, when it detaches and removes its pins.
+//! `veer agent`: validate the config, load (or adopt) the data path, reconcile the maps
+//! with the desired state, serve the API, and persist every change. SIGTERM/SIGINT detach
+//! and remove the pins; SIGKILL leaves the data path forwarding for the next agent to adopt.
 
 use std::{
+    collections::BTreeMap,
     ffi::CStr,
+    io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Mutex,
+};
+use tracing::{info, warn};
 
 use crate::{
+    api,
     config::{self, Config},
     dataplane::{AttachMode, Dataplane, PIN_DIR, Sizes},
-    state,
+    state::{Desired, Ids, Limits, Reconciler},
 };
 
 /// Exit code for rejected input (a bad config), per the CLI contract.
 pub const EXIT_REJECTED: i32 = 1;
+pub const MAX_TABLES: u32 = 64;
 
 pub struct Options {
     pub config: PathBuf,
     pub interfaces: Vec<String>,
+    pub socket: Option<PathBuf>,
     pub mode: AttachMode,
 }
 
@@ -44,15 +55,85 @@ impl AgentError {
     }
 }
 
+/// What is persisted: the desired state and the ids in the maps.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    /// FNV-1a of the config file the state grew from.
+    config_hash: String,
+    desired: Desired,
+    ids: Ids,
+}
+
+/// FNV-1a 64: a stable digest of the config text (not for security).
+pub fn fnv1a(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The agent's state behind the API.
+pub struct Core {
+    pub desired: Desired,
+    pub reconciler: Reconciler,
+    pub dp: Dataplane,
+    pub snat_v4: Option<Ipv4Addr>,
+    pub snat_v6: Option<Ipv6Addr>,
+    pub state_file: PathBuf,
+    config_hash: String,
+}
+
+impl Core {
+    /// Applies `next` as the new desired state: reconcile, write the maps, persist.
+    /// Validation errors change nothing.
+    pub fn set_desired(&mut self, next: Desired) -> Result<(), api::ApiError> {
+        let mut rec = self.reconciler.clone();
+        let ops = rec.reconcile(&next, self.snat_v4, self.snat_v6).map_err(|e| api::ApiError::bad(e.to_string()))?;
+        self.dp.execute(&ops).map_err(|e| api::ApiError::internal(format!("map write failed: {e}")))?;
+        self.reconciler = rec;
+        self.desired = next;
+        self.persist().map_err(|e| api::ApiError::internal(format!("persist state: {e}")))
+    }
+
+    pub fn persist(&self) -> std::io::Result<()> {
+        let p = Persisted { config_hash: self.config_hash.clone(), desired: self.desired.clone(), ids: self.reconciler.ids.clone() };
+        write_atomic(&self.state_file, &serde_json::to_vec_pretty(&p)?)
+    }
+}
+
+pub fn state_file(config: &Config) -> PathBuf {
+    config.agent.state_file.clone()
+}
+
 /// Everything checked before the kernel is touched.
 pub struct Prepared {
     pub config: Config,
+    pub config_hash: String,
     pub interfaces: Vec<String>,
-    pub plan: state::Plan,
+    pub snat_v4: Option<Ipv4Addr>,
+    pub snat_v6: Option<Ipv6Addr>,
 }
 
 pub fn prepare(config_path: &Path, interfaces: &[String]) -> Result<Prepared, AgentError> {
-    let config = config::load(config_path).map_err(|e| AgentError::Rejected(e.to_string()))?;
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| AgentError::Rejected(format!("{}: cannot read: {e}", config_path.display())))?;
+    let config = config::parse(&text, &config_path.display().to_string()).map_err(|e| AgentError::Rejected(e.to_string()))?;
     let interfaces = if interfaces.is_empty() { config.agent.interfaces.clone() } else { interfaces.to_vec() };
     if interfaces.is_empty() {
         return Err(AgentError::Rejected(format!(
@@ -66,36 +147,103 @@ pub fn prepare(config_path: &Path, interfaces: &[String]) -> Result<Prepared, Ag
     let (found4, found6) = interface_addresses(&interfaces[0]);
     let snat_v4 = config.agent.snat_v4.or(found4);
     let snat_v6 = config.agent.snat_v6.or(found6);
-    let plan = state::plan(&config, snat_v4, snat_v6).map_err(|e| AgentError::Rejected(format!("{}: {e}", config_path.display())))?;
-    Ok(Prepared { config, interfaces, plan })
+    // Validate the whole state against fresh limits before anything else happens.
+    Reconciler::new(limits(&config))
+        .reconcile(&Desired::new(config.clone()), snat_v4, snat_v6)
+        .map_err(|e| AgentError::Rejected(format!("{}: {e}", config_path.display())))?;
+    Ok(Prepared { config, config_hash: fnv1a(&text), interfaces, snat_v4, snat_v6 })
+}
+
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        ring_size: config.agent.ring_size,
+        max_backends: config.agent.max_backends,
+        max_tables: MAX_TABLES,
+        max_vips: lb_common::DEFAULT_MAX_VIPS,
+    }
+}
+
+/// The persisted state, if it grew from this very config text.
+fn restore(state_file: &Path, config_hash: &str) -> Option<Persisted> {
+    let text = std::fs::read_to_string(state_file).ok()?;
+    match serde_json::from_str::<Persisted>(&text) {
+        Ok(p) if p.config_hash == config_hash => Some(p),
+        Ok(_) => {
+            warn!(file = %state_file.display(), "the config file changed since the state was saved: starting from the config");
+            None
+        }
+        Err(e) => {
+            warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config");
+            None
+        }
+    }
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     let p = prepare(&opts.config, &opts.interfaces)?;
+    let limits = limits(&p.config);
     let sizes = Sizes {
         flows: p.config.agent.flow_capacity,
         backends: p.config.agent.max_backends,
         ring_size: p.config.agent.ring_size,
-        max_tables: p.plan.max_tables,
+        max_tables: MAX_TABLES,
     };
+    let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
+    let state_file = state_file(&p.config);
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let mut dp = Dataplane::load(sizes, Path::new(PIN_DIR)).context("load the data path")?;
-    dp.apply(&p.plan).context("program the maps")?;
+    let dp = Dataplane::load(sizes, Path::new(PIN_DIR)).context("load the data path")?;
+    let restored = restore(&state_file, &p.config_hash);
+    let (desired, reconciler) = match (&restored, dp.adopted) {
+        (Some(saved), true) => {
+            // Same ids as the maps hold; table contents read back for minimal-disruption rebuilds.
+            let mut tables = BTreeMap::new();
+            for &id in saved.ids.tables.values() {
+                tables.insert(id, dp.read_table(id, limits.ring_size).context("read adopted table")?);
+            }
+            (saved.desired.clone(), Reconciler::adopt(limits, saved.ids.clone(), tables))
+        }
+        (Some(saved), false) => (saved.desired.clone(), Reconciler::new(limits)),
+        (None, _) => (Desired::new(p.config.clone()), Reconciler::new(limits)),
+    };
+    let mut core = Core {
+        desired: Desired::new(p.config.clone()),
+        reconciler,
+        dp,
+        snat_v4: p.snat_v4,
+        snat_v6: p.snat_v6,
+        state_file,
+        config_hash: p.config_hash.clone(),
+    };
+    core.set_desired(desired).map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
     for iface in &p.interfaces {
-        dp.attach(iface, opts.mode).context("attach")?;
+        core.dp.attach(iface, opts.mode).context("attach")?;
     }
+    let metrics = p.config.agent.metrics;
+    let core = Arc::new(Mutex::new(core));
+    let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
+    let metrics_server = match metrics {
+        Some(addr) => Some(crate::metrics::serve(core.clone(), addr).await.context("metrics listener")?),
+        None => None,
+    };
     info!(
-        vips = p.plan.vips.len(),
-        backends = p.plan.backends.len(),
+        vips = p.config.vips.len(),
         interfaces = ?p.interfaces,
+        socket = %socket.display(),
+        restored = restored.is_some(),
         "veer agent ready"
     );
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: detaching"),
         _ = sigint.recv() => info!("SIGINT: detaching"),
     }
-    drop(dp);
+    server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
+    let _ = std::fs::remove_file(&socket);
+    let core = Arc::try_unwrap(core).map_err(|_| anyhow::anyhow!("API still holds the state"))?.into_inner();
+    core.dp.shutdown();
     info!("stopped");
     Ok(())
 }
@@ -122,10 +270,12 @@ pub fn interface_addresses(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) 
         // SAFETY: ifa_addr points to a sockaddr of the family it declares.
         match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
             libc::AF_INET if v4.is_none() => {
+                // SAFETY: AF_INET sockaddr.
                 let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
                 v4 = Some(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)));
             }
             libc::AF_INET6 if v6.is_none() => {
+                // SAFETY: AF_INET6 sockaddr.
                 let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
                 let a = Ipv6Addr::from(sa.sin6_addr.s6_addr);
                 if !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80 {
@@ -144,11 +294,9 @@ pub fn interface_addresses(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) 
 pub fn check(config_path: &Path, interfaces: &[String]) -> Result<String, AgentError> {
     let p = prepare(config_path, interfaces)?;
     let mut out = format!("{}: ok\n", config_path.display());
-    for v in &p.plan.vips {
-        let cfg = p.config.vips.iter().find(|c| c.name == v.name);
-        let (addr, active) = cfg.map(|c| (c.address.to_string(), c.active.clone())).unwrap_or_default();
-        let backends = p.plan.backends.iter().filter(|b| b.vip == v.name).count();
-        out.push_str(&format!("  vip {} {} active={} pools={} backends={}\n", v.name, addr, active, v.pools.len(), backends));
+    for v in &p.config.vips {
+        let backends: usize = v.pools.iter().map(|p| p.backends.len()).sum();
+        out.push_str(&format!("  vip {} {} active={} pools={} backends={backends}\n", v.name, v.address, v.active, v.pools.len()));
     }
     Ok(out)
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub const DEFAULT_SOCKET: &str = "/run/veer/veer.sock";
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/veer/state.json";
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const MAX_WEIGHT: u32 = 10_000;
 pub const MIN_FLOW_CAPACITY: u32 = 1024;
@@ -61,6 +62,8 @@ pub enum Mode {
 pub struct AgentConfig {
     pub interfaces: Vec<String>,
     pub socket: PathBuf,
+    /// Where desired state (config + runtime changes) is persisted.
+    pub state_file: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub snat_v4: Option<Ipv4Addr>,
     pub snat_v6: Option<Ipv6Addr>,
@@ -108,6 +111,7 @@ struct RawAgent {
     #[serde(default)]
     interfaces: Vec<String>,
     socket: Option<String>,
+    state_file: Option<String>,
     metrics: Option<Spanned<String>>,
     snat_v4: Option<Spanned<String>>,
     snat_v6: Option<Spanned<String>>,
@@ -229,6 +233,7 @@ impl Validator<'_> {
         let agent = AgentConfig {
             interfaces: a.interfaces.clone(),
             socket: PathBuf::from(a.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
+            state_file: PathBuf::from(a.state_file.clone().unwrap_or_else(|| DEFAULT_STATE_FILE.into())),
             metrics,
             snat_v4,
             snat_v6,

@@ -1,6 +1,10 @@
-//! veer's control plane: configuration, desired state, and the data-path owner.
+//! veer's control plane: configuration, desired state, the data-path owner, the API and
+//! the CLI's client.
 
 pub mod agent;
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod state;

@@ -9,17 +9,20 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use lb_common::{
-    Backend, Config, Counters, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG,
-    MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS,
+    Backend, Config, Counters, Flow, FlowKey, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_CONFIG, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS,
     MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
-    vip_filter_slot,
 };
 use tracing::{info, warn};
 
-use crate::state::Plan;
+use crate::state::Op;
 
 /// The balancer's object (built by build.rs from lb-ebpf).
 pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
@@ -44,6 +47,8 @@ pub enum DataplaneError {
     Program(#[from] aya::programs::ProgramError),
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error("XDP link: {0}")]
+    Link(String),
     #[error("devmap TX_PORTS: {0}")]
     TxPort(String),
     #[error("no interface named {0:?}")]
@@ -75,12 +80,17 @@ pub struct Sizes {
     pub max_tables: u32,
 }
 
-/// A loaded balancer. Dropping it detaches from every interface and removes the pins it
-/// created.
+/// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
+/// keeps forwarding when the agent dies; [`Dataplane::shutdown`] (SIGTERM) detaches and
+/// removes the pins. Dropping it otherwise leaves an adopted data path alone and removes
+/// only what a failed first start created.
 pub struct Dataplane {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<(String, PinnedLink)>,
     pin_dir: PathBuf,
+    /// The maps were already pinned: another agent's data path was taken over.
+    pub adopted: bool,
+    remove_on_drop: bool,
 }
 
 impl Dataplane {
@@ -96,6 +106,7 @@ impl Dataplane {
         }
         ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)?;
+        let adopted = pin_dir.join(MAP_VIPS).exists();
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         loader
@@ -111,65 +122,131 @@ impl Dataplane {
         let mut ebpf = loader.load(BALANCER_OBJECT)?;
         let prog: &mut Xdp = ebpf.program_mut(PROG_BALANCER).ok_or(DataplaneError::StubObject)?.try_into()?;
         prog.load()?;
-        Ok(Dataplane { ebpf, links: Vec::new(), pin_dir: pin_dir.to_path_buf() })
+        if adopted {
+            info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
+        }
+        Ok(Dataplane { ebpf, links: Vec::new(), pin_dir: pin_dir.to_path_buf(), adopted, remove_on_drop: !adopted })
     }
 
-    /// Attaches to `iface`; returns the mode used.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpMode, DataplaneError> {
+    /// Attaches to `iface`: replaces the program in a pinned link atomically when one
+    /// exists (restart, upgrade), otherwise attaches and pins a new link. Returns the mode
+    /// used (None: an existing link was updated).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Option<XdpMode>, DataplaneError> {
         let ifindex = ifindex(iface)?;
+        let link_pin = self.pin_dir.join(format!("link_{iface}"));
         let prog: &mut Xdp = self.ebpf.program_mut(PROG_BALANCER).ok_or(DataplaneError::StubObject)?.try_into()?;
-        let try_mode = |prog: &mut Xdp, m: XdpMode| {
-            prog.attach(iface, m).map_err(|source| DataplaneError::Attach { iface: iface.into(), mode: m, source })
+        let used = if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(&link_pin).map_err(|e| DataplaneError::Link(e.to_string()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::Link(e.to_string()))?;
+            prog.attach_to_link(link)?;
+            info!(iface, "program replaced in the pinned link (bpf_link_update)");
+            None
+        } else {
+            let try_mode = |prog: &mut Xdp, m: XdpMode| {
+                prog.attach(iface, m).map_err(|source| DataplaneError::Attach { iface: iface.into(), mode: m, source })
+            };
+            let (link_id, used) = match mode {
+                AttachMode::Native => (try_mode(prog, XdpMode::Driver)?, XdpMode::Driver),
+                AttachMode::Generic => (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb),
+                AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
+                    Ok(l) => (l, XdpMode::Driver),
+                    Err(e) => {
+                        warn!("{e}; falling back to generic XDP (slower: runs after the driver allocated an skb)");
+                        (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb)
+                    }
+                },
+            };
+            let link = prog.take_link(link_id)?;
+            let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Link(e.to_string()))?;
+            let pinned = fd.pin(&link_pin).map_err(|e| DataplaneError::Link(e.to_string()))?;
+            self.links.push((iface.to_string(), pinned));
+            info!(iface, ?used, "attached");
+            Some(used)
         };
-        let (link, used) = match mode {
-            AttachMode::Native => (try_mode(prog, XdpMode::Driver)?, XdpMode::Driver),
-            AttachMode::Generic => (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb),
-            AttachMode::Auto => match try_mode(prog, XdpMode::Driver) {
-                Ok(l) => (l, XdpMode::Driver),
-                Err(e) => {
-                    warn!("{e}; falling back to generic XDP (slower: runs after the driver allocated an skb)");
-                    (try_mode(prog, XdpMode::Skb)?, XdpMode::Skb)
-                }
-            },
-        };
-        self.links.push((iface.to_string(), link));
-        let mut tx: DevMapHash<&mut MapData> = self.ebpf.map_mut(MAP_TX_PORTS).ok_or(DataplaneError::StubObject)?.try_into().map_err(map_err(MAP_TX_PORTS))?;
+        let mut tx: DevMapHash<&mut MapData> = self.map_mut(MAP_TX_PORTS)?;
         tx.insert(ifindex, ifindex, None, 0).map_err(|e| DataplaneError::TxPort(e.to_string()))?;
-        info!(iface, ?used, "attached");
         Ok(used)
     }
 
-    /// Writes `plan` into the maps, in an order no packet can observe half-done: backends
-    /// and tables before the VIPs that point at them, the filter last.
-    pub fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
-        let mut cfg: Array<&mut MapData, Config> = self.map_mut(MAP_CONFIG)?;
-        cfg.set(0, plan.config, 0).map_err(map_err(MAP_CONFIG))?;
-        let mut backends: Array<&mut MapData, Backend> = self.map_mut(MAP_BACKENDS)?;
-        for b in &plan.backends {
-            backends.set(b.id, b.value, 0).map_err(map_err(MAP_BACKENDS))?;
-        }
-        let mut hops: Array<&mut MapData, NextHop> = self.map_mut(MAP_NEXTHOPS)?;
-        for b in &plan.backends {
-            hops.set(b.id, NextHop::default(), 0).map_err(map_err(MAP_NEXTHOPS))?;
-        }
-        let mut tables: Array<&mut MapData, u32> = self.map_mut(MAP_TABLES)?;
-        let m = plan.config.ring_size;
-        for (id, slots) in &plan.tables {
-            for (slot, backend) in slots.iter().enumerate() {
-                tables.set(id * m + slot as u32, backend, 0).map_err(map_err(MAP_TABLES))?;
+    /// Performs the reconciler's writes, in order.
+    pub fn execute(&mut self, ops: &[Op]) -> Result<(), DataplaneError> {
+        for op in ops {
+            match op {
+                Op::Config(c) => {
+                    let mut m: Array<&mut MapData, Config> = self.map_mut(MAP_CONFIG)?;
+                    m.set(0, c, 0).map_err(map_err(MAP_CONFIG))?;
+                }
+                Op::Backend { id, value, fresh } => {
+                    if *fresh {
+                        let mut hops: Array<&mut MapData, NextHop> = self.map_mut(MAP_NEXTHOPS)?;
+                        hops.set(*id, NextHop::default(), 0).map_err(map_err(MAP_NEXTHOPS))?;
+                    }
+                    let mut m: Array<&mut MapData, Backend> = self.map_mut(MAP_BACKENDS)?;
+                    m.set(*id, value, 0).map_err(map_err(MAP_BACKENDS))?;
+                }
+                Op::Table { id, slots } => {
+                    let mut m: Array<&mut MapData, u32> = self.map_mut(MAP_TABLES)?;
+                    let base = id * slots.len() as u32;
+                    for (i, backend) in slots.iter().enumerate() {
+                        m.set(base + i as u32, backend, 0).map_err(map_err(MAP_TABLES))?;
+                    }
+                }
+                Op::Vip(key, info) => {
+                    let mut m: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
+                    m.insert(key, info, 0).map_err(map_err(MAP_VIPS))?;
+                }
+                Op::RemoveVip(key) => {
+                    let mut m: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
+                    let _ = m.remove(key);
+                }
+                Op::Filter(word, bits) => {
+                    let mut m: Array<&mut MapData, u64> = self.map_mut(MAP_VIP_FILTER)?;
+                    m.set(*word, bits, 0).map_err(map_err(MAP_VIP_FILTER))?;
+                }
             }
         }
-        let mut vips: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
-        for v in &plan.vips {
-            vips.insert(v.key, v.info, 0).map_err(map_err(MAP_VIPS))?;
-        }
-        let mut filter: Array<&mut MapData, u64> = self.map_mut(MAP_VIP_FILTER)?;
-        for addr in &plan.filter {
-            let (word, bit) = vip_filter_slot(addr);
-            let old = filter.get(&word, 0).map_err(map_err(MAP_VIP_FILTER))?;
-            filter.set(word, old | bit, 0).map_err(map_err(MAP_VIP_FILTER))?;
-        }
         Ok(())
+    }
+
+    /// Slots of table `id` as the kernel holds them (for adoption after a restart).
+    pub fn read_table(&self, id: u32, ring_size: u32) -> Result<Vec<u32>, DataplaneError> {
+        let m: Array<&MapData, u32> = self.map(MAP_TABLES)?;
+        (0..ring_size).map(|i| m.get(&(id * ring_size + i), 0).map_err(map_err(MAP_TABLES))).collect()
+    }
+
+    /// Up to `limit` connection-table entries of VIP `vip_id`, and how many it has in all.
+    pub fn flows(&self, vip_id: u32, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), DataplaneError> {
+        let m: HashMap<&MapData, FlowKey, Flow> = self.map(MAP_FLOWS)?;
+        let mut out = Vec::new();
+        let mut total = 0;
+        for entry in m.iter() {
+            let Ok((k, v)) = entry else { continue };
+            if v.vip_id == vip_id {
+                total += 1;
+                if out.len() < limit {
+                    out.push((k, v));
+                }
+            }
+        }
+        Ok((out, total))
+    }
+
+    /// The connection-table entry of one flow, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
+        let m: HashMap<&MapData, FlowKey, Flow> = self.map(MAP_FLOWS)?;
+        Ok(m.get(key, 0).ok())
+    }
+
+    /// Detaches from every interface and removes all pins: a clean stop.
+    pub fn shutdown(mut self) {
+        self.remove_on_drop = true;
+        for entry in std::fs::read_dir(&self.pin_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with("link_") {
+                let _ = std::fs::remove_file(entry.path());
+                info!(link = %name.to_string_lossy(), "detached");
+            }
+        }
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
@@ -177,6 +254,14 @@ impl Dataplane {
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
         let map = self.ebpf.map_mut(name).ok_or(DataplaneError::StubObject)?;
+        T::try_from(map).map_err(map_err(name))
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(DataplaneError::StubObject)?;
         T::try_from(map).map_err(map_err(name))
     }
 
@@ -205,13 +290,12 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        if let Some(prog) = self.ebpf.program_mut(PROG_BALANCER).and_then(|p| <&mut Xdp>::try_from(p).ok()) {
-            for (iface, link) in self.links.drain(..) {
-                match prog.detach(link) {
-                    Ok(()) => info!(iface, "detached"),
-                    Err(e) => warn!(iface, "detach failed: {e}"),
-                }
-            }
+        if !self.remove_on_drop {
+            return;
+        }
+        for (iface, link) in self.links.drain(..) {
+            let _ = link.unpin();
+            info!(iface, "detached");
         }
         for name in PINNED {
             let _ = std::fs::remove_file(self.pin_dir.join(name));

@@ -1,15 +1,24 @@
-//! Desired state -> map contents. Pure: the dataplane writes what this computes, so the
-//! arithmetic is tested without a kernel.
+//! Desired state (config + runtime changes) and the reconciler that turns it into map
+//! writes. Pure: the dataplane executes the [`Op`]s this computes, in order, so the
+//! arithmetic and the ordering are tested without a kernel.
+//!
+//! Ids stay stable across changes (VIP stats index, backend id, table id) and are persisted
+//! with the desired state, so a restarted agent keeps writing into the same slots.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use lb_common::{
-    BACKEND_READY, Backend, DEFAULT_MAX_TABLES, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
-    VIP_F_HASH_SOURCE, VipInfo, VipKey,
-    maglev::{TableBackend, build_table},
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use crate::config::{Config, Protocol, Scheduler};
+use lb_common::{
+    BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, BACKEND_UNSET, Backend, FAMILY_V4, FAMILY_V6,
+    PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VIP_FILTER_WORDS, VipInfo, VipKey,
+    maglev::{TableBackend, build_table},
+    vip_filter_slot,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Protocol, Scheduler, VipConfig};
 
 /// Address as stored in maps: IPv4 in word 0, or the IPv6 address, network byte order.
 pub fn addr_be(ip: IpAddr) -> [u32; 4] {
@@ -26,133 +35,338 @@ pub fn family(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 }
 }
 
-#[derive(Debug, Clone)]
-pub struct PlannedBackend {
-    pub id: u32,
-    pub vip: String,
-    pub pool: String,
-    pub address: SocketAddr,
-    pub weight: u32,
-    pub value: Backend,
+/// Operator's admin state of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new flows.
+    #[default]
+    Ready,
+    /// No new flows; established flows finish where they are.
+    Drain,
+    /// No new flows; established flows are re-chosen on their next packet.
+    Maint,
 }
 
-#[derive(Debug, Clone)]
-pub struct PlannedPool {
-    pub name: String,
-    /// Table id (0 when the pool has no backend with weight).
-    pub table: u32,
+/// Config plus runtime changes: what the operator wants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Desired {
+    pub config: Config,
+    /// Admin state per VIP and backend address (absent = ready).
+    #[serde(default)]
+    pub admin: BTreeMap<String, BTreeMap<SocketAddr, AdminState>>,
 }
 
-#[derive(Debug, Clone)]
-pub struct PlannedVip {
-    pub name: String,
-    pub key: VipKey,
-    pub info: VipInfo,
-    pub pools: Vec<PlannedPool>,
+impl Desired {
+    pub fn new(config: Config) -> Desired {
+        Desired { config, admin: BTreeMap::new() }
+    }
+
+    pub fn admin(&self, vip: &str, addr: SocketAddr) -> AdminState {
+        self.admin.get(vip).and_then(|m| m.get(&addr)).copied().unwrap_or_default()
+    }
+
+    pub fn vip(&self, name: &str) -> Option<&VipConfig> {
+        self.config.vips.iter().find(|v| v.name == name)
+    }
 }
 
-/// Everything the data path needs for a config.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub config: lb_common::Config,
-    pub vips: Vec<PlannedVip>,
-    pub backends: Vec<PlannedBackend>,
-    /// (table id, slots)
-    pub tables: Vec<(u32, Vec<u32>)>,
-    /// Addresses that must pass VIP_FILTER: VIPs and SNAT addresses.
-    pub filter: Vec<[u32; 4]>,
-    /// TABLES holds this many tables of `ring_size` slots (id 0 unused).
-    pub max_tables: u32,
+/// The backend value the data path gets for a config weight and admin state.
+pub fn backend_state(weight: u32, admin: AdminState) -> u8 {
+    match admin {
+        AdminState::Ready if weight > 0 => BACKEND_READY,
+        AdminState::Ready | AdminState::Drain => BACKEND_DRAIN,
+        AdminState::Maint => BACKEND_DOWN,
+    }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PlanError {
+/// Ids in use in the maps. Persisted with the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    /// VIP name -> VIP_STATS index.
+    pub vips: BTreeMap<String, u32>,
+    /// "vip|addr" -> BACKENDS index.
+    pub backends: BTreeMap<String, u32>,
+    /// "vip|pool" -> table id.
+    pub tables: BTreeMap<String, u32>,
+}
+
+pub fn backend_key(vip: &str, addr: SocketAddr) -> String {
+    format!("{vip}|{addr}")
+}
+
+pub fn pool_key(vip: &str, pool: &str) -> String {
+    format!("{vip}|{pool}")
+}
+
+/// One map write, in the order the dataplane must perform them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Config(lb_common::Config),
+    /// Backend slot value; a fresh backend also gets its next-hop cache cleared.
+    Backend { id: u32, value: Backend, fresh: bool },
+    Table { id: u32, slots: Vec<u32> },
+    Vip(VipKey, VipInfo),
+    RemoveVip(VipKey),
+    /// (word index, new value) of VIP_FILTER.
+    Filter(u32, u64),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
     #[error("VIP {vip:?} is {family} but the balancer has no {family} SNAT address: set agent.snat_{suffix}")]
     NoSnat { vip: String, family: &'static str, suffix: &'static str },
+    #[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
+    Exhausted { what: &'static str, capacity: u32, setting: &'static str },
 }
 
-pub fn plan(cfg: &Config, snat_v4: Option<Ipv4Addr>, snat_v6: Option<Ipv6Addr>) -> Result<Plan, PlanError> {
-    let m = cfg.agent.ring_size;
-    let mut plan = Plan {
-        config: lb_common::Config {
+/// Capacities fixed when the maps were created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub ring_size: u32,
+    pub max_backends: u32,
+    pub max_tables: u32,
+    pub max_vips: u32,
+}
+
+/// The reconciler: what the maps hold now, and how to get them to a new desired state.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    pub limits: Limits,
+    pub ids: Ids,
+    /// Slots of every table in use (needed to rebuild with minimal disruption).
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    backends: BTreeMap<u32, Backend>,
+    vips: BTreeMap<String, (VipKey, VipInfo)>,
+    filter: Vec<u64>,
+    config: Option<lb_common::Config>,
+}
+
+impl Reconciler {
+    pub fn new(limits: Limits) -> Reconciler {
+        Reconciler {
+            limits,
+            ids: Ids::default(),
+            tables: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            filter: vec![0; VIP_FILTER_WORDS as usize],
+            config: None,
+        }
+    }
+
+    /// A reconciler that knows the ids and table contents already in the (adopted) maps.
+    pub fn adopt(limits: Limits, ids: Ids, tables: BTreeMap<u32, Vec<u32>>) -> Reconciler {
+        Reconciler { ids, tables, ..Reconciler::new(limits) }
+    }
+
+    /// Computes the writes that take the maps from what they hold to `desired`, and
+    /// records the result as the new current state. On error nothing is recorded.
+    pub fn reconcile(
+        &mut self,
+        desired: &Desired,
+        snat_v4: Option<Ipv4Addr>,
+        snat_v6: Option<Ipv6Addr>,
+    ) -> Result<Vec<Op>, StateError> {
+        let mut next = self.clone();
+        let ops = next.plan(desired, snat_v4, snat_v6)?;
+        *self = next;
+        Ok(ops)
+    }
+
+    fn alloc(used: &BTreeSet<u32>, from: u32, capacity: u32, what: &'static str, setting: &'static str) -> Result<u32, StateError> {
+        (from..capacity).find(|i| !used.contains(i)).ok_or(StateError::Exhausted { what, capacity, setting })
+    }
+
+    fn plan(&mut self, desired: &Desired, snat_v4: Option<Ipv4Addr>, snat_v6: Option<Ipv6Addr>) -> Result<Vec<Op>, StateError> {
+        let m = self.limits.ring_size;
+        let mut raise = Vec::new(); // backends becoming (more) available: before tables
+        let mut table_ops = Vec::new();
+        let mut vip_ops = Vec::new();
+        let mut lower = Vec::new(); // drain/down/removed: after the tables stop naming them
+        let mut config_op = Vec::new();
+
+        let cfg = lb_common::Config {
             snat_v4_be: snat_v4.map(|a| addr_be(a.into())[0]).unwrap_or(0),
             ring_size: m,
             snat_v6_be: snat_v6.map(|a| addr_be(a.into())).unwrap_or([0; 4]),
-        },
-        vips: Vec::new(),
-        backends: Vec::new(),
-        tables: Vec::new(),
-        filter: Vec::new(),
-        max_tables: 0,
-    };
-    plan.filter.extend(snat_v4.map(|a| addr_be(a.into())));
-    plan.filter.extend(snat_v6.map(|a| addr_be(a.into())));
-    let mut next_backend = 1u32;
-    let mut next_table = 1u32;
-    for (vip_id, v) in cfg.vips.iter().enumerate() {
-        let v4 = v.family_is_v4();
-        if v4 && snat_v4.is_none() {
-            return Err(PlanError::NoSnat { vip: v.name.clone(), family: "IPv4", suffix: "v4" });
+        };
+        if self.config != Some(cfg) {
+            config_op.push(Op::Config(cfg));
+            self.config = Some(cfg);
         }
-        if !v4 && snat_v6.is_none() {
-            return Err(PlanError::NoSnat { vip: v.name.clone(), family: "IPv6", suffix: "v6" });
-        }
-        let mut pools = Vec::new();
-        for p in &v.pools {
-            let mut members = Vec::new();
-            for b in &p.backends {
-                let value = Backend {
-                    addr_be: addr_be(b.address.ip()),
-                    port_be: b.address.port().to_be(),
-                    family: family(b.address.ip()),
-                    state: BACKEND_READY,
-                    vip_id: vip_id as u32,
-                };
-                members.push(TableBackend { id: next_backend, addr_be: value.addr_be, port_be: value.port_be, weight: b.weight });
-                plan.backends.push(PlannedBackend {
-                    id: next_backend,
-                    vip: v.name.clone(),
-                    pool: p.name.clone(),
-                    address: b.address,
-                    weight: b.weight,
-                    value,
-                });
-                next_backend += 1;
+
+        let mut filter_addrs: Vec<[u32; 4]> = snat_v4.map(|a| addr_be(a.into())).into_iter().chain(snat_v6.map(|a| addr_be(a.into()))).collect();
+        let mut live_vips = BTreeSet::new();
+        let mut live_backends = BTreeSet::new();
+        let mut live_tables = BTreeSet::new();
+        for v in &desired.config.vips {
+            if v.family_is_v4() && snat_v4.is_none() {
+                return Err(StateError::NoSnat { vip: v.name.clone(), family: "IPv4", suffix: "v4" });
             }
-            let table = if members.iter().any(|b| b.weight > 0) {
-                let id = next_table;
-                next_table += 1;
-                plan.tables.push((id, build_table(&members, m, None)));
-                id
-            } else {
-                0
+            if !v.family_is_v4() && snat_v6.is_none() {
+                return Err(StateError::NoSnat { vip: v.name.clone(), family: "IPv6", suffix: "v6" });
+            }
+            let vip_id = match self.ids.vips.get(&v.name) {
+                Some(&id) => id,
+                None => {
+                    let used: BTreeSet<u32> = self.ids.vips.values().copied().collect();
+                    let id = Self::alloc(&used, 0, self.limits.max_vips, "VIP", "max_vips")?;
+                    self.ids.vips.insert(v.name.clone(), id);
+                    id
+                }
             };
-            pools.push(PlannedPool { name: p.name.clone(), table });
+            live_vips.insert(v.name.clone());
+            let mut active_table = 0;
+            for p in &v.pools {
+                let mut members = Vec::new();
+                for b in &p.backends {
+                    let key = backend_key(&v.name, b.address);
+                    let id = match self.ids.backends.get(&key) {
+                        Some(&id) => id,
+                        None => {
+                            let used: BTreeSet<u32> = self.ids.backends.values().copied().collect();
+                            let id = Self::alloc(&used, 1, self.limits.max_backends, "backend", "max_backends")?;
+                            self.ids.backends.insert(key.clone(), id);
+                            id
+                        }
+                    };
+                    live_backends.insert(key);
+                    let admin = desired.admin(&v.name, b.address);
+                    let value = Backend {
+                        addr_be: addr_be(b.address.ip()),
+                        port_be: b.address.port().to_be(),
+                        family: family(b.address.ip()),
+                        state: backend_state(b.weight, admin),
+                        vip_id,
+                    };
+                    let effective = if value.state == BACKEND_READY { b.weight } else { 0 };
+                    members.push(TableBackend { id, addr_be: value.addr_be, port_be: value.port_be, weight: effective });
+                    let old = self.backends.get(&id).copied();
+                    if old != Some(value) {
+                        let fresh = old.is_none_or(|o| o.addr_be != value.addr_be || o.port_be != value.port_be);
+                        let op = Op::Backend { id, value, fresh };
+                        if value.state == BACKEND_READY { raise.push(op) } else { lower.push(op) }
+                        self.backends.insert(id, value);
+                    }
+                }
+                let pkey = pool_key(&v.name, &p.name);
+                let old_id = self.ids.tables.get(&pkey).copied();
+                let table_id = if members.iter().all(|b| b.weight == 0) {
+                    0
+                } else {
+                    let previous = old_id.and_then(|id| self.tables.get(&id));
+                    let slots = build_table(&members, m, previous.map(|v| v.as_slice()));
+                    if previous == Some(&slots) {
+                        old_id.unwrap_or(0)
+                    } else {
+                        // A table in use is never rewritten: build in a free id, then flip.
+                        let used: BTreeSet<u32> = self.tables.keys().copied().chain(live_tables.iter().copied()).collect();
+                        let id = Self::alloc(&used, 1, self.limits.max_tables, "table", "max_tables")?;
+                        table_ops.push(Op::Table { id, slots: slots.clone() });
+                        self.tables.insert(id, slots);
+                        id
+                    }
+                };
+                if table_id == 0 {
+                    self.ids.tables.remove(&pkey);
+                } else {
+                    self.ids.tables.insert(pkey, table_id);
+                    live_tables.insert(table_id);
+                }
+                if p.name == v.active {
+                    active_table = table_id;
+                }
+            }
+            let key = vip_key(v);
+            let info = VipInfo {
+                vip_id,
+                table_current: active_table,
+                table_next: 0,
+                split_bp: 0,
+                flags: if v.scheduler == Scheduler::SourceHash { VIP_F_HASH_SOURCE } else { 0 },
+                _pad: 0,
+            };
+            match self.vips.get(&v.name) {
+                Some((old_key, old_info)) if *old_key == key && *old_info == info => {}
+                Some((old_key, _)) if *old_key != key => {
+                    vip_ops.push(Op::RemoveVip(*old_key));
+                    vip_ops.push(Op::Vip(key, info));
+                }
+                _ => vip_ops.push(Op::Vip(key, info)),
+            }
+            self.vips.insert(v.name.clone(), (key, info));
+            filter_addrs.push(key.addr_be);
         }
-        let active = pools.iter().find(|p| p.name == v.active).map(|p| p.table).unwrap_or(0);
-        let info = VipInfo {
-            vip_id: vip_id as u32,
-            table_current: active,
-            table_next: 0,
-            split_bp: 0,
-            flags: if v.scheduler == Scheduler::SourceHash { VIP_F_HASH_SOURCE } else { 0 },
-            _pad: 0,
-        };
-        let key = VipKey {
-            addr_be: addr_be(v.address.ip()),
-            port_be: v.address.port().to_be(),
-            proto: match v.protocol {
-                Protocol::Tcp => PROTO_TCP,
-                Protocol::Udp => PROTO_UDP,
-            },
-            family: family(v.address.ip()),
-        };
-        plan.filter.push(key.addr_be);
-        plan.vips.push(PlannedVip { name: v.name.clone(), key, info, pools });
+        // Whatever the desired state no longer names goes, after the flips.
+        let gone_vips: Vec<String> = self.vips.keys().filter(|n| !live_vips.contains(*n)).cloned().collect();
+        for name in gone_vips {
+            if let Some((key, _)) = self.vips.remove(&name) {
+                vip_ops.push(Op::RemoveVip(key));
+            }
+            self.ids.vips.remove(&name);
+        }
+        let gone_backends: Vec<String> = self.ids.backends.keys().filter(|k| !live_backends.contains(*k)).cloned().collect();
+        for key in gone_backends {
+            if let Some(id) = self.ids.backends.remove(&key) {
+                self.backends.remove(&id);
+                lower.push(Op::Backend { id, value: Backend { state: BACKEND_UNSET, ..Default::default() }, fresh: true });
+            }
+        }
+        self.ids.tables.retain(|_, id| live_tables.contains(id));
+        self.tables.retain(|id, _| live_tables.contains(id));
+
+        let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
+        for a in &filter_addrs {
+            let (word, bit) = vip_filter_slot(a);
+            filter[word as usize] |= bit;
+        }
+        // New bits before the VIPs appear; stale bits only after they are gone.
+        let mut filter_add = Vec::new();
+        let mut filter_clear = Vec::new();
+        for (i, (&new, &old)) in filter.iter().zip(&self.filter).enumerate() {
+            if new != old {
+                let merged = new | old;
+                if merged != old {
+                    filter_add.push(Op::Filter(i as u32, merged));
+                }
+                if merged != new {
+                    filter_clear.push(Op::Filter(i as u32, new));
+                }
+            }
+        }
+        self.filter = filter;
+
+        let mut ops = config_op;
+        ops.extend(raise);
+        ops.extend(table_ops);
+        ops.extend(filter_add);
+        ops.extend(vip_ops);
+        ops.extend(lower);
+        ops.extend(filter_clear);
+        Ok(ops)
     }
-    // Room for every pool's table twice (a rebuild goes to a free id, then flips).
-    plan.max_tables = (2 * next_table).max(DEFAULT_MAX_TABLES);
-    Ok(plan)
+
+    /// The backend values currently programmed, by id.
+    pub fn backend(&self, id: u32) -> Option<&Backend> {
+        self.backends.get(&id)
+    }
+
+    pub fn vip_info(&self, name: &str) -> Option<&(VipKey, VipInfo)> {
+        self.vips.get(name)
+    }
+}
+
+pub fn vip_key(v: &VipConfig) -> VipKey {
+    VipKey {
+        addr_be: addr_be(v.address.ip()),
+        port_be: v.address.port().to_be(),
+        proto: match v.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        },
+        family: family(v.address.ip()),
+    }
 }
 
 #[cfg(test)]
@@ -160,14 +374,14 @@ mod tests {
     use super::*;
     use crate::config::parse;
 
-    #[test]
-    fn plan_numbers_backends_and_tables_and_points_vips_at_the_active_pool() {
-        let cfg = parse(
-            r#"
+    const CFG: &str = r#"
+[agent]
+snat_v4 = "10.0.0.2"
+ring_size = 251
 [[vip]]
 name = "web"
 address = "10.0.0.100:80"
-active = "green"
+active = "blue"
 [[vip.pool]]
 name = "blue"
 backends = [ { address = "10.0.1.1:80" }, { address = "10.0.1.2:80", weight = 300 } ]
@@ -176,19 +390,115 @@ name = "green"
 backends = [ { address = "10.0.2.1:80" } ]
 [[vip.pool]]
 name = "empty"
-"#,
-            "t.toml",
-        )
-        .unwrap();
-        let p = plan(&cfg, Some(Ipv4Addr::new(10, 0, 0, 2)), None).unwrap();
-        assert_eq!(p.backends.iter().map(|b| b.id).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert_eq!(p.vips[0].info.table_current, 2, "green is the second table");
-        assert_eq!(p.vips[0].pools[2].table, 0, "an empty pool has no table");
-        let blue = &p.tables[0].1;
-        let heavy = blue.iter().filter(|&&id| id == 2).count() as f64 / blue.len() as f64;
-        assert!((heavy - 0.75).abs() < 0.001, "weights 100:300 give 75% of slots: {heavy}");
-        assert!(p.filter.contains(&addr_be("10.0.0.100".parse().unwrap())));
-        assert!(p.filter.contains(&addr_be("10.0.0.2".parse().unwrap())));
-        assert!(plan(&cfg, None, None).is_err(), "an IPv4 VIP needs an IPv4 SNAT address");
+"#;
+
+    fn limits() -> Limits {
+        Limits { ring_size: 251, max_backends: 64, max_tables: 16, max_vips: 8 }
+    }
+
+    fn desired(text: &str) -> Desired {
+        Desired::new(parse(text, "t.toml").unwrap())
+    }
+
+    fn snat() -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(10, 0, 0, 2))
+    }
+
+    fn position(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(f).expect("op present")
+    }
+
+    #[test]
+    fn first_plan_writes_backends_then_tables_then_vips() {
+        let mut r = Reconciler::new(limits());
+        let ops = r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let backend = position(&ops, |o| matches!(o, Op::Backend { .. }));
+        let table = position(&ops, |o| matches!(o, Op::Table { .. }));
+        let vip = position(&ops, |o| matches!(o, Op::Vip(..)));
+        assert!(backend < table && table < vip, "{ops:?}");
+        assert_eq!(r.ids.backends.len(), 3);
+        let (_, info) = r.vip_info("web").unwrap();
+        let blue = r.ids.tables[&pool_key("web", "blue")];
+        assert_eq!(info.table_current, blue);
+        let slots = &r.tables[&blue];
+        let heavy = slots.iter().filter(|&&id| id == r.ids.backends[&backend_key("web", "10.0.1.2:80".parse().unwrap())]).count();
+        assert_eq!(heavy, (251.0f64 * 0.75).round() as usize, "weights 100:300");
+        assert!(!r.ids.tables.contains_key(&pool_key("web", "empty")));
+    }
+
+    #[test]
+    fn reconciling_the_same_state_writes_nothing() {
+        let mut r = Reconciler::new(limits());
+        let d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        assert_eq!(r.reconcile(&d, snat(), None).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn weight_change_builds_a_new_table_and_flips_without_touching_the_old_one() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let old_id = r.vip_info("web").unwrap().1.table_current;
+        let ops = r.reconcile(&desired(&CFG.replace("weight = 300", "weight = 100")), snat(), None).unwrap();
+        let Some(Op::Table { id: new_id, .. }) = ops.iter().find(|o| matches!(o, Op::Table { .. })) else { panic!("{ops:?}") };
+        assert_ne!(*new_id, old_id, "the table in use is never rewritten");
+        let flip = position(&ops, |o| matches!(o, Op::Vip(_, info) if info.table_current == *new_id));
+        assert!(position(&ops, |o| matches!(o, Op::Table { .. })) < flip);
+        assert!(!r.tables.contains_key(&old_id), "old table freed after the flip");
+    }
+
+    #[test]
+    fn drain_and_maint_leave_the_table_before_their_state_changes() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        let addr: SocketAddr = "10.0.1.2:80".parse().unwrap();
+        let id = r.ids.backends[&backend_key("web", addr)];
+        for (admin, state) in [(AdminState::Drain, BACKEND_DRAIN), (AdminState::Maint, BACKEND_DOWN)] {
+            d.admin.entry("web".into()).or_default().insert(addr, admin);
+            let ops = r.reconcile(&d, snat(), None).unwrap();
+            let state_op = position(&ops, |o| matches!(o, Op::Backend { id: i, value, .. } if *i == id && value.state == state));
+            if admin == AdminState::Drain {
+                let flip = position(&ops, |o| matches!(o, Op::Vip(..)));
+                assert!(flip < state_op, "{ops:?}");
+            }
+            let table = r.vip_info("web").unwrap().1.table_current;
+            assert!(r.tables[&table].iter().all(|&s| s != id), "{admin:?} backend takes no new flows");
+        }
+    }
+
+    #[test]
+    fn weight_zero_drains_and_removing_a_backend_unsets_it_last() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let ops = r.reconcile(&desired(&CFG.replace("weight = 300", "weight = 0")), snat(), None).unwrap();
+        assert!(ops.iter().any(|o| matches!(o, Op::Backend { value, .. } if value.state == BACKEND_DRAIN)));
+        let removed = CFG.replace(", { address = \"10.0.1.2:80\", weight = 300 }", "");
+        let ops = r.reconcile(&desired(&removed), snat(), None).unwrap();
+        let Some(Op::Backend { value, .. }) = ops.last() else { panic!("{ops:?}") };
+        assert_eq!(value.state, BACKEND_UNSET);
+    }
+
+    #[test]
+    fn ids_are_stable_and_reused_only_after_release() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let before = r.ids.backends.clone();
+        let added = CFG.replace("{ address = \"10.0.2.1:80\" }", "{ address = \"10.0.2.1:80\" }, { address = \"10.0.2.2:80\" }");
+        r.reconcile(&desired(&added), snat(), None).unwrap();
+        for (k, id) in &before {
+            assert_eq!(r.ids.backends[k], *id, "{k} keeps its id");
+        }
+        assert_eq!(r.ids.backends.len(), 4);
+    }
+
+    #[test]
+    fn failed_reconcile_changes_nothing() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let ids = r.ids.clone();
+        assert!(r.reconcile(&desired(CFG), None, None).is_err());
+        assert_eq!(r.ids, ids);
+        assert_eq!(r.reconcile(&desired(CFG), snat(), None).unwrap(), vec![]);
     }
 }

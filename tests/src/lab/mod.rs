@@ -231,7 +231,9 @@ impl Lab {
     /// Writes a config for one TCP VIP (HTTP) and one UDP VIP per family over all backends.
     pub fn write_config(&self, weights: &[u32]) -> anyhow::Result<PathBuf> {
         let mut text = format!(
-            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nsnat_v6 = \"{LB6}\"\nflow_capacity = 65536\n"
+            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nsnat_v6 = \"{LB6}\"\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"127.0.0.1:9477\"\n",
+            self.socket().display(),
+            self.dir.join("state.json").display()
         );
         let pools = |v6: bool, port: u16| -> String {
             weights
@@ -306,6 +308,33 @@ impl Lab {
         }
         self.agent = Some(agent);
         Ok(())
+    }
+
+    /// The agent's API socket (a path: reachable from any network namespace).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("veer.sock")
+    }
+
+    /// Runs the `veer` CLI against this lab's agent; returns (exit code, stdout, stderr).
+    pub fn veer(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(veer_bin()?)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .context("run veer")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `veer status --json`, parsed.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, out, err) = self.veer(&["status", "--json"])?;
+        ensure!(code == 0, "veer status failed ({code}): {err}");
+        Ok(serde_json::from_str(&out)?)
     }
 
     pub fn agent_log(&self) -> String {

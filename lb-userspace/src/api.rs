@@ -1,0 +1,436 @@
+//! The agent's HTTP+JSON API on a Unix socket (mode 0600): the only way the CLI changes
+//! the agent. Every change is validated completely before a map is written; a rejected
+//! request changes nothing and says what is wrong.
+//!
+//! Endpoints (JSON bodies, stable; see docs/api.md):
+//! `GET /v1/status`, `POST /v1/backend/set|add|del`, `POST /v1/apply`,
+//! `GET /v1/flows/{vip}?limit=N`, `GET /v1/trace/{vip}?src=IP:PORT`.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    sync::Arc,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path as UrlPath, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, hash::table_slot};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::{net::UnixListener, sync::Mutex, task::JoinHandle};
+
+use crate::{
+    agent::Core,
+    config::{self, BackendConfig, MAX_WEIGHT},
+    state::{AdminState, Desired, addr_be, backend_key, family, pool_key, vip_key},
+};
+
+pub type Shared = Arc<Mutex<Core>>;
+
+/// An error answer: status code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(m: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, message: m.into() }
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, message: m.into() }
+    }
+    pub fn internal(m: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: m.into() }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHandle<()>> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let app = router(core);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("API server: {e}");
+        }
+    }))
+}
+
+pub fn router(core: Shared) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/backend/set", post(backend_set))
+        .route("/v1/backend/add", post(backend_add))
+        .route("/v1/backend/del", post(backend_del))
+        .route("/v1/apply", post(apply))
+        .route("/v1/flows/{vip}", get(flows))
+        .route("/v1/trace/{vip}", get(trace))
+        .with_state(core)
+}
+
+fn counters_json(c: &lb_common::Counters) -> Value {
+    json!({
+        "packets": c.packets,
+        "bytes": c.bytes,
+        "new_flows": c.new_flows,
+        "live_flows": c.live_flows(),
+        "closed_flows": c.closed_flows,
+        "answered_flows": c.answered_flows,
+        "backend_resets": c.backend_resets,
+        "reply_packets": c.reply_packets,
+        "reply_bytes": c.reply_bytes,
+    })
+}
+
+/// The status document: configuration and state, with every counter under "counters".
+pub fn status_json(core: &Core) -> Value {
+    let mut vips = Vec::new();
+    for v in &core.desired.config.vips {
+        let vip_id = core.reconciler.ids.vips.get(&v.name).copied();
+        let vip_counters = vip_id.and_then(|id| core.dp.vip_counters(id).ok()).unwrap_or_default();
+        let mut pools = Vec::new();
+        for p in &v.pools {
+            let mut backends = Vec::new();
+            for b in &p.backends {
+                let id = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)).copied();
+                let state = id.and_then(|id| core.reconciler.backend(id)).map(|b| b.state);
+                let counters = id.and_then(|id| core.dp.backend_counters(id).ok()).unwrap_or_default();
+                backends.push(json!({
+                    "address": b.address.to_string(),
+                    "weight": b.weight,
+                    "admin": core.desired.admin(&v.name, b.address),
+                    "health": "unchecked",
+                    "state": match state {
+                        Some(BACKEND_READY) => "ready",
+                        Some(BACKEND_DRAIN) => "drain",
+                        Some(BACKEND_DOWN) => "down",
+                        _ => "unset",
+                    },
+                    "counters": counters_json(&counters),
+                }));
+            }
+            pools.push(json!({ "name": p.name, "active": p.name == v.active, "backends": backends }));
+        }
+        vips.push(json!({
+            "name": v.name,
+            "address": v.address.to_string(),
+            "protocol": v.protocol,
+            "mode": v.mode,
+            "scheduler": v.scheduler,
+            "active": v.active,
+            "split": Value::Null,
+            "pools": pools,
+            "counters": counters_json(&vip_counters),
+        }));
+    }
+    let reasons: BTreeMap<&str, u64> = core.dp.reasons().unwrap_or_default().into_iter().map(|(r, n)| (r.name(), n)).collect();
+    json!({ "vips": vips, "counters": { "reasons": reasons } })
+}
+
+async fn status(State(core): State<Shared>) -> Json<Value> {
+    Json(status_json(&*core.lock().await))
+}
+
+#[derive(Deserialize)]
+pub struct BackendSet {
+    pub vip: String,
+    pub address: String,
+    pub weight: Option<i64>,
+    pub state: Option<AdminState>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub struct BackendAdd {
+    pub vip: String,
+    pub pool: String,
+    pub address: String,
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub struct BackendDel {
+    pub vip: String,
+    pub address: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub struct Apply {
+    pub config: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Serialize)]
+struct ChangeReport {
+    applied: bool,
+    changes: Vec<String>,
+    /// Per VIP: percent of the new-flow hash space whose backend changes.
+    moved_pct: BTreeMap<String, f64>,
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, ApiError> {
+    s.parse::<SocketAddr>().map_err(|_| ApiError::bad(format!("{s:?} is not IP:PORT or [IPv6]:PORT")))
+}
+
+fn weight(w: i64) -> Result<u32, ApiError> {
+    if !(0..=MAX_WEIGHT as i64).contains(&w) {
+        return Err(ApiError::bad(format!("weight {w} is out of range (0..={MAX_WEIGHT})")));
+    }
+    Ok(w as u32)
+}
+
+fn find_backend<'a>(d: &'a mut Desired, vip: &str, addr: SocketAddr) -> Result<&'a mut BackendConfig, ApiError> {
+    let v = d.config.vips.iter_mut().find(|v| v.name == vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
+    v.pools
+        .iter_mut()
+        .flat_map(|p| p.backends.iter_mut())
+        .find(|b| b.address == addr)
+        .ok_or_else(|| ApiError::not_found(format!("VIP {vip:?} has no backend {addr}")))
+}
+
+/// Validates `next`, then (unless a dry run) applies it; reports what moves.
+fn change(core: &mut Core, next: Desired, changes: Vec<String>, dry_run: bool) -> Result<Json<ChangeReport>, ApiError> {
+    let mut rec = core.reconciler.clone();
+    rec.reconcile(&next, core.snat_v4, core.snat_v6).map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut moved_pct = BTreeMap::new();
+    for v in &next.config.vips {
+        let before = core.reconciler.ids.tables.get(&pool_key(&v.name, &v.active)).and_then(|id| core.reconciler.tables.get(id));
+        let after = rec.ids.tables.get(&pool_key(&v.name, &v.active)).and_then(|id| rec.tables.get(id));
+        let pct = match (before, after) {
+            (Some(b), Some(a)) => b.iter().zip(a).filter(|(x, y)| x != y).count() as f64 * 100.0 / a.len() as f64,
+            (None, None) => 0.0,
+            _ => 100.0,
+        };
+        moved_pct.insert(v.name.clone(), pct);
+    }
+    if !dry_run {
+        core.set_desired(next)?;
+        for c in &changes {
+            tracing::info!(change = %c, "applied");
+        }
+    }
+    Ok(Json(ChangeReport { applied: !dry_run, changes, moved_pct }))
+}
+
+async fn backend_set(State(core): State<Shared>, Json(req): Json<BackendSet>) -> Result<Json<ChangeReport>, ApiError> {
+    let addr = parse_addr(&req.address)?;
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let mut changes = Vec::new();
+    if let Some(w) = req.weight {
+        let w = weight(w)?;
+        let b = find_backend(&mut next, &req.vip, addr)?;
+        changes.push(format!("{} {addr}: weight {} -> {w}", req.vip, b.weight));
+        b.weight = w;
+    }
+    if let Some(s) = req.state {
+        find_backend(&mut next, &req.vip, addr)?;
+        changes.push(format!("{} {addr}: state {:?} -> {s:?}", req.vip, next.admin(&req.vip, addr)));
+        let per_vip = next.admin.entry(req.vip.clone()).or_default();
+        if s == AdminState::Ready {
+            per_vip.remove(&addr);
+        } else {
+            per_vip.insert(addr, s);
+        }
+    }
+    if changes.is_empty() {
+        return Err(ApiError::bad("nothing to set: give a weight or a state"));
+    }
+    change(&mut core, next, changes, req.dry_run)
+}
+
+async fn backend_add(State(core): State<Shared>, Json(req): Json<BackendAdd>) -> Result<Json<ChangeReport>, ApiError> {
+    let addr = parse_addr(&req.address)?;
+    let w = weight(req.weight.unwrap_or(config::DEFAULT_WEIGHT as i64))?;
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let v = next.config.vips.iter_mut().find(|v| v.name == req.vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?;
+    if addr.is_ipv4() != v.address.is_ipv4() {
+        return Err(ApiError::bad(format!("{addr} is not the VIP's address family ({})", v.address)));
+    }
+    if v.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == addr) {
+        return Err(ApiError::bad(format!("VIP {:?} already has backend {addr}", req.vip)));
+    }
+    let pool = v.pools.iter_mut().find(|p| p.name == req.pool).ok_or_else(|| ApiError::not_found(format!("VIP {:?} has no pool {:?}", req.vip, req.pool)))?;
+    pool.backends.push(BackendConfig { address: addr, weight: w });
+    let changes = vec![format!("{} {}: add {addr} weight {w}", req.vip, req.pool)];
+    change(&mut core, next, changes, req.dry_run)
+}
+
+async fn backend_del(State(core): State<Shared>, Json(req): Json<BackendDel>) -> Result<Json<ChangeReport>, ApiError> {
+    let addr = parse_addr(&req.address)?;
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    find_backend(&mut next, &req.vip, addr)?;
+    for v in next.config.vips.iter_mut().filter(|v| v.name == req.vip) {
+        for p in &mut v.pools {
+            p.backends.retain(|b| b.address != addr);
+        }
+    }
+    if let Some(m) = next.admin.get_mut(&req.vip) {
+        m.remove(&addr);
+    }
+    let changes = vec![format!("{}: remove {addr}", req.vip)];
+    change(&mut core, next, changes, req.dry_run)
+}
+
+async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Json<ChangeReport>, ApiError> {
+    let cfg = config::parse(&req.config, "apply").map_err(|e| ApiError::bad(e.to_string()))?;
+    let mut core = core.lock().await;
+    if cfg.agent != core.desired.config.agent {
+        return Err(ApiError::bad("[agent] settings cannot change at runtime: restart the agent with the new file"));
+    }
+    let changes = diff(&core.desired, &cfg);
+    let mut next = Desired::new(cfg);
+    // Admin states survive for backends that remain.
+    for (vip, m) in &core.desired.admin {
+        if let Some(v) = next.vip(vip).cloned() {
+            let keep: BTreeMap<SocketAddr, AdminState> = m
+                .iter()
+                .filter(|(a, _)| v.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == **a))
+                .map(|(a, s)| (*a, *s))
+                .collect();
+            next.admin.insert(vip.clone(), keep);
+        }
+    }
+    change(&mut core, next, changes, req.dry_run)
+}
+
+/// Human-readable differences between the current and a new configuration.
+pub fn diff(old: &Desired, new: &config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &new.vips {
+        match old.vip(&v.name) {
+            None => out.push(format!("+ vip {} {}", v.name, v.address)),
+            Some(o) => {
+                if o.address != v.address || o.protocol != v.protocol || o.scheduler != v.scheduler {
+                    out.push(format!("~ vip {}: address/protocol/scheduler", v.name));
+                }
+                if o.active != v.active {
+                    out.push(format!("~ vip {}: active {} -> {}", v.name, o.active, v.active));
+                }
+                let old_b: BTreeMap<SocketAddr, (String, u32)> = o.pools.iter().flat_map(|p| p.backends.iter().map(|b| (b.address, (p.name.clone(), b.weight)))).collect();
+                let new_b: BTreeMap<SocketAddr, (String, u32)> = v.pools.iter().flat_map(|p| p.backends.iter().map(|b| (b.address, (p.name.clone(), b.weight)))).collect();
+                for (a, (pool, w)) in &new_b {
+                    match old_b.get(a) {
+                        None => out.push(format!("+ {} {pool} {a} weight {w}", v.name)),
+                        Some((op, ow)) if op != pool || ow != w => out.push(format!("~ {} {a}: {op}/{ow} -> {pool}/{w}", v.name)),
+                        _ => {}
+                    }
+                }
+                for a in old_b.keys().filter(|a| !new_b.contains_key(a)) {
+                    out.push(format!("- {} {a}", v.name));
+                }
+            }
+        }
+    }
+    for v in old.config.vips.iter().filter(|o| !new.vips.iter().any(|v| v.name == o.name)) {
+        out.push(format!("- vip {} {}", v.name, v.address));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct FlowsQuery {
+    limit: Option<usize>,
+}
+
+async fn flows(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(q): Query<FlowsQuery>) -> Result<Json<Value>, ApiError> {
+    let core = core.lock().await;
+    let id = *core.reconciler.ids.vips.get(&vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
+    let (entries, total) = core.dp.flows(id, q.limit.unwrap_or(100)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let by_id: BTreeMap<u32, &str> = core.reconciler.ids.backends.iter().map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or(""))).collect();
+    let rows: Vec<Value> = entries
+        .iter()
+        .map(|(k, f)| {
+            json!({
+                "client": key_src(k).to_string(),
+                "backend": by_id.get(&f.backend_id).copied().unwrap_or("?"),
+                "nat_port": u16::from_be(f.snat_port_be),
+                "closing": f.flags & lb_common::FLOW_F_CLOSED != 0,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "vip": vip, "total": total, "flows": rows })))
+}
+
+fn key_src(k: &FlowKey) -> SocketAddr {
+    let ip: std::net::IpAddr = if k.family == lb_common::FAMILY_V4 {
+        std::net::Ipv4Addr::from(k.src_be[0].to_ne_bytes()).into()
+    } else {
+        let mut o = [0u8; 16];
+        for (i, w) in k.src_be.iter().enumerate() {
+            o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        std::net::Ipv6Addr::from(o).into()
+    };
+    SocketAddr::new(ip, u16::from_be(k.sport_be))
+}
+
+#[derive(Deserialize)]
+struct TraceQuery {
+    src: String,
+}
+
+async fn trace(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(q): Query<TraceQuery>) -> Result<Json<Value>, ApiError> {
+    let src = parse_addr(&q.src)?;
+    let core = core.lock().await;
+    let v = core.desired.vip(&vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?.clone();
+    if src.is_ipv4() != v.address.is_ipv4() {
+        return Err(ApiError::bad(format!("{src} is not the VIP's address family")));
+    }
+    let key = FlowKey {
+        src_be: addr_be(src.ip()),
+        dst_be: addr_be(v.address.ip()),
+        sport_be: src.port().to_be(),
+        dport_be: v.address.port().to_be(),
+        proto: vip_key(&v).proto,
+        family: family(src.ip()),
+        _pad: [0; 2],
+    };
+    let by_id: BTreeMap<u32, &str> = core.reconciler.ids.backends.iter().map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or(""))).collect();
+    if let Ok(Some(flow)) = core.dp.flow(&key) {
+        return Ok(Json(json!({
+            "vip": vip, "source": src.to_string(), "existing_flow": true,
+            "backend": by_id.get(&flow.backend_id).copied(), "pool": Value::Null,
+        })));
+    }
+    let info = core.reconciler.vip_info(&vip).map(|(_, i)| *i).unwrap_or_default();
+    let m = core.reconciler.limits.ring_size;
+    let slot = table_slot(&key, info.flags & lb_common::VIP_F_HASH_SOURCE != 0, m);
+    let backend = core.reconciler.tables.get(&info.table_current).and_then(|t| by_id.get(&t[slot as usize]).copied());
+    Ok(Json(json!({
+        "vip": vip, "source": src.to_string(), "existing_flow": false,
+        "pool": v.active, "slot": slot, "backend": backend,
+    })))
+}

@@ -1,0 +1,93 @@
+//! Prometheus text endpoint (`GET /metrics`), bound where `agent.metrics` says
+//! (localhost by default in the examples). Names follow the Prometheus conventions:
+//! `_total` counters, base units, labels `vip`, `pool`, `backend`, `reason`.
+
+use std::{fmt::Write as _, net::SocketAddr};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{agent::Core, api::Shared, state::backend_key};
+
+pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    let app = Router::new().route("/metrics", get(metrics)).with_state(core);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server: {e}");
+        }
+    }))
+}
+
+async fn metrics(State(core): State<Shared>) -> impl IntoResponse {
+    let text = render(&*core.lock().await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// One metric family: HELP, TYPE, then samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: &'static str,
+    samples: Vec<(String, u64)>,
+}
+
+pub fn render(core: &Core) -> String {
+    let counter = |name, help| Family { name, help, kind: "counter", samples: Vec::new() };
+    let gauge = |name, help| Family { name, help, kind: "gauge", samples: Vec::new() };
+    let mut vip_f = [
+        counter("veer_vip_packets_total", "Client-to-backend packets to the VIP."),
+        counter("veer_vip_bytes_total", "Client-to-backend IP bytes to the VIP."),
+        counter("veer_vip_new_flows_total", "New flows to the VIP."),
+        gauge("veer_vip_live_flows", "Flows open (new minus those seen closing)."),
+        counter("veer_vip_reply_packets_total", "Backend-to-client packets of the VIP."),
+    ];
+    let mut be_f = [
+        counter("veer_backend_packets_total", "Client-to-backend packets."),
+        counter("veer_backend_bytes_total", "Client-to-backend IP bytes."),
+        counter("veer_backend_new_flows_total", "New flows sent to the backend."),
+        gauge("veer_backend_live_flows", "Flows open on the backend."),
+        counter("veer_backend_resets_total", "TCP resets sent by the backend."),
+        counter("veer_backend_answered_flows_total", "New flows the backend answered."),
+        gauge("veer_backend_weight", "Configured weight."),
+        gauge("veer_backend_up", "1 if the backend takes new flows (admin ready, weight > 0)."),
+    ];
+    for v in &core.desired.config.vips {
+        let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else { continue };
+        let c = core.dp.vip_counters(vid).unwrap_or_default();
+        let l = format!("vip=\"{}\"", esc(&v.name));
+        for (f, val) in vip_f.iter_mut().zip([c.packets, c.bytes, c.new_flows, c.live_flows(), c.reply_packets]) {
+            f.samples.push((l.clone(), val));
+        }
+        for p in &v.pools {
+            for b in &p.backends {
+                let Some(&id) = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)) else { continue };
+                let c = core.dp.backend_counters(id).unwrap_or_default();
+                let up = core.reconciler.backend(id).is_some_and(|b| b.state == lb_common::BACKEND_READY) as u64;
+                let l = format!("vip=\"{}\",pool=\"{}\",backend=\"{}\"", esc(&v.name), esc(&p.name), b.address);
+                let vals = [c.packets, c.bytes, c.new_flows, c.live_flows(), c.backend_resets, c.answered_flows, b.weight as u64, up];
+                for (f, val) in be_f.iter_mut().zip(vals) {
+                    f.samples.push((l.clone(), val));
+                }
+            }
+        }
+    }
+    let mut reasons = counter("veer_xdp_packets_total", "Packets by the XDP program's verdict reason.");
+    for (r, n) in core.dp.reasons().unwrap_or_default() {
+        reasons.samples.push((format!("reason=\"{}\"", r.name()), n));
+    }
+    let mut out = String::new();
+    for f in vip_f.iter().chain(be_f.iter()).chain(std::iter::once(&reasons)) {
+        let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", f.name, f.help, f.name, f.kind);
+        for (labels, v) in &f.samples {
+            let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
+        }
+    }
+    let _ = writeln!(out, "# HELP veer_build_info Build information.\n# TYPE veer_build_info gauge");
+    let _ = writeln!(out, "veer_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    out
+}
