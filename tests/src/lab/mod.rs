@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
 pub use servers::Servers;
-pub use traffic::{Outcome, http_get, udp_request, run_http_load};
+pub use traffic::{Outcome, http_get, keepalive_get, run_http_load, udp_request, without_counters};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
@@ -92,6 +92,14 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the agent dies without cleaning up; the data path must keep forwarding.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the agent; returns its exit status (None if it had to be killed).
@@ -339,6 +347,43 @@ impl Lab {
 
     pub fn agent_log(&self) -> String {
         self.agent.as_ref().map(|a| a.log_text()).unwrap_or_default()
+    }
+
+    /// Continuous new-connection load until `stop` is set or `max` requests were sent.
+    pub fn background_load(
+        &self,
+        vip: SocketAddr,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        max: usize,
+    ) -> anyhow::Result<std::thread::JoinHandle<Outcome>> {
+        self.client.spawn(move || {
+            let start = Instant::now();
+            let mut out = Outcome::default();
+            for _ in 0..max {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match http_get(vip, Duration::from_secs(3)) {
+                    Ok(name) => {
+                        out.ok += 1;
+                        *out.by_backend.entry(name).or_default() += 1;
+                    }
+                    Err(e) => {
+                        out.failed += 1;
+                        if out.errors.len() < 5 {
+                            out.errors.push(format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+            out.elapsed = start.elapsed();
+            out
+        })
+    }
+
+    /// A TCP connection to `vip` opened from the client namespace (usable from any thread).
+    pub fn connect(&self, vip: SocketAddr) -> anyhow::Result<std::net::TcpStream> {
+        self.client.run(move || std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3)))?.context("connect")
     }
 
     /// `n` new-connection HTTP GETs from the client to `vip` (bounded: each has a timeout).

@@ -80,3 +80,40 @@ pub fn udp_request(vip: SocketAddr, payload: &[u8], timeout: Duration) -> anyhow
     }
     bail!("no UDP reply from {vip}")
 }
+
+/// One GET on an existing keep-alive connection; returns the backend's name.
+pub fn keepalive_get(s: &mut TcpStream) -> anyhow::Result<String> {
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: veer\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(body[..len].trim().to_string());
+            }
+        }
+    }
+}
+
+/// A JSON document without its "counters" members (at any depth): what must not change
+/// across an agent restart.
+pub fn without_counters(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            serde_json::Value::Object(m.iter().filter(|(k, _)| *k != "counters").map(|(k, v)| (k.clone(), without_counters(v))).collect())
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(without_counters).collect()),
+        other => other.clone(),
+    }
+}
