@@ -13,7 +13,7 @@ use crate::util::{is_root, output, run as run_cmd, succeeds};
 
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 /// Packages the lab and end-to-end tests call: ip, ethtool, sysctl.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps"];
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "prometheus"];
 
 #[derive(clap::Args, Default)]
 pub struct Options {

@@ -276,20 +276,7 @@ impl Lab {
         let veer = veer_bin()?;
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
-        // Not `ip netns exec`: that also makes a mount namespace with a fresh /sys, hiding
-        // the host's bpffs where the agent pins its maps.
-        let ns = File::open(format!("/run/netns/{}", self.lb.name))?;
-        let mut cmd = Command::new(&veer);
-        // SAFETY: setns is async-signal-safe; the fd stays open until exec.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            cmd.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let mut cmd = command_in(&self.lb, &veer)?;
         let child = cmd
             .args(["agent", "--config"])
             .arg(config)
@@ -436,6 +423,35 @@ impl Drop for Lab {
             let _ = fs::remove_dir(veer::dataplane::PIN_DIR);
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A command that will run inside `ns`'s network namespace. Not `ip netns exec`: that
+/// also makes a mount namespace with a fresh /sys, hiding the host's bpffs where the agent
+/// pins its maps.
+pub fn command_in(ns: &Netns, program: &Path) -> anyhow::Result<Command> {
+    let fd = File::open(format!("/run/netns/{}", ns.name))?;
+    let mut cmd = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the fd stays open until exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        cmd.pre_exec(move || {
+            if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// A child process killed (by PID) and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
