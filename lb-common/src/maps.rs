@@ -9,7 +9,7 @@ use core::mem::size_of;
 /// suffix so an old pinned map is never read with the new layout.
 pub const MAP_VIPS: &str = "VIPS_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
-pub const MAP_TABLES: &str = "TABLES_V1";
+pub const MAP_TABLES: &str = "TABLES_V2";
 pub const MAP_FLOWS: &str = "FLOWS_V1";
 pub const MAP_NAT_REV: &str = "NAT_REV_V1";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";

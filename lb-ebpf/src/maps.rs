@@ -2,7 +2,7 @@
 //! agent overrides at load time.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
@@ -26,9 +26,11 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 #[map(name = "NEXTHOPS_V1")]
 pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
-#[map(name = "TABLES_V1")]
+/// Memory-mappable: the agent writes a whole table (65537 slots) through a mapping
+/// instead of one syscall per slot, so a flip takes microseconds, not tens of ms.
+#[map(name = "TABLES_V2")]
 pub static TABLES: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, 0);
+    Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
 #[map(name = "FLOWS_V1")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);

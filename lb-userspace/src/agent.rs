@@ -28,7 +28,12 @@ use crate::{
 
 /// Exit code for rejected input (a bad config), per the CLI contract.
 pub const EXIT_REJECTED: i32 = 1;
-pub const MAX_TABLES: u32 = 64;
+/// Tables resident at once: every pool twice (a rebuild goes to a free id, then flips),
+/// and never fewer than 64 so pools added at runtime find room.
+pub fn max_tables(config: &Config) -> u32 {
+    let pools: u32 = config.vips.iter().map(|v| v.pools.len() as u32).sum();
+    (2 * pools + 2).max(64)
+}
 
 pub struct Options {
     pub config: PathBuf,
@@ -158,7 +163,7 @@ pub fn limits(config: &Config) -> Limits {
     Limits {
         ring_size: config.agent.ring_size,
         max_backends: config.agent.max_backends,
-        max_tables: MAX_TABLES,
+        max_tables: max_tables(config),
         max_vips: lb_common::DEFAULT_MAX_VIPS,
     }
 }
@@ -186,7 +191,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         flows: p.config.agent.flow_capacity,
         backends: p.config.agent.max_backends,
         ring_size: p.config.agent.ring_size,
-        max_tables: MAX_TABLES,
+        max_tables: max_tables(&p.config),
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
     let state_file = state_file(&p.config);

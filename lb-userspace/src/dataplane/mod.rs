@@ -86,6 +86,7 @@ pub struct Sizes {
 /// only what a failed first start created.
 pub struct Dataplane {
     ebpf: Ebpf,
+    tables: TableMemory,
     links: Vec<(String, PinnedLink)>,
     pin_dir: PathBuf,
     /// The maps were already pinned: another agent's data path was taken over.
@@ -125,7 +126,8 @@ impl Dataplane {
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
         }
-        Ok(Dataplane { ebpf, links: Vec::new(), pin_dir: pin_dir.to_path_buf(), adopted, remove_on_drop: !adopted })
+        let tables = TableMemory::map(&ebpf, sizes.max_tables * sizes.ring_size)?;
+        Ok(Dataplane { ebpf, tables, links: Vec::new(), pin_dir: pin_dir.to_path_buf(), adopted, remove_on_drop: !adopted })
     }
 
     /// Attaches to `iface`: replaces the program in a pinned link atomically when one
@@ -184,13 +186,7 @@ impl Dataplane {
                     let mut m: Array<&mut MapData, Backend> = self.map_mut(MAP_BACKENDS)?;
                     m.set(*id, value, 0).map_err(map_err(MAP_BACKENDS))?;
                 }
-                Op::Table { id, slots } => {
-                    let mut m: Array<&mut MapData, u32> = self.map_mut(MAP_TABLES)?;
-                    let base = id * slots.len() as u32;
-                    for (i, backend) in slots.iter().enumerate() {
-                        m.set(base + i as u32, backend, 0).map_err(map_err(MAP_TABLES))?;
-                    }
-                }
+                Op::Table { id, slots } => self.tables.write(*id, slots)?,
                 Op::Vip(key, info) => {
                     let mut m: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
                     m.insert(key, info, 0).map_err(map_err(MAP_VIPS))?;
@@ -210,8 +206,7 @@ impl Dataplane {
 
     /// Slots of table `id` as the kernel holds them (for adoption after a restart).
     pub fn read_table(&self, id: u32, ring_size: u32) -> Result<Vec<u32>, DataplaneError> {
-        let m: Array<&MapData, u32> = self.map(MAP_TABLES)?;
-        (0..ring_size).map(|i| m.get(&(id * ring_size + i), 0).map_err(map_err(MAP_TABLES))).collect()
+        self.tables.read(id, ring_size)
     }
 
     /// Up to `limit` connection-table entries of VIP `vip_id`, and how many it has in all.
@@ -301,6 +296,73 @@ impl Drop for Dataplane {
             let _ = std::fs::remove_file(self.pin_dir.join(name));
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
+    }
+}
+
+/// TABLES_V2 mapped into our memory (BPF_F_MMAPABLE). Array elements are 8 bytes apart
+/// (the kernel rounds value sizes up to 8); the u32 backend id sits at the start of each.
+struct TableMemory {
+    base: *mut u8,
+    len: usize,
+    entries: u32,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this struct; access goes through &mut.
+unsafe impl Send for TableMemory {}
+// SAFETY: reads through & are of plain integers.
+unsafe impl Sync for TableMemory {}
+
+const TABLE_STRIDE: usize = 8;
+
+impl TableMemory {
+    fn map(ebpf: &Ebpf, entries: u32) -> Result<TableMemory, DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(MAP_TABLES) else {
+            return Err(DataplaneError::StubObject);
+        };
+        let page = 4096usize;
+        let len = (entries as usize * TABLE_STRIDE).div_ceil(page) * page;
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF_F_MMAPABLE array map of at least `len` bytes.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(TableMemory { base: base.cast(), len, entries })
+    }
+
+    fn write(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+        let start = id as usize * slots.len();
+        if start + slots.len() > self.entries as usize {
+            return Err(DataplaneError::Io(std::io::Error::other(format!("table {id} is beyond TABLES capacity"))));
+        }
+        for (i, backend) in slots.iter().enumerate() {
+            // SAFETY: in bounds (checked above); element start is 8-byte aligned.
+            unsafe { std::ptr::write_volatile(self.base.add((start + i) * TABLE_STRIDE).cast::<u32>(), *backend) };
+        }
+        // The table must be complete before the VipInfo write that flips to it.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read(&self, id: u32, ring_size: u32) -> Result<Vec<u32>, DataplaneError> {
+        let start = id as usize * ring_size as usize;
+        if start + ring_size as usize > self.entries as usize {
+            return Err(DataplaneError::Io(std::io::Error::other(format!("table {id} is beyond TABLES capacity"))));
+        }
+        // SAFETY: in bounds; aligned u32 reads.
+        Ok((0..ring_size as usize)
+            .map(|i| unsafe { std::ptr::read_volatile(self.base.add((start + i) * TABLE_STRIDE).cast::<u32>()) })
+            .collect())
+    }
+}
+
+impl Drop for TableMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
     }
 }
 
