@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the data-path bench (BPF_PROG_TEST_RUN, ratios to an XDP_TX floor
 //! measured in the same run).
 
-use crate::{setup, util};
+use crate::{build::build_veer, setup, util};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -12,7 +12,9 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let linker = setup::run(&setup::Options::default())?;
+    build_veer(&linker, true)?;
+    let veer = util::target_dir()?.join("release/veer");
     let mut cmd = util::cargo(&linker)?;
-    cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-bench", "--"]).args(&opts.args);
+    cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-bench", "--"]).args(&opts.args).env("VEER_BIN", &veer);
     util::run(&mut cmd)
 }

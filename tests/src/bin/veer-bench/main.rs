@@ -39,6 +39,9 @@ struct Options {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Skip the control-plane measurements (table build, API flip, agent memory).
+    #[arg(long)]
+    data_path_only: bool,
 }
 
 const FLOW_CAPACITY: u32 = 65_536;
@@ -74,6 +77,15 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench loads BPF programs into the kernel: run it as root (cargo xtask bench)");
     }
+    let control = if opts.data_path_only || opts.only.is_some() { None } else { Some(control::run()?) };
+    let data = std::thread::spawn(move || data_path(opts)).join().map_err(|_| anyhow::anyhow!("data-path bench panicked"))??;
+    if let Some(c) = control {
+        c.print(data);
+    }
+    Ok(())
+}
+
+fn data_path(opts: Options) -> anyhow::Result<bool> {
     ensure!(opts.repeat >= 1 && opts.rounds >= 1, "--repeat and --rounds must be positive");
     // A full connection table: every new flow evicts an old one, as on a busy balancer. It
     // also keeps the NAT port space (65536 ports per backend and SNAT address) from running out.
@@ -203,8 +215,10 @@ fn main() -> anyhow::Result<()> {
         }
         println!("\nIPv6 / IPv4 established: {:.2} (target <= 1.2)", v6 / v4);
     }
-    Ok(())
+    Ok(opts.json)
 }
+
+mod control;
 
 fn ns(d: Duration, _repeat: u32) -> f64 {
     d.as_nanos() as f64
