@@ -227,6 +227,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let metrics = p.config.agent.metrics;
     let core = Arc::new(Mutex::new(core));
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
+    let tcp_api = match (p.config.agent.api_listen, &p.config.agent.api_token_file) {
+        (Some(addr), Some(token)) => Some(api::serve_tcp(core.clone(), addr, token).await.context("TCP API listener")?),
+        _ => None,
+    };
     let metrics_server = match metrics {
         Some(addr) => Some(crate::metrics::serve(core.clone(), addr).await.context("metrics listener")?),
         None => None,
@@ -243,6 +247,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         _ = sigint.recv() => info!("SIGINT: detaching"),
     }
     server.abort();
+    if let Some(t) = tcp_api {
+        t.abort();
+    }
     if let Some(m) = metrics_server {
         m.abort();
     }

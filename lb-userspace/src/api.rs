@@ -80,6 +80,33 @@ pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHand
     }))
 }
 
+/// The optional TCP listener: the same API, every request must carry
+/// `Authorization: Bearer <token>` (token read from a file at start).
+pub async fn serve_tcp(core: Shared, addr: SocketAddr, token_file: &Path) -> std::io::Result<JoinHandle<()>> {
+    let token = std::fs::read_to_string(token_file)?.trim().to_string();
+    if token.len() < 16 {
+        return Err(std::io::Error::other(format!("{}: the API token must be at least 16 characters", token_file.display())));
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let expected = Arc::new(format!("Bearer {token}"));
+    let app = router(core).layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let expected = expected.clone();
+        async move {
+            let ok = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+            if ok {
+                next.run(req).await
+            } else {
+                ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".into() }.into_response()
+            }
+        }
+    }));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("TCP API server: {e}");
+        }
+    }))
+}
+
 pub fn router(core: Shared) -> Router {
     Router::new()
         .route("/v1/status", get(status))

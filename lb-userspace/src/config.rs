@@ -64,6 +64,10 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Where desired state (config + runtime changes) is persisted.
     pub state_file: PathBuf,
+    /// Optional TCP listener for the API (off by default); needs `api_token_file`.
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the bearer token the TCP listener requires.
+    pub api_token_file: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub snat_v4: Option<Ipv4Addr>,
     pub snat_v6: Option<Ipv6Addr>,
@@ -112,6 +116,8 @@ struct RawAgent {
     interfaces: Vec<String>,
     socket: Option<String>,
     state_file: Option<String>,
+    api_listen: Option<Spanned<String>>,
+    api_token_file: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
     snat_v4: Option<Spanned<String>>,
     snat_v6: Option<Spanned<String>>,
@@ -224,6 +230,15 @@ impl Validator<'_> {
             Some(m) => Some(m.get_ref().parse::<SocketAddr>().or_else(|_| self.err(m.span(), "agent.metrics", "not IP:PORT"))?),
             None => None,
         };
+        let api_listen = match &a.api_listen {
+            Some(m) => Some(m.get_ref().parse::<SocketAddr>().or_else(|_| self.err(m.span(), "agent.api_listen", "not IP:PORT"))?),
+            None => None,
+        };
+        if let Some(l) = &a.api_listen
+            && a.api_token_file.is_none()
+        {
+            return self.err(l.span(), "agent.api_listen", "the TCP API needs agent.api_token_file (a bearer token)");
+        }
         let ring_size = self.int(&a.ring_size, "agent.ring_size", lb_common::DEFAULT_RING_SIZE, 3, 1 << 24)?;
         if !lb_common::maglev::valid_ring_size(ring_size)
             && let Some(r) = &a.ring_size
@@ -234,6 +249,8 @@ impl Validator<'_> {
             interfaces: a.interfaces.clone(),
             socket: PathBuf::from(a.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
             state_file: PathBuf::from(a.state_file.clone().unwrap_or_else(|| DEFAULT_STATE_FILE.into())),
+            api_listen,
+            api_token_file: a.api_token_file.as_ref().map(|t| PathBuf::from(t.get_ref())),
             metrics,
             snat_v4,
             snat_v6,

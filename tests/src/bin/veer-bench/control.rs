@@ -147,7 +147,7 @@ impl Report {
             self.api_ms, self.late_flips, self.flips, self.first_conn_ms
         );
         println!(
-            "  agent at idle, 100 VIPs x 100 backends: RSS {:.1} MB ({:.1} MB of it the shared mapping of the kernel's Maglev tables), ready in {:.0} ms",
+            "  agent at idle, 100 VIPs x 100 backends: RSS {:.1} MB ({:.1} MB of it file/shared pages: the kernel's Maglev tables mapped in, and the binary), ready in {:.0} ms",
             self.rss_mb, self.rss_tables_mb, self.startup_ms
         );
     }
