@@ -21,7 +21,7 @@ use lb_common::{
 use crate::{
     maps::{CONFIG, NAT_REV, NEXTHOPS, VIPS},
     nat::{Rewrite, rewrite},
-    parse::{Packet, Parsed, TCP_FIN, TCP_RST, parse},
+    parse::{Packet, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse},
     stats::Event,
 };
 
@@ -75,8 +75,12 @@ fn process(ctx: &XdpContext) -> Verdict {
     }
     // Established flows first: they need no VIP lookup (the flow knows its VIP), and a
     // flow outlives neither its backend nor, through it, its VIP.
+    // A SYN on the 5-tuple of a flow that was seen closing is a new connection reusing the
+    // client port: it is scheduled afresh, not sent after the old one.
+    let reopened = |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
         && let Some((flow, backend)) = flow::established(&pkt.key)
+        && !reopened(flow)
     {
         let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
         if closed {

@@ -29,7 +29,7 @@ use tokio::{net::UnixListener, sync::Mutex, task::JoinHandle};
 use crate::{
     agent::Core,
     config::{self, BackendConfig, MAX_WEIGHT},
-    state::{AdminState, Desired, addr_be, backend_key, family, pool_key, vip_key},
+    state::{AbRules, AdminState, Desired, Split, SplitBy, addr_be, backend_key, family, moved_share, vip_key},
 };
 
 pub type Shared = Arc<Mutex<Core>>;
@@ -114,6 +114,10 @@ pub fn router(core: Shared) -> Router {
         .route("/v1/backend/add", post(backend_add))
         .route("/v1/backend/del", post(backend_del))
         .route("/v1/apply", post(apply))
+        .route("/v1/switch", post(switch))
+        .route("/v1/split", post(split))
+        .route("/v1/ab", post(ab))
+        .route("/v1/rollback", post(rollback))
         .route("/v1/flows/{vip}", get(flows))
         .route("/v1/trace/{vip}", get(trace))
         .with_state(core)
@@ -160,7 +164,19 @@ pub fn status_json(core: &Core) -> Value {
                     "counters": counters_json(&counters),
                 }));
             }
-            pools.push(json!({ "name": p.name, "active": p.name == v.active, "backends": backends }));
+            let deploy = core.desired.deploy.get(&v.name).cloned().unwrap_or_default();
+            let next = deploy.split.as_ref().map(|s| s.pool.clone()).or(deploy.ab.as_ref().map(|a| a.pool.clone()));
+            let live: u64 = backends.iter().filter_map(|b| b["counters"]["live_flows"].as_u64()).sum();
+            let role = if p.name == v.active {
+                "active"
+            } else if next.as_deref() == Some(p.name.as_str()) {
+                "next"
+            } else if live > 0 {
+                "draining"
+            } else {
+                "idle"
+            };
+            pools.push(json!({ "name": p.name, "active": p.name == v.active, "role": role, "backends": backends, "counters": { "live_flows": live } }));
         }
         vips.push(json!({
             "name": v.name,
@@ -169,7 +185,9 @@ pub fn status_json(core: &Core) -> Value {
             "mode": v.mode,
             "scheduler": v.scheduler,
             "active": v.active,
-            "split": Value::Null,
+            "split": core.desired.deploy.get(&v.name).and_then(|d| d.split.as_ref()).map(|s| json!({ "pool": s.pool, "percent": s.bp as f64 / 100.0, "by": s.by })),
+            "ab": core.desired.deploy.get(&v.name).and_then(|d| d.ab.as_ref()).map(|a| json!({ "pool": a.pool, "cidrs": a.networks.iter().map(|(n, l)| format!("{n}/{l}")).collect::<Vec<_>>() })),
+            "previous_active": core.desired.deploy.get(&v.name).and_then(|d| d.previous_active.clone()),
             "pools": pools,
             "counters": counters_json(&vip_counters),
         }));
@@ -250,14 +268,9 @@ fn change(core: &mut Core, next: Desired, changes: Vec<String>, dry_run: bool) -
     let mut rec = core.reconciler.clone();
     rec.reconcile(&next, core.snat_v4, core.snat_v6).map_err(|e| ApiError::bad(e.to_string()))?;
     let mut moved_pct = BTreeMap::new();
+    let m = rec.limits.ring_size;
     for v in &next.config.vips {
-        let before = core.reconciler.ids.tables.get(&pool_key(&v.name, &v.active)).and_then(|id| core.reconciler.tables.get(id));
-        let after = rec.ids.tables.get(&pool_key(&v.name, &v.active)).and_then(|id| rec.tables.get(id));
-        let pct = match (before, after) {
-            (Some(b), Some(a)) => b.iter().zip(a).filter(|(x, y)| x != y).count() as f64 * 100.0 / a.len() as f64,
-            (None, None) => 0.0,
-            _ => 100.0,
-        };
+        let pct = moved_share(&core.reconciler.selection(&v.name), &rec.selection(&v.name), m) * 100.0;
         moved_pct.insert(v.name.clone(), pct);
     }
     if !dry_run {
@@ -339,6 +352,12 @@ async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Jso
     }
     let changes = diff(&core.desired, &cfg);
     let mut next = Desired::new(cfg);
+    // Deployment state (split, A/B rules, rollback target) survives for VIPs that remain.
+    for (vip, d) in &core.desired.deploy {
+        if next.vip(vip).is_some() {
+            next.deploy.insert(vip.clone(), d.clone());
+        }
+    }
     // Admin states survive for backends that remain.
     for (vip, m) in &core.desired.admin {
         if let Some(v) = next.vip(vip).cloned() {
@@ -460,4 +479,134 @@ async fn trace(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(
         "vip": vip, "source": src.to_string(), "existing_flow": false,
         "pool": v.active, "slot": slot, "backend": backend,
     })))
+}
+
+#[derive(Deserialize)]
+pub struct SwitchReq {
+    pub vip: String,
+    pub pool: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub struct SplitReq {
+    pub vip: String,
+    pub pool: String,
+    pub percent: f64,
+    pub by: Option<SplitBy>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub struct AbReq {
+    pub vip: String,
+    pub pool: String,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Deserialize)]
+pub struct RollbackReq {
+    pub vip: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn vip_pools(d: &Desired, vip: &str, pool: &str) -> Result<String, ApiError> {
+    let v = d.vip(vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
+    if !v.pools.iter().any(|p| p.name == pool) {
+        return Err(ApiError::not_found(format!("VIP {vip:?} has no pool {pool:?}")));
+    }
+    Ok(v.active.clone())
+}
+
+/// Blue/green: all new flows to `pool` in one map write; the old pool keeps its flows.
+async fn switch(State(core): State<Shared>, Json(req): Json<SwitchReq>) -> Result<Json<ChangeReport>, ApiError> {
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let old = vip_pools(&next, &req.vip, &req.pool)?;
+    if old == req.pool {
+        return Err(ApiError::bad(format!("{:?} is already the active pool of {:?}", req.pool, req.vip)));
+    }
+    for v in next.config.vips.iter_mut().filter(|v| v.name == req.vip) {
+        v.active = req.pool.clone();
+    }
+    let d = next.deploy.entry(req.vip.clone()).or_default();
+    d.previous_active = Some(old.clone());
+    d.split = None;
+    if d.ab.as_ref().is_some_and(|a| a.pool == req.pool) {
+        d.ab = None;
+    }
+    let changes = vec![format!("{}: active {old} -> {} (new flows); {old} drains", req.vip, req.pool)];
+    change(&mut core, next, changes, req.dry_run)
+}
+
+/// Canary / A-B share: `percent` of new flows to `pool`.
+async fn split(State(core): State<Shared>, Json(req): Json<SplitReq>) -> Result<Json<ChangeReport>, ApiError> {
+    if !(0.0..=100.0).contains(&req.percent) || !req.percent.is_finite() {
+        return Err(ApiError::bad(format!("percent {} is out of range (0..=100)", req.percent)));
+    }
+    let bp = (req.percent * 100.0).round() as u32;
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let active = vip_pools(&next, &req.vip, &req.pool)?;
+    if active == req.pool {
+        return Err(ApiError::bad(format!("{:?} is the active pool: split towards another pool", req.pool)));
+    }
+    let by = req.by.unwrap_or(SplitBy::Flow);
+    let d = next.deploy.entry(req.vip.clone()).or_default();
+    d.split = (bp > 0).then(|| Split { pool: req.pool.clone(), bp, by });
+    let changes = vec![format!("{}: {:.2}% of new flows (by {by:?}) to {}", req.vip, bp as f64 / 100.0, req.pool)];
+    change(&mut core, next, changes, req.dry_run)
+}
+
+/// A/B: client networks that always reach `pool` (an empty list removes the rules).
+async fn ab(State(core): State<Shared>, Json(req): Json<AbReq>) -> Result<Json<ChangeReport>, ApiError> {
+    let mut networks = Vec::new();
+    for c in &req.cidrs {
+        let (ip, len) = c.split_once('/').ok_or_else(|| ApiError::bad(format!("{c:?} is not a CIDR (ADDR/LEN)")))?;
+        let ip: std::net::IpAddr = ip.parse().map_err(|_| ApiError::bad(format!("{c:?}: bad address")))?;
+        let len: u8 = len.parse().map_err(|_| ApiError::bad(format!("{c:?}: bad prefix length")))?;
+        if len > if ip.is_ipv4() { 32 } else { 128 } {
+            return Err(ApiError::bad(format!("{c:?}: prefix length too long")));
+        }
+        networks.push((ip, len));
+    }
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let active = vip_pools(&next, &req.vip, &req.pool)?;
+    if active == req.pool {
+        return Err(ApiError::bad(format!("{:?} is the active pool: A/B rules send clients to another pool", req.pool)));
+    }
+    let d = next.deploy.entry(req.vip.clone()).or_default();
+    d.ab = (!networks.is_empty()).then(|| AbRules { pool: req.pool.clone(), networks });
+    let changes = vec![format!("{}: clients in {:?} always to {}", req.vip, req.cidrs, req.pool)];
+    change(&mut core, next, changes, req.dry_run)
+}
+
+/// All new flows back: a split or A/B rules are removed; otherwise the previous active
+/// pool becomes active again.
+async fn rollback(State(core): State<Shared>, Json(req): Json<RollbackReq>) -> Result<Json<ChangeReport>, ApiError> {
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let active = next.vip(&req.vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?.active.clone();
+    let d = next.deploy.entry(req.vip.clone()).or_default();
+    let changes = if d.split.is_some() || d.ab.is_some() {
+        d.split = None;
+        d.ab = None;
+        vec![format!("{}: split and A/B rules removed; all new flows to {active}", req.vip)]
+    } else if let Some(prev) = d.previous_active.take() {
+        d.previous_active = Some(active.clone());
+        for v in next.config.vips.iter_mut().filter(|v| v.name == req.vip) {
+            v.active = prev.clone();
+        }
+        vec![format!("{}: active {active} -> {prev}", req.vip)]
+    } else {
+        return Err(ApiError::bad(format!("VIP {:?} has nothing to roll back", req.vip)));
+    };
+    change(&mut core, next, changes, req.dry_run)
 }

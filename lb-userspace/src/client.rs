@@ -13,6 +13,7 @@ use serde_json::Value;
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_REJECTED: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 2;
+pub const EXIT_TIMED_OUT: u8 = 3;
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -20,6 +21,8 @@ pub enum ClientError {
     Unreachable(String),
     /// The agent answered with an error: exit 1.
     Rejected(String),
+    /// Waiting (drain) ran out of time: exit 3.
+    TimedOut(String),
 }
 
 impl ClientError {
@@ -27,6 +30,7 @@ impl ClientError {
         match self {
             ClientError::Unreachable(_) => EXIT_UNREACHABLE,
             ClientError::Rejected(_) => EXIT_REJECTED,
+            ClientError::TimedOut(_) => EXIT_TIMED_OUT,
         }
     }
 }
@@ -36,6 +40,7 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Unreachable(m) => write!(f, "agent unreachable: {m}"),
             ClientError::Rejected(m) => f.write_str(m),
+            ClientError::TimedOut(m) => write!(f, "timed out: {m}"),
         }
     }
 }

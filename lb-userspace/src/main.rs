@@ -67,6 +67,44 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Blue/green: all new flows to POOL; the old pool drains.
+    Switch {
+        vip: String,
+        pool: String,
+        /// Wait (with a progress bar) until the old pool's live flows reach 0.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 3): 30s, 5m, 500ms.
+        #[arg(long, default_value = "5m")]
+        drain_timeout: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Send PERCENT of new flows (`10%` or `10`) to POOL: manual canary or A/B share.
+    Split {
+        vip: String,
+        pool: String,
+        percent: String,
+        #[arg(long, value_enum, default_value_t = veer::state::SplitBy::Flow)]
+        by: veer::state::SplitBy,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Client networks that always reach POOL (no --cidr: remove the rules).
+    Ab {
+        vip: String,
+        pool: String,
+        #[arg(long = "cidr")]
+        cidrs: Vec<String>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Return all new flows to the previous active pool (or drop a split / A/B rules).
+    Rollback {
+        vip: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Connections of a VIP in the connection table.
     Flows {
         vip: String,
@@ -186,6 +224,34 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
             let text = std::fs::read_to_string(&file).map_err(|e| ClientError::Rejected(format!("{}: {e}", file.display())))?;
             (client::request(socket, "POST", "/v1/apply", Some(&json!({ "config": text, "dry_run": dry_run })))?, render_change)
         }
+        Command::Switch { vip, pool, wait, drain_timeout, dry_run } => {
+            let timeout = parse_duration(&drain_timeout).ok_or_else(|| ClientError::Rejected(format!("--drain-timeout {drain_timeout:?}: expected e.g. 30s, 5m, 500ms")))?;
+            let answer = client::request(socket, "POST", "/v1/switch", Some(&json!({ "vip": vip, "pool": pool, "dry_run": dry_run })))?;
+            if !wait || dry_run {
+                (answer, render_change)
+            } else {
+                if !json_out {
+                    print!("{}", render_change(&answer));
+                }
+                let report = wait_for_drain(socket, &vip, timeout, json_out)?;
+                let left = report["live_flows_left"].as_u64().unwrap_or(0);
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&json!({ "switch": answer, "drain": report })).unwrap_or_default());
+                }
+                if left > 0 {
+                    return Err(ClientError::TimedOut(format!("{left} live flows left on {} after {drain_timeout}", report["pool"].as_str().unwrap_or("?"))));
+                }
+                return Ok(());
+            }
+        }
+        Command::Split { vip, pool, percent, by, dry_run } => {
+            let pct: f64 = percent.trim_end_matches('%').parse().map_err(|_| ClientError::Rejected(format!("{percent:?} is not a percentage (10% or 10)")))?;
+            (client::request(socket, "POST", "/v1/split", Some(&json!({ "vip": vip, "pool": pool, "percent": pct, "by": by, "dry_run": dry_run })))?, render_change)
+        }
+        Command::Ab { vip, pool, cidrs, dry_run } => {
+            (client::request(socket, "POST", "/v1/ab", Some(&json!({ "vip": vip, "pool": pool, "cidrs": cidrs, "dry_run": dry_run })))?, render_change)
+        }
+        Command::Rollback { vip, dry_run } => (client::request(socket, "POST", "/v1/rollback", Some(&json!({ "vip": vip, "dry_run": dry_run })))?, render_change),
         Command::Flows { vip, limit } => (client::request(socket, "GET", &format!("/v1/flows/{vip}?limit={limit}"), None)?, render_flows),
         Command::Trace { vip, src } => (client::request(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None)?, render_trace),
         Command::Agent { .. } | Command::Check { .. } => unreachable!("handled in main"),
@@ -198,21 +264,69 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
     Ok(())
 }
 
+/// `30s`, `5m`, `500ms`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Polls the old pool's live flows until they reach 0 or `timeout`; a progress bar on a
+/// terminal, nothing in --json mode.
+fn wait_for_drain(socket: &std::path::Path, vip: &str, timeout: std::time::Duration, quiet: bool) -> Result<Value, ClientError> {
+    let start = std::time::Instant::now();
+    let pool_live = |status: &Value| -> Option<(String, u64)> {
+        let v = status["vips"].as_array()?.iter().find(|v| v["name"] == vip)?;
+        let prev = v["previous_active"].as_str()?.to_string();
+        let p = v["pools"].as_array()?.iter().find(|p| p["name"] == prev.as_str())?;
+        Some((prev, p["counters"]["live_flows"].as_u64().unwrap_or(0)))
+    };
+    let first = client::request(socket, "GET", "/v1/status", None)?;
+    let (pool, initial) = pool_live(&first).ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no draining pool")))?;
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(initial) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("draining {msg} [{bar:30}] {pos}/{len} flows closed, {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(pool.clone());
+    let mut live = initial;
+    loop {
+        bar.set_position(initial.saturating_sub(live));
+        if live == 0 || start.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let status = client::request(socket, "GET", "/v1/status", None)?;
+        live = pool_live(&status).map(|(_, l)| l).unwrap_or(0);
+    }
+    bar.finish();
+    Ok(json!({ "pool": pool, "live_flows_left": live, "waited_ms": start.elapsed().as_millis() as u64 }))
+}
+
 fn render_status(s: &Value) -> String {
     let mut out = String::new();
     for v in s["vips"].as_array().into_iter().flatten() {
         let c = &v["counters"];
         out.push_str(&format!(
-            "{} {} {} active={} packets={} live_flows={}\n",
+            "{} {} {} active={} split={} packets={} live_flows={}\n",
             v["name"].as_str().unwrap_or(""),
             v["address"].as_str().unwrap_or(""),
             v["protocol"].as_str().unwrap_or(""),
             v["active"].as_str().unwrap_or(""),
+            if v["split"].is_null() { "-".to_string() } else { format!("{}%->{}", v["split"]["percent"], v["split"]["pool"].as_str().unwrap_or("")) },
             c["packets"],
             c["live_flows"]
         ));
         for p in v["pools"].as_array().into_iter().flatten() {
-            out.push_str(&format!("  pool {}{}\n", p["name"].as_str().unwrap_or(""), if p["active"] == true { " (active)" } else { "" }));
+            out.push_str(&format!("  pool {} ({}) live_flows={}\n", p["name"].as_str().unwrap_or(""), p["role"].as_str().unwrap_or(""), p["counters"]["live_flows"]));
             for b in p["backends"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "    {:<24} weight={:<5} admin={:<5} health={:<9} state={:<5} live_flows={:<6} packets={}\n",

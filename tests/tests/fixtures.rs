@@ -360,3 +360,27 @@ fn ab_network_rule_sends_matching_clients_to_the_next_pool() {
         assert!(outside[1] + outside[2] > 0, "outside clients reach the current pool's other backends");
     });
 }
+
+#[test]
+fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
+    with_fixture(|fx| {
+        let syn = Spec::tcp_syn(client4(52000), (VIP4.into(), 80));
+        let first = check_forward(fx, &syn, 0, 8080);
+        let mut fin = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, ..syn.clone() }.build();
+        fin[14 + 20 + 13] |= 0x01;
+        fx.run(&fin, None);
+        // the pool now holds only another backend: a reused tuple must follow it
+        let other = if first == 3 { 1 } else { 3 };
+        fx.write_table(&Pool { table: 5, backends: vec![(other as u32, SocketAddr::new(backend4(other).into(), 8080), 1)] });
+        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 5, ..Default::default() });
+        let (_, out) = fx.run(&syn.build(), None);
+        assert_eq!(out[0..6], backend_mac(other), "new connection on a closed flow's tuple is re-chosen");
+        // while a retransmitted SYN of a live flow keeps its backend
+        let syn2 = Spec::tcp_syn(client4(52001), (VIP4.into(), 80));
+        let (_, out1) = fx.run(&syn2.build(), None);
+        fx.write_table(&Pool { table: 6, backends: vec![(first as u32, SocketAddr::new(backend4(first).into(), 8080), 1)] });
+        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 6, ..Default::default() });
+        let (_, out2) = fx.run(&syn2.build(), None);
+        assert_eq!(out1[0..6], out2[0..6], "a retransmitted SYN stays with its flow");
+    });
+}

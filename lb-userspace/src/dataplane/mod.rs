@@ -195,6 +195,15 @@ impl Dataplane {
                     let mut m: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
                     let _ = m.remove(key);
                 }
+                Op::AbRule { prefix_len, key, insert } => {
+                    let mut m: aya::maps::lpm_trie::LpmTrie<&mut MapData, lb_common::AbKey, u32> = self.map_mut(MAP_AB_RULES)?;
+                    let k = aya::maps::lpm_trie::Key::new(*prefix_len, *key);
+                    if *insert {
+                        m.insert(&k, 1, 0).map_err(map_err(MAP_AB_RULES))?;
+                    } else {
+                        let _ = m.remove(&k);
+                    }
+                }
                 Op::Filter(word, bits) => {
                     let mut m: Array<&mut MapData, u64> = self.map_mut(MAP_VIP_FILTER)?;
                     m.set(*word, bits, 0).map_err(map_err(MAP_VIP_FILTER))?;

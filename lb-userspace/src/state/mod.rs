@@ -12,7 +12,8 @@ use std::{
 
 use lb_common::{
     BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, BACKEND_UNSET, Backend, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VIP_FILTER_WORDS, VipInfo, VipKey,
+    PROTO_TCP, PROTO_UDP, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT,
+    VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
     vip_filter_slot,
 };
@@ -48,6 +49,39 @@ pub enum AdminState {
     Maint,
 }
 
+/// How a split keys clients: per connection (canary) or per client address (sticky, A/B).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitBy {
+    Flow,
+    Client,
+}
+
+/// Share of new flows, in basis points, that go to `pool` instead of the active pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    pub pool: String,
+    pub bp: u32,
+    pub by: SplitBy,
+}
+
+/// Client networks that always go to `pool`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbRules {
+    pub pool: String,
+    /// (network address, prefix length)
+    pub networks: Vec<(IpAddr, u8)>,
+}
+
+/// A VIP's deployment state beyond its config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The pool that was active before the last switch (for rollback).
+    pub previous_active: Option<String>,
+    pub split: Option<Split>,
+    pub ab: Option<AbRules>,
+}
+
 /// Config plus runtime changes: what the operator wants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Desired {
@@ -55,11 +89,14 @@ pub struct Desired {
     /// Admin state per VIP and backend address (absent = ready).
     #[serde(default)]
     pub admin: BTreeMap<String, BTreeMap<SocketAddr, AdminState>>,
+    /// Split, A/B rules and rollback target per VIP.
+    #[serde(default)]
+    pub deploy: BTreeMap<String, Deployment>,
 }
 
 impl Desired {
     pub fn new(config: Config) -> Desired {
-        Desired { config, admin: BTreeMap::new() }
+        Desired { config, admin: BTreeMap::new(), deploy: BTreeMap::new() }
     }
 
     pub fn admin(&self, vip: &str, addr: SocketAddr) -> AdminState {
@@ -110,12 +147,16 @@ pub enum Op {
     RemoveVip(VipKey),
     /// (word index, new value) of VIP_FILTER.
     Filter(u32, u64),
+    /// Insert (true) or remove (false) an A/B rule: LPM prefix length and data.
+    AbRule { prefix_len: u32, key: lb_common::AbKey, insert: bool },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
     #[error("VIP {vip:?} is {family} but the balancer has no {family} SNAT address: set agent.snat_{suffix}")]
     NoSnat { vip: String, family: &'static str, suffix: &'static str },
+    #[error("VIP {vip:?}: {message}")]
+    Deploy { vip: String, message: String },
     #[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
     Exhausted { what: &'static str, capacity: u32, setting: &'static str },
 }
@@ -174,6 +215,7 @@ pub struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     vips: BTreeMap<String, (VipKey, VipInfo)>,
     filter: Vec<u64>,
+    ab_rules: BTreeSet<(u32, [u32; 5])>,
     config: Option<lb_common::Config>,
 }
 
@@ -187,6 +229,7 @@ impl Reconciler {
             backends: BTreeMap::new(),
             vips: BTreeMap::new(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
+            ab_rules: BTreeSet::new(),
             config: None,
         }
     }
@@ -234,6 +277,7 @@ impl Reconciler {
         let mut backend_ids = IdAllocator::new(self.ids.backends.values().copied(), 1, self.limits.max_backends, "backend", "max_backends");
         let mut table_ids = IdAllocator::new(self.tables.keys().copied(), 1, self.limits.max_tables, "table", "max_tables");
         let mut live_vips = BTreeSet::new();
+        let mut ab_wanted: BTreeSet<(u32, [u32; 5])> = BTreeSet::new();
         let mut live_backends = BTreeSet::new();
         let mut live_tables = BTreeSet::new();
         for v in &desired.config.vips {
@@ -253,6 +297,24 @@ impl Reconciler {
             };
             live_vips.insert(v.name.clone());
             let mut active_table = 0;
+            let deploy = desired.deploy.get(&v.name).cloned().unwrap_or_default();
+            let next_pool = match (&deploy.split, &deploy.ab) {
+                (Some(s), Some(a)) if s.pool != a.pool => {
+                    return Err(StateError::Deploy { vip: v.name.clone(), message: format!("split goes to {:?} and A/B rules to {:?}: one next pool at a time", s.pool, a.pool) });
+                }
+                (Some(s), _) => Some(s.pool.clone()),
+                (None, Some(a)) => Some(a.pool.clone()),
+                (None, None) => None,
+            };
+            if let Some(np) = &next_pool {
+                if *np == v.active {
+                    return Err(StateError::Deploy { vip: v.name.clone(), message: format!("{np:?} is already the active pool") });
+                }
+                if !v.pools.iter().any(|p| p.name == *np) {
+                    return Err(StateError::Deploy { vip: v.name.clone(), message: format!("no pool named {np:?}") });
+                }
+            }
+            let mut next_table = 0;
             for p in &v.pools {
                 let mut members = Vec::new();
                 for b in &p.backends {
@@ -315,14 +377,33 @@ impl Reconciler {
                 if p.name == v.active {
                     active_table = table_id;
                 }
+                if next_pool.as_deref() == Some(p.name.as_str()) {
+                    next_table = table_id;
+                }
             }
             let key = vip_key(v);
+            let mut flags = if v.scheduler == Scheduler::SourceHash { VIP_F_HASH_SOURCE } else { 0 };
+            if deploy.split.as_ref().is_some_and(|s| s.by == SplitBy::Client) {
+                flags |= VIP_F_SPLIT_BY_CLIENT;
+            }
+            if let Some(ab) = &deploy.ab {
+                for (net, len) in &ab.networks {
+                    if net.is_ipv4() != v.family_is_v4() {
+                        return Err(StateError::Deploy { vip: v.name.clone(), message: format!("{net}/{len} is not the VIP's address family") });
+                    }
+                    let a = addr_be(*net);
+                    ab_wanted.insert((32 + *len as u32, [vip_id.to_be(), a[0], a[1], a[2], a[3]]));
+                }
+                if !ab.networks.is_empty() {
+                    flags |= VIP_F_AB_RULES;
+                }
+            }
             let info = VipInfo {
                 vip_id,
                 table_current: active_table,
-                table_next: 0,
-                split_bp: 0,
-                flags: if v.scheduler == Scheduler::SourceHash { VIP_F_HASH_SOURCE } else { 0 },
+                table_next: next_table,
+                split_bp: deploy.split.as_ref().map(|s| s.bp).unwrap_or(0),
+                flags,
                 _pad: 0,
             };
             match self.vips.get(&v.name) {
@@ -376,11 +457,18 @@ impl Reconciler {
         }
         self.filter = filter;
 
+        let ab_key = |(len, d): &(u32, [u32; 5])| (*len, lb_common::AbKey { vip_id_be: d[0], addr_be: [d[1], d[2], d[3], d[4]] });
+        let ab_add: Vec<Op> = ab_wanted.difference(&self.ab_rules).map(|r| { let (prefix_len, key) = ab_key(r); Op::AbRule { prefix_len, key, insert: true } }).collect();
+        let ab_del: Vec<Op> = self.ab_rules.difference(&ab_wanted).map(|r| { let (prefix_len, key) = ab_key(r); Op::AbRule { prefix_len, key, insert: false } }).collect();
+        self.ab_rules = ab_wanted;
+
         let mut ops = config_op;
         ops.extend(raise);
         ops.extend(table_ops);
         ops.extend(filter_add);
+        ops.extend(ab_add);
         ops.extend(vip_ops);
+        ops.extend(ab_del);
         ops.extend(lower);
         ops.extend(filter_clear);
         Ok(ops)
@@ -394,6 +482,51 @@ impl Reconciler {
     pub fn vip_info(&self, name: &str) -> Option<&(VipKey, VipInfo)> {
         self.vips.get(name)
     }
+}
+
+/// A VIP's selection as the data path sees it, for disruption previews.
+pub struct Selection<'a> {
+    pub current: Option<&'a [u32]>,
+    pub next: Option<&'a [u32]>,
+    pub split_bp: u32,
+}
+
+impl Reconciler {
+    pub fn selection(&self, vip: &str) -> Selection<'_> {
+        let info = self.vips.get(vip).map(|(_, i)| *i).unwrap_or_default();
+        Selection {
+            current: self.tables.get(&info.table_current).map(|t| t.as_slice()),
+            next: self.tables.get(&info.table_next).map(|t| t.as_slice()),
+            split_bp: info.split_bp,
+        }
+    }
+}
+
+/// Share (0..=1) of the new-flow hash space whose backend differs between two selections.
+/// Exact: the split hash and the slot hash are independent, and a flow goes to the next
+/// pool iff its split hash is below `split_bp`, so the split axis cuts into at most three
+/// intervals of constant decisions.
+pub fn moved_share(old: &Selection, new: &Selection, ring_size: u32) -> f64 {
+    let scale = lb_common::SPLIT_SCALE;
+    let (lo, hi) = (old.split_bp.min(new.split_bp).min(scale), old.split_bp.max(new.split_bp).min(scale));
+    let at = |t: Option<&[u32]>, i: usize| t.and_then(|t| t.get(i)).copied().unwrap_or(0);
+    let mut moved = 0.0;
+    for (start, end) in [(0, lo), (lo, hi), (hi, scale)] {
+        if end <= start {
+            continue;
+        }
+        let old_next = start < old.split_bp;
+        let new_next = start < new.split_bp;
+        let differing = (0..ring_size as usize)
+            .filter(|&i| {
+                let a = at(if old_next { old.next } else { old.current }, i);
+                let b = at(if new_next { new.next } else { new.current }, i);
+                a != b
+            })
+            .count();
+        moved += (end - start) as f64 / scale as f64 * differing as f64 / ring_size as f64;
+    }
+    moved
 }
 
 pub fn vip_key(v: &VipConfig) -> VipKey {

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
 pub use servers::Servers;
-pub use traffic::{Outcome, http_get, keepalive_get, run_http_load, udp_request, without_counters};
+pub use traffic::{Outcome, http_get, http_get_from, keepalive_get, run_http_load, udp_request, without_counters};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
@@ -238,11 +238,7 @@ impl Lab {
 
     /// Writes a config for one TCP VIP (HTTP) and one UDP VIP per family over all backends.
     pub fn write_config(&self, weights: &[u32]) -> anyhow::Result<PathBuf> {
-        let mut text = format!(
-            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nsnat_v6 = \"{LB6}\"\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"127.0.0.1:9477\"\n",
-            self.socket().display(),
-            self.dir.join("state.json").display()
-        );
+        let mut text = self.agent_section();
         let pools = |v6: bool, port: u16| -> String {
             weights
                 .iter()
@@ -303,6 +299,33 @@ impl Lab {
         }
         self.agent = Some(agent);
         Ok(())
+    }
+
+    /// Writes `text` as a config file in the lab directory.
+    pub fn write_config_text(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(name);
+        fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// The `[agent]` section every lab config uses.
+    pub fn agent_section(&self) -> String {
+        format!(
+            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nsnat_v6 = \"{LB6}\"\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"127.0.0.1:9477\"\n",
+            self.socket().display(),
+            self.dir.join("state.json").display()
+        )
+    }
+
+    /// Adds `n` IPv4 addresses to the client (10.77.0.150 upwards): distinct clients.
+    pub fn add_client_aliases(&self, n: usize) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let a = Ipv4Addr::new(10, 77, 0, 150 + i as u8);
+            run_cmd(&["ip", "-n", &self.client.name, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+            out.push(a.into());
+        }
+        Ok(out)
     }
 
     /// The agent's API socket (a path: reachable from any network namespace).

@@ -23,7 +23,20 @@ pub struct Outcome {
 
 /// One GET on a new connection with `Connection: close`; returns the backend's name.
 pub fn http_get(vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect_timeout(&vip, timeout).with_context(|| format!("connect {vip}"))?;
+    let s = TcpStream::connect_timeout(&vip, timeout).with_context(|| format!("connect {vip}"))?;
+    get_on(s, vip, timeout)
+}
+
+/// Like [`http_get`], from a chosen source address (a client alias).
+pub fn http_get_from(src: std::net::IpAddr, vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let domain = if vip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(src, 0).into()).with_context(|| format!("bind {src}"))?;
+    sock.connect_timeout(&vip.into(), timeout).with_context(|| format!("connect {vip} from {src}"))?;
+    get_on(sock.into(), vip, timeout)
+}
+
+fn get_on(mut s: TcpStream, vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(format!("GET / HTTP/1.1\r\nHost: {vip}\r\nConnection: close\r\n\r\n").as_bytes())?;

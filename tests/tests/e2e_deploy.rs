@@ -1,0 +1,196 @@
+//! End-to-end deployments under load: blue/green switch, splits by flow and by client,
+//! A/B client networks, rollback. Blue = b1, b2; green = b3, b4.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use veer_tests::lab::*;
+
+const BLUE: [&str; 2] = ["b1", "b2"];
+const GREEN: [&str; 2] = ["b3", "b4"];
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP4.into(), 80)
+}
+
+fn lab() -> Option<Lab> {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return None;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1; 4] }).expect("build the lab");
+    let b = |i: usize| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i));
+    let text = format!(
+        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"blue\"\n\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {}, {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {}, {} ]\n",
+        lab.agent_section(),
+        b(0),
+        b(1),
+        b(2),
+        b(3)
+    );
+    let config = lab.write_config_text("veer.toml", &text).unwrap();
+    lab.start_agent(&config).expect("start the agent");
+    lab.wait_for_vip(vip()).expect("VIP answers");
+    Some(lab)
+}
+
+fn veer_ok(lab: &Lab, args: &[&str]) -> String {
+    let (code, out, err) = lab.veer(args).unwrap();
+    assert_eq!(code, 0, "veer {args:?} failed: {err}\nagent log:\n{}", lab.agent_log());
+    out
+}
+
+fn green_share(o: &Outcome) -> f64 {
+    let green: usize = GREEN.iter().map(|g| o.by_backend.get(*g).copied().unwrap_or(0)).sum();
+    green as f64 * 100.0 / (o.ok.max(1)) as f64
+}
+
+#[test]
+fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() {
+    let Some(lab) = lab() else { return };
+    let mut stream = lab.connect(vip()).unwrap();
+    let stream_backend = keepalive_get(&mut stream).unwrap();
+    assert!(BLUE.contains(&stream_backend.as_str()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // the switch, waiting for blue to drain, in its own process
+    let mut wait = std::process::Command::new(veer_bin().unwrap())
+        .args(["--socket", lab.socket().to_str().unwrap(), "switch", "web", "green", "--wait", "--drain-timeout", "30s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = lab.http_load(vip(), 300).unwrap();
+    assert_eq!(after.failed, 0, "{:?}", after.errors);
+    assert_eq!(green_share(&after), 100.0, "every new connection goes to green: {:?}", after.by_backend);
+    for _ in 0..20 {
+        assert_eq!(keepalive_get(&mut stream).unwrap(), stream_backend, "the long-lived stream stays on blue");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(wait.try_wait().unwrap().is_none(), "--wait must not return while the blue stream is open");
+    let status = lab.status().unwrap();
+    let blue = &status["vips"][0]["pools"][0];
+    assert_eq!(blue["role"], "draining", "{blue}");
+    drop(stream);
+    let closed_at = Instant::now();
+    let deadline = closed_at + Duration::from_secs(20);
+    let code = loop {
+        if let Some(s) = wait.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(Instant::now() < deadline, "--wait did not return after blue drained");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "--wait exits 0 once blue has no live flow");
+    stop.store(true, Ordering::Relaxed);
+    let during = load.join().unwrap();
+    assert_eq!(during.failed, 0, "requests failed across the switch: {:?}\n{}", during.errors, lab.agent_log());
+    println!("switch: {} requests during, 0 failed; --wait returned {:?} after the stream closed", during.ok, closed_at.elapsed());
+}
+
+#[test]
+fn drain_timeout_exits_3_with_the_flows_left() {
+    let Some(lab) = lab() else { return };
+    let mut stream = lab.connect(vip()).unwrap();
+    keepalive_get(&mut stream).unwrap();
+    let (code, _, err) = lab.veer(&["switch", "web", "green", "--wait", "--drain-timeout", "1s"]).unwrap();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("1 live flows left on blue"), "{err}");
+}
+
+#[test]
+fn split_ten_percent_by_flow_sends_ten_percent_of_new_connections() {
+    let Some(lab) = lab() else { return };
+    veer_ok(&lab, &["split", "web", "green", "10%"]);
+    let o = lab.http_load(vip(), 2500).unwrap();
+    assert_eq!(o.failed, 0, "{:?}", o.errors);
+    let share = green_share(&o);
+    assert!((share - 10.0).abs() <= 2.0, "green got {share:.1}% of 2500 new connections, want 10 ± 2");
+    veer_ok(&lab, &["rollback", "web"]);
+    let o = lab.http_load(vip(), 300).unwrap();
+    assert_eq!(green_share(&o), 0.0, "after rollback no new connection goes to green");
+}
+
+#[test]
+fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
+    let Some(lab) = lab() else { return };
+    let clients = lab.add_client_aliases(24).unwrap();
+    let pools_seen = |lab: &Lab| -> BTreeMap<std::net::IpAddr, BTreeSet<&'static str>> {
+        let clients = clients.clone();
+        lab.client
+            .run(move || {
+                let mut seen: BTreeMap<std::net::IpAddr, BTreeSet<&'static str>> = BTreeMap::new();
+                for c in &clients {
+                    for _ in 0..8 {
+                        let name = http_get_from(*c, vip(), Duration::from_secs(3)).expect("request");
+                        let pool = if GREEN.contains(&name.as_str()) { "green" } else { "blue" };
+                        seen.entry(*c).or_default().insert(pool);
+                    }
+                }
+                seen
+            })
+            .unwrap()
+    };
+    veer_ok(&lab, &["split", "web", "green", "10", "--by", "client"]);
+    let at10 = pools_seen(&lab);
+    veer_ok(&lab, &["split", "web", "green", "30", "--by", "client"]);
+    let at30 = pools_seen(&lab);
+    for (c, pools) in at10.iter().chain(at30.iter()) {
+        assert_eq!(pools.len(), 1, "client {c} saw both pools: {pools:?}");
+    }
+    let green10: BTreeSet<_> = at10.iter().filter(|(_, p)| p.contains("green")).map(|(c, _)| *c).collect();
+    let green30: BTreeSet<_> = at30.iter().filter(|(_, p)| p.contains("green")).map(|(c, _)| *c).collect();
+    assert!(green10.is_subset(&green30), "raising the split moved a client back to blue: {green10:?} vs {green30:?}");
+    assert!(green30.len() >= green10.len() && !green30.is_empty(), "30% of 24 clients: some reach green");
+    println!("split by client: {} of 24 clients on green at 10%, {} at 30%", green10.len(), green30.len());
+}
+
+#[test]
+fn clients_inside_an_ab_network_always_reach_the_variant() {
+    let Some(lab) = lab() else { return };
+    let clients = lab.add_client_aliases(24).unwrap();
+    // 10.77.0.160/28 = .160-.175: aliases 10..23 inside, 0..9 outside
+    veer_ok(&lab, &["ab", "web", "green", "--cidr", "10.77.0.160/28"]);
+    let results = lab
+        .client
+        .run(move || {
+            clients
+                .iter()
+                .map(|c| (*c, (0..6).map(|_| http_get_from(*c, vip(), Duration::from_secs(3)).expect("request")).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    for (c, names) in results {
+        let inside = matches!(c, std::net::IpAddr::V4(a) if a.octets()[3] >= 160 && a.octets()[3] < 176);
+        for n in names {
+            assert_eq!(GREEN.contains(&n.as_str()), inside, "client {c} (inside: {inside}) reached {n}");
+        }
+    }
+}
+
+#[test]
+fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
+    let Some(lab) = lab() else { return };
+    let (code, out, err) = lab.veer(&["--json", "split", "web", "green", "25", "--dry-run"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let dry: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let predicted = dry["moved_pct"]["web"].as_f64().unwrap();
+    assert!((predicted - 25.0).abs() < 0.01, "disjoint pools: a 25% split moves 25% of the hash space: {predicted}");
+    assert!(lab.status().unwrap()["vips"][0]["split"].is_null(), "dry run changed nothing");
+    let out = veer_ok(&lab, &["--json", "split", "web", "green", "25"]);
+    let applied: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(applied["moved_pct"], dry["moved_pct"]);
+    let o = lab.http_load(vip(), 2000).unwrap();
+    let share = green_share(&o);
+    assert!((share - predicted).abs() <= 3.0, "measured {share:.1}% vs predicted {predicted:.1}%");
+}
