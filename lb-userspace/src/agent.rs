@@ -102,6 +102,8 @@ pub struct Core {
     pub snat_v6: Option<Ipv6Addr>,
     pub state_file: PathBuf,
     config_hash: String,
+    /// Health of every checked backend, by `backend_key`.
+    pub health: BTreeMap<String, crate::health::task::BackendHealth>,
 }
 
 impl Core {
@@ -114,6 +116,27 @@ impl Core {
         self.reconciler = rec;
         self.desired = next;
         self.persist().map_err(|e| api::ApiError::internal(format!("persist state: {e}")))
+    }
+
+    /// Recomputes what health observes (down set, slow-start weights) and reconciles the
+    /// data path when it changed.
+    pub fn sync_observed(&mut self) {
+        let now = std::time::Instant::now();
+        let mut observed = crate::state::Observed::default();
+        for (key, h) in &self.health {
+            if !h.state.up {
+                observed.down.insert(key.clone());
+            } else if let Some(pct) = h.state.slowstart_pct(&h.cfg, now) {
+                observed.weight_pct.insert(key.clone(), pct);
+            }
+        }
+        if observed != self.desired.observed {
+            let mut next = self.desired.clone();
+            next.observed = observed;
+            if let Err(e) = self.set_desired(next) {
+                tracing::error!("applying health changes: {e}");
+            }
+        }
     }
 
     pub fn persist(&self) -> std::io::Result<()> {
@@ -219,6 +242,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         snat_v6: p.snat_v6,
         state_file,
         config_hash: p.config_hash.clone(),
+        health: BTreeMap::new(),
     };
     core.set_desired(desired).map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
     for iface in &p.interfaces {
@@ -227,6 +251,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let metrics = p.config.agent.metrics;
     let core = Arc::new(Mutex::new(core));
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
+    let health = crate::health::task::spawn(core.clone());
     let tcp_api = match (p.config.agent.api_listen, &p.config.agent.api_token_file) {
         (Some(addr), Some(token)) => Some(api::serve_tcp(core.clone(), addr, token).await.context("TCP API listener")?),
         _ => None,
@@ -247,6 +272,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         _ = sigint.recv() => info!("SIGINT: detaching"),
     }
     server.abort();
+    health.abort();
+    let _ = health.await;
     if let Some(t) = tcp_api {
         t.abort();
     }

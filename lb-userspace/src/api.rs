@@ -150,11 +150,18 @@ pub fn status_json(core: &Core) -> Value {
                 let id = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)).copied();
                 let state = id.and_then(|id| core.reconciler.backend(id)).map(|b| b.state);
                 let counters = id.and_then(|id| core.dp.backend_counters(id).ok()).unwrap_or_default();
+                let h = core.health.get(&backend_key(&v.name, b.address));
+                let now = std::time::Instant::now();
                 backends.push(json!({
                     "address": b.address.to_string(),
                     "weight": b.weight,
                     "admin": core.desired.admin(&v.name, b.address),
-                    "health": "unchecked",
+                    "health": match h { None => "unchecked", Some(h) if h.state.up => "up", Some(_) => "down" },
+                    "check": h.map(|h| json!({
+                        "last": h.state.last.as_ref().map(|r| r.reason.clone()),
+                        "in_state_s": now.saturating_duration_since(h.state.since).as_secs_f64(),
+                        "slowstart_pct": h.state.slowstart_pct(&h.cfg, now),
+                    })),
                     "state": match state {
                         Some(BACKEND_READY) => "ready",
                         Some(BACKEND_DRAIN) => "drain",
@@ -176,7 +183,8 @@ pub fn status_json(core: &Core) -> Value {
             } else {
                 "idle"
             };
-            pools.push(json!({ "name": p.name, "active": p.name == v.active, "role": role, "backends": backends, "counters": { "live_flows": live } }));
+            let fail_open = core.reconciler.fail_open.contains(&crate::state::pool_key(&v.name, &p.name));
+            pools.push(json!({ "name": p.name, "active": p.name == v.active, "role": role, "all_down_fail_open": fail_open, "backends": backends, "counters": { "live_flows": live } }));
         }
         vips.push(json!({
             "name": v.name,

@@ -11,6 +11,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::health::{CheckKind, HealthConfig, parse_duration};
+
 pub const DEFAULT_SOCKET: &str = "/run/veer/veer.sock";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/veer/state.json";
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -82,10 +84,13 @@ pub struct BackendConfig {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolConfig {
     pub name: String,
     pub backends: Vec<BackendConfig>,
+    /// Overrides the VIP's health settings for this pool.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,8 +101,8 @@ pub struct VipConfig {
     pub mode: Mode,
     pub scheduler: Scheduler,
     pub active: String,
-    /// Kept as written; health checking is configured here (see the health module).
-    pub health: Option<toml::Table>,
+    /// Active health checks for the VIP's backends (none: no checks).
+    pub health: Option<HealthConfig>,
     pub pools: Vec<PoolConfig>,
 }
 
@@ -139,6 +144,28 @@ struct RawPool {
     name: Spanned<String>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: String,
+    path: Option<String>,
+    host: Option<String>,
+    expect: Option<toml::Value>,
+    payload: Option<String>,
+    port: Option<i64>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    fastinter: Option<String>,
+    downinter: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    jitter: Option<String>,
+    slowstart: Option<String>,
+    observe: Option<bool>,
+    error_limit: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -150,7 +177,7 @@ struct RawVip {
     mode: Option<Spanned<String>>,
     scheduler: Option<Spanned<String>>,
     active: Spanned<String>,
-    health: Option<toml::Table>,
+    health: Option<Spanned<RawHealth>>,
     #[serde(default, rename = "pool")]
     pools: Vec<RawPool>,
 }
@@ -214,6 +241,81 @@ impl Validator<'_> {
             Ok(_) => self.err(v.span(), field, "port 0 is not a service port"),
             Err(_) => self.err(v.span(), field, format!("{:?} is not IP:PORT or [IPv6]:PORT", v.get_ref())),
         }
+    }
+
+    fn health(&self, raw: &Spanned<RawHealth>, field: &str) -> Result<HealthConfig, ConfigError> {
+        let span = raw.span();
+        let h = raw.get_ref();
+        let bad = |what: &str, msg: String| -> Result<HealthConfig, ConfigError> { self.err(span.clone(), &format!("{field}.{what}"), msg) };
+        let kind = match h.kind.as_str() {
+            "tcp" => CheckKind::Tcp,
+            "http" => CheckKind::Http,
+            "udp" => CheckKind::Udp,
+            other => return bad("kind", format!("{other:?}: expected \"tcp\", \"http\" or \"udp\"")),
+        };
+        let mut c = HealthConfig { kind, ..HealthConfig::default() };
+        let dur = |v: &Option<String>, what: &str, default: std::time::Duration| -> Result<std::time::Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => parse_duration(s).ok_or_else(|| ConfigError {
+                    file: self.file.into(),
+                    line: line_of(self.text, span.start),
+                    field: format!("{field}.{what}"),
+                    message: format!("{s:?} is not a duration (500ms, 2s, 1m)"),
+                }),
+            }
+        };
+        c.interval = dur(&h.interval, "interval", c.interval)?;
+        if c.interval < std::time::Duration::from_millis(10) {
+            return bad("interval", "must be at least 10ms".into());
+        }
+        c.timeout = dur(&h.timeout, "timeout", c.interval.min(std::time::Duration::from_secs(1)))?;
+        c.fastinter = dur(&h.fastinter, "fastinter", c.interval)?;
+        c.downinter = dur(&h.downinter, "downinter", c.interval)?;
+        c.slowstart = dur(&h.slowstart, "slowstart", std::time::Duration::ZERO)?;
+        let small = |v: Option<i64>, what: &str, default: u32, max: i64| -> Result<u32, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(n) if (1..=max).contains(&n) => Ok(n as u32),
+                Some(n) => Err(ConfigError { file: self.file.into(), line: line_of(self.text, span.start), field: format!("{field}.{what}"), message: format!("{n} is out of range (1..={max})") }),
+            }
+        };
+        c.rise = small(h.rise, "rise", c.rise, 100)?;
+        c.fall = small(h.fall, "fall", c.fall, 100)?;
+        c.error_limit = small(h.error_limit, "error_limit", c.error_limit, 1_000_000)?;
+        if let Some(p) = h.port {
+            c.port = Some(small(Some(p), "port", 0, 65535)? as u16);
+        }
+        if let Some(j) = &h.jitter {
+            match j.trim_end_matches('%').parse::<u32>() {
+                Ok(v) if v <= 90 => c.jitter_pct = v,
+                _ => return bad("jitter", format!("{j:?}: expected a percentage up to 90%")),
+            }
+        }
+        if let Some(p) = &h.path {
+            if !p.starts_with('/') {
+                return bad("path", format!("{p:?} must start with '/'"));
+            }
+            c.path = p.clone();
+        }
+        c.host = h.host.clone();
+        if let Some(p) = &h.payload {
+            c.payload = p.clone();
+        }
+        c.observe = h.observe.unwrap_or(false);
+        c.expect = match &h.expect {
+            None => c.expect,
+            Some(toml::Value::Integer(n)) if (100..=599).contains(n) => (*n as u16, *n as u16),
+            Some(toml::Value::String(r)) => match r.split_once('-').map(|(a, b)| (a.trim().parse::<u16>(), b.trim().parse::<u16>())) {
+                Some((Ok(a), Ok(b))) if (100..=599).contains(&a) && a <= b && b <= 599 => (a, b),
+                _ => return bad("expect", format!("{r:?}: expected a status (200) or a range (\"200-399\")")),
+            },
+            Some(v) => return bad("expect", format!("{v}: expected a status (200) or a range (\"200-399\")")),
+        };
+        if c.kind != CheckKind::Http && (h.path.is_some() || h.expect.is_some() || h.host.is_some()) {
+            return bad("kind", "path, host and expect need kind = \"http\"".into());
+        }
+        Ok(c)
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -325,13 +427,21 @@ impl Validator<'_> {
                 let weight = self.int(&b.weight, "vip.pool.backends.weight", DEFAULT_WEIGHT, 0, MAX_WEIGHT)?;
                 backends.push(BackendConfig { address: addr, weight });
             }
-            pools.push(PoolConfig { name: pname, backends });
+            let health = match &p.health {
+                Some(h) => Some(self.health(h, "vip.pool.health")?),
+                None => None,
+            };
+            pools.push(PoolConfig { name: pname, backends, health });
         }
         let active = v.active.get_ref().clone();
         if !pool_names.contains(&active) {
             return self.err(v.active.span(), "vip.active", format!("no pool named {active:?} in VIP {name:?}"));
         }
-        Ok(VipConfig { name, address, protocol, mode, scheduler, active, health: v.health, pools })
+        let health = match &v.health {
+            Some(h) => Some(self.health(h, "vip.health")?),
+            None => None,
+        };
+        Ok(VipConfig { name, address, protocol, mode, scheduler, active, health, pools })
     }
 }
 
@@ -415,5 +525,10 @@ backends = [ { address = "10.0.2.10:8080" } ]
         assert_eq!(err(&GOOD.replace("interfaces", "ring_size = 65536\ninterfaces")).field, "agent.ring_size");
         assert!(err("[[vip]\n").line >= 1);
         assert!(err(&GOOD.replace(":80\"", ":0\"")).message.contains("port 0"));
+        let e = err(&GOOD.replace("interval = \"1s\"", "interval = \"soon\""));
+        assert_eq!((e.line, e.field.as_str()), (13, "vip.health.interval"), "{e}");
+        assert_eq!(err(&GOOD.replace("kind = \"http\"", "kind = \"ping\"")).field, "vip.health.kind");
+        assert!(err(&GOOD.replace("path = \"/healthz\"", "path = \"/h\", rise = 0")).message.contains("out of range"));
+        assert!(err(&GOOD.replace("path = \"/healthz\"", "path = \"/h\", expect = \"500-200\"")).field.ends_with("expect"));
     }
 }

@@ -6,5 +6,6 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod metrics;
 pub mod state;

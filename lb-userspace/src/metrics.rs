@@ -54,7 +54,8 @@ pub fn render(core: &Core) -> String {
         counter("veer_backend_resets_total", "TCP resets sent by the backend."),
         counter("veer_backend_answered_flows_total", "New flows the backend answered."),
         gauge("veer_backend_weight", "Configured weight."),
-        gauge("veer_backend_up", "1 if the backend takes new flows (admin ready, weight > 0)."),
+        gauge("veer_backend_up", "1 if the backend takes new flows (admin ready, weight > 0, healthy)."),
+        gauge("veer_backend_health_up", "1 if health checks find the backend up (or it is not checked)."),
     ];
     for v in &core.desired.config.vips {
         let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else { continue };
@@ -69,7 +70,8 @@ pub fn render(core: &Core) -> String {
                 let c = core.dp.backend_counters(id).unwrap_or_default();
                 let up = core.reconciler.backend(id).is_some_and(|b| b.state == lb_common::BACKEND_READY) as u64;
                 let l = format!("vip=\"{}\",pool=\"{}\",backend=\"{}\"", esc(&v.name), esc(&p.name), b.address);
-                let vals = [c.packets, c.bytes, c.new_flows, c.live_flows(), c.backend_resets, c.answered_flows, b.weight as u64, up];
+                let healthy = core.health.get(&backend_key(&v.name, b.address)).is_none_or(|h| h.state.up) as u64;
+                let vals = [c.packets, c.bytes, c.new_flows, c.live_flows(), c.backend_resets, c.answered_flows, b.weight as u64, up, healthy];
                 for (f, val) in be_f.iter_mut().zip(vals) {
                     f.samples.push((l.clone(), val));
                 }

@@ -92,11 +92,22 @@ pub struct Desired {
     /// Split, A/B rules and rollback target per VIP.
     #[serde(default)]
     pub deploy: BTreeMap<String, Deployment>,
+    /// What health checks observe; not persisted (re-observed after a restart).
+    #[serde(skip)]
+    pub observed: Observed,
+}
+
+/// Health as observed: backends (by `backend_key`) that checks found down, and the weight
+/// percentage of backends in slow start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub down: BTreeSet<String>,
+    pub weight_pct: BTreeMap<String, u32>,
 }
 
 impl Desired {
     pub fn new(config: Config) -> Desired {
-        Desired { config, admin: BTreeMap::new(), deploy: BTreeMap::new() }
+        Desired { config, admin: BTreeMap::new(), deploy: BTreeMap::new(), observed: Observed::default() }
     }
 
     pub fn admin(&self, vip: &str, addr: SocketAddr) -> AdminState {
@@ -216,6 +227,8 @@ pub struct Reconciler {
     vips: BTreeMap<String, (VipKey, VipInfo)>,
     filter: Vec<u64>,
     ab_rules: BTreeSet<(u32, [u32; 5])>,
+    /// Pools whose every backend is down by health: served anyway (fail open).
+    pub fail_open: BTreeSet<String>,
     config: Option<lb_common::Config>,
 }
 
@@ -230,6 +243,7 @@ impl Reconciler {
             vips: BTreeMap::new(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
             ab_rules: BTreeSet::new(),
+            fail_open: BTreeSet::new(),
             config: None,
         }
     }
@@ -317,6 +331,21 @@ impl Reconciler {
             let mut next_table = 0;
             for p in &v.pools {
                 let mut members = Vec::new();
+                // All-down policy: when checks find every serving backend of a pool down,
+                // the pool keeps its last-known set rather than black-holing the VIP.
+                let serving: Vec<String> = p
+                    .backends
+                    .iter()
+                    .filter(|b| b.weight > 0 && desired.admin(&v.name, b.address) == AdminState::Ready)
+                    .map(|b| backend_key(&v.name, b.address))
+                    .collect();
+                let fail_open = !serving.is_empty() && serving.iter().all(|k| desired.observed.down.contains(k));
+                let pkey_ = pool_key(&v.name, &p.name);
+                if fail_open {
+                    self.fail_open.insert(pkey_);
+                } else {
+                    self.fail_open.remove(&pkey_);
+                }
                 for b in &p.backends {
                     let key = backend_key(&v.name, b.address);
                     let id = match self.ids.backends.get(&key) {
@@ -329,14 +358,17 @@ impl Reconciler {
                     };
                     live_backends.insert(key);
                     let admin = desired.admin(&v.name, b.address);
+                    let bkey = backend_key(&v.name, b.address);
+                    let health_down = !fail_open && desired.observed.down.contains(&bkey);
                     let value = Backend {
                         addr_be: addr_be(b.address.ip()),
                         port_be: b.address.port().to_be(),
                         family: family(b.address.ip()),
-                        state: backend_state(b.weight, admin),
+                        state: if health_down { BACKEND_DOWN } else { backend_state(b.weight, admin) },
                         vip_id,
                     };
-                    let effective = if value.state == BACKEND_READY { b.weight } else { 0 };
+                    let pct = desired.observed.weight_pct.get(&bkey).copied().unwrap_or(100).clamp(1, 100);
+                    let effective = if value.state == BACKEND_READY { (b.weight * pct / 100).max(1) } else { 0 };
                     members.push(TableBackend { id, addr_be: value.addr_be, port_be: value.port_be, weight: effective });
                     let old = self.backends.get(&id).copied();
                     if old != Some(value) {
@@ -662,6 +694,40 @@ name = "empty"
             assert_eq!(r.ids.backends[k], *id, "{k} keeps its id");
         }
         assert_eq!(r.ids.backends.len(), 4);
+    }
+
+    #[test]
+    fn health_down_takes_a_backend_out_and_all_down_fails_open() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        let a: SocketAddr = "10.0.1.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.1.2:80".parse().unwrap();
+        let (ida, idb) = (r.ids.backends[&backend_key("web", a)], r.ids.backends[&backend_key("web", b)]);
+        d.observed.down.insert(backend_key("web", a));
+        r.reconcile(&d, snat(), None).unwrap();
+        let t = r.vip_info("web").unwrap().1.table_current;
+        assert!(r.tables[&t].iter().all(|&s| s == idb), "a down backend leaves the table");
+        assert_eq!(r.backend(ida).unwrap().state, BACKEND_DOWN, "its flows are re-chosen");
+        d.observed.down.insert(backend_key("web", b));
+        r.reconcile(&d, snat(), None).unwrap();
+        assert!(r.fail_open.contains(&pool_key("web", "blue")));
+        let t = r.vip_info("web").unwrap().1.table_current;
+        assert!(r.tables[&t].contains(&ida) && r.tables[&t].contains(&idb), "all down: the pool keeps its set");
+        assert_eq!(r.backend(ida).unwrap().state, BACKEND_READY);
+    }
+
+    #[test]
+    fn slow_start_scales_the_table_share() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        let b: SocketAddr = "10.0.1.2:80".parse().unwrap();
+        d.observed.weight_pct.insert(backend_key("web", b), 10);
+        r.reconcile(&d, snat(), None).unwrap();
+        let id = r.ids.backends[&backend_key("web", b)];
+        let t = r.vip_info("web").unwrap().1.table_current;
+        let share = r.tables[&t].iter().filter(|&&s| s == id).count() as f64 / 251.0;
+        assert!((share - 30.0 / 130.0).abs() < 0.01, "weight 300 at 10% = 30 against 100: {share}");
     }
 
     #[test]
