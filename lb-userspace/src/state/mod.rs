@@ -368,7 +368,8 @@ impl Reconciler {
                         vip_id,
                     };
                     let pct = desired.observed.weight_pct.get(&bkey).copied().unwrap_or(100).clamp(1, 100);
-                    let effective = if value.state == BACKEND_READY { (b.weight * pct / 100).max(1) } else { 0 };
+                    // Weights are scaled by 100 so that slow start can ramp even a weight of 1.
+                    let effective = if value.state == BACKEND_READY { b.weight * pct } else { 0 };
                     members.push(TableBackend { id, addr_be: value.addr_be, port_be: value.port_be, weight: effective });
                     let old = self.backends.get(&id).copied();
                     if old != Some(value) {

@@ -301,6 +301,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops backend `i`'s servers (connections to it are refused from now on).
+    pub fn stop_backend(&mut self, i: usize) {
+        self.servers[i].stop();
+    }
+
+    /// Starts backend `i`'s servers again.
+    pub fn start_backend(&mut self, i: usize) -> anyhow::Result<()> {
+        self.servers[i] = Servers::start(&self.backends[i], &backend_name(i), HTTP_PORT, UDP_PORT)?;
+        Ok(())
+    }
+
     /// Writes `text` as a config file in the lab directory.
     pub fn write_config_text(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(name);

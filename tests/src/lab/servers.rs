@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -19,17 +19,29 @@ pub struct Servers {
     threads: Vec<JoinHandle<()>>,
     /// HTTP requests answered.
     pub requests: Arc<AtomicU64>,
+    /// Status `/healthz` answers (200 by default).
+    pub health_status: Arc<AtomicU16>,
+    /// Delay before `/healthz` answers, in ms.
+    pub health_delay_ms: Arc<AtomicU64>,
+}
+
+/// Per-server behaviour of the health endpoint.
+#[derive(Clone)]
+struct Health {
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Servers {
     pub fn start(ns: &Netns, name: &str, http_port: u16, udp_port: u16) -> anyhow::Result<Servers> {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
+        let health = Health { status: Arc::new(AtomicU16::new(200)), delay_ms: Arc::new(AtomicU64::new(0)) };
         let http = {
-            let (stop, requests, name) = (stop.clone(), requests.clone(), name.to_string());
+            let (stop, requests, name, health) = (stop.clone(), requests.clone(), name.to_string(), health.clone());
             let listener = ns.run(move || TcpListener::bind(SocketAddr::from(([0u16; 8], http_port))))??;
             listener.set_nonblocking(true)?;
-            std::thread::spawn(move || accept_loop(listener, &name, &stop, &requests))
+            std::thread::spawn(move || accept_loop(listener, &name, &stop, &requests, &health))
         };
         let udp = {
             let (stop, name) = (stop.clone(), name.to_string());
@@ -44,7 +56,7 @@ impl Servers {
                 }
             })
         };
-        Ok(Servers { stop, threads: vec![http, udp], requests })
+        Ok(Servers { stop, threads: vec![http, udp], requests, health_status: health.status, health_delay_ms: health.delay_ms })
     }
 
     pub fn stop(&mut self) {
@@ -61,12 +73,12 @@ impl Drop for Servers {
     }
 }
 
-fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, requests: &Arc<AtomicU64>) {
+fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, requests: &Arc<AtomicU64>, health: &Health) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((conn, _)) => {
-                let (name, requests) = (name.to_string(), requests.clone());
-                std::thread::spawn(move || serve(conn, &name, &requests));
+                let (name, requests, health) = (name.to_string(), requests.clone(), health.clone());
+                std::thread::spawn(move || serve(conn, &name, &requests, &health));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(2)),
         }
@@ -74,7 +86,7 @@ fn accept_loop(listener: TcpListener, name: &str, stop: &AtomicBool, requests: &
 }
 
 /// Serves requests on one connection until the client closes or asks to close.
-fn serve(mut conn: TcpStream, name: &str, requests: &AtomicU64) {
+fn serve(mut conn: TcpStream, name: &str, requests: &AtomicU64, health: &Health) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::with_capacity(1024);
@@ -89,9 +101,14 @@ fn serve(mut conn: TcpStream, name: &str, requests: &AtomicU64) {
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         let close = head.contains("connection: close");
+        let mut status = 200;
+        if head.starts_with("get /healthz") {
+            std::thread::sleep(Duration::from_millis(health.delay_ms.load(Ordering::Relaxed)));
+            status = health.status.load(Ordering::Relaxed);
+        }
         let body = format!("{name}\n");
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
             body.len(),
             if close { "close" } else { "keep-alive" }
         );

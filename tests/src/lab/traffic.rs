@@ -119,12 +119,12 @@ pub fn keepalive_get(s: &mut TcpStream) -> anyhow::Result<String> {
     }
 }
 
-/// A JSON document without its "counters" members (at any depth): what must not change
-/// across an agent restart.
+/// A JSON document without its "counters" and "check" members (at any depth): what must
+/// not change across an agent restart.
 pub fn without_counters(v: &serde_json::Value) -> serde_json::Value {
     match v {
         serde_json::Value::Object(m) => {
-            serde_json::Value::Object(m.iter().filter(|(k, _)| *k != "counters").map(|(k, v)| (k.clone(), without_counters(v))).collect())
+            serde_json::Value::Object(m.iter().filter(|(k, _)| *k != "counters" && *k != "check").map(|(k, v)| (k.clone(), without_counters(v))).collect())
         }
         serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(without_counters).collect()),
         other => other.clone(),

@@ -1,0 +1,144 @@
+//! End-to-end health checking: real HTTP servers stopped, failing (503), slow; the agent's
+//! checks take them out of the data path and bring them back, with slow start.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use veer_tests::lab::*;
+
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 3;
+const RISE: u64 = 2;
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP4.into(), 80)
+}
+
+fn lab(extra_health: &str) -> Option<Lab> {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return None;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).expect("build the lab");
+    let backends: Vec<String> = (0..3).map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i))).collect();
+    let text = format!(
+        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"main\"\nhealth = {{ kind = \"http\", path = \"/healthz\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\"{extra_health} }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
+        lab.agent_section(),
+        backends.join(", ")
+    );
+    let config = lab.write_config_text("veer.toml", &text).unwrap();
+    lab.start_agent(&config).expect("start the agent");
+    lab.wait_for_vip(vip()).expect("VIP answers");
+    Some(lab)
+}
+
+fn backend_status(lab: &Lab, i: usize) -> serde_json::Value {
+    lab.status().unwrap()["vips"][0]["pools"][0]["backends"][i].clone()
+}
+
+/// Waits (bounded) until backend `i`'s health is `want`; returns how long it took.
+fn wait_health(lab: &Lab, i: usize, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let b = backend_status(lab, i);
+        if b["health"] == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "backend {i} not {want} after {limit:?}: {b}\n{}", lab.agent_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_stopped_backend_stops_costing_requests_within_fall_intervals_and_returns_after_rise() {
+    let Some(mut lab) = lab("") else { return };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = lab.background_load(vip(), stop.clone(), 50_000).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.stop_backend(0);
+    let stopped = Instant::now();
+    let window = wait_health(&lab, 0, "down", Duration::from_secs(5));
+    let bound = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
+    assert!(window <= bound, "detection took {window:?}, bound {bound:?} (fall x interval + interval, plus probe and poll slack)");
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let during = load.join().unwrap();
+    let after = lab.http_load(vip(), 600).unwrap();
+    assert_eq!(after.failed, 0, "no request fails once b1 is down: {:?}", after.errors);
+    assert!(!after.by_backend.contains_key("b1"));
+    assert_eq!(backend_status(&lab, 0)["check"]["last"], "L4CON");
+    println!(
+        "backend stopped: {} of {} requests failed in a {:?} window (bound {:?})",
+        during.failed,
+        during.ok + during.failed,
+        stopped.elapsed().min(window + Duration::from_millis(100)),
+        bound
+    );
+    lab.start_backend(0).unwrap();
+    let back = wait_health(&lab, 0, "up", Duration::from_secs(5));
+    assert!(back >= Duration::from_millis((RISE - 1) * INTERVAL_MS), "up after {back:?}: needs {RISE} checks");
+    let o = lab.http_load(vip(), 600).unwrap();
+    assert_eq!(o.failed, 0);
+    assert!(o.by_backend.get("b1").copied().unwrap_or(0) > 100, "b1 takes new connections again: {:?}", o.by_backend);
+}
+
+#[test]
+fn a_503_or_an_answer_slower_than_timeout_marks_a_backend_down() {
+    let Some(lab) = lab("") else { return };
+    lab.servers[1].health_status.store(503, Ordering::Relaxed);
+    wait_health(&lab, 1, "down", Duration::from_secs(5));
+    assert_eq!(backend_status(&lab, 1)["check"]["last"], "L7STS 503");
+    let o = lab.http_load(vip(), 300).unwrap();
+    assert_eq!(o.failed, 0);
+    assert!(!o.by_backend.contains_key("b2"), "a 503ing backend takes no new connections");
+    lab.servers[1].health_status.store(200, Ordering::Relaxed);
+    wait_health(&lab, 1, "up", Duration::from_secs(5));
+    lab.servers[2].health_delay_ms.store(400, Ordering::Relaxed);
+    wait_health(&lab, 2, "down", Duration::from_secs(8));
+    assert_eq!(backend_status(&lab, 2)["check"]["last"], "L7TOUT");
+    assert_eq!(backend_status(&lab, 2)["state"], "down");
+}
+
+#[test]
+fn when_every_backend_fails_its_checks_the_pool_fails_open() {
+    let Some(lab) = lab("") else { return };
+    for s in &lab.servers {
+        s.health_status.store(500, Ordering::Relaxed);
+    }
+    for i in 0..3 {
+        wait_health(&lab, i, "down", Duration::from_secs(5));
+    }
+    let pool = &lab.status().unwrap()["vips"][0]["pools"][0];
+    assert_eq!(pool["all_down_fail_open"], true, "{pool}");
+    let o = lab.http_load(vip(), 300).unwrap();
+    assert_eq!(o.failed, 0, "fail open: the last-known set keeps serving");
+    assert_eq!(o.by_backend.len(), 3);
+}
+
+#[test]
+fn slow_start_grows_a_returning_backends_share_instead_of_jumping() {
+    let Some(mut lab) = lab(", slowstart = \"4s\"") else { return };
+    lab.stop_backend(0);
+    wait_health(&lab, 0, "down", Duration::from_secs(5));
+    lab.start_backend(0).unwrap();
+    wait_health(&lab, 0, "up", Duration::from_secs(5));
+    let up = Instant::now();
+    let mut shares = Vec::new();
+    for target in [500u64, 1800, 3100, 5000] {
+        let wait = Duration::from_millis(target).saturating_sub(up.elapsed());
+        std::thread::sleep(wait);
+        let o = lab.http_load(vip(), 300).unwrap();
+        assert_eq!(o.failed, 0);
+        shares.push(o.by_backend.get("b1").copied().unwrap_or(0) as f64 / 3.0);
+    }
+    println!("slow start: b1 share over time {shares:?} (full: 33.3%)");
+    assert!(shares[0] < 15.0, "starts small: {shares:?}");
+    assert!(shares[0] < shares[2] && shares[1] < shares[3], "grows: {shares:?}");
+    assert!((shares[3] - 33.3).abs() < 8.0, "reaches its full share: {shares:?}");
+}
