@@ -252,6 +252,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let core = Arc::new(Mutex::new(core));
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
+    let canary = crate::deploy::spawn(core.clone());
     let tcp_api = match (p.config.agent.api_listen, &p.config.agent.api_token_file) {
         (Some(addr), Some(token)) => Some(api::serve_tcp(core.clone(), addr, token).await.context("TCP API listener")?),
         _ => None,
@@ -274,6 +275,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     server.abort();
     health.abort();
     let _ = health.await;
+    canary.abort();
+    let _ = canary.await;
     if let Some(t) = tcp_api {
         t.abort();
     }

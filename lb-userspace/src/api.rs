@@ -118,6 +118,7 @@ pub fn router(core: Shared) -> Router {
         .route("/v1/split", post(split))
         .route("/v1/ab", post(ab))
         .route("/v1/rollback", post(rollback))
+        .route("/v1/canary", post(canary))
         .route("/v1/flows/{vip}", get(flows))
         .route("/v1/trace/{vip}", get(trace))
         .with_state(core)
@@ -196,6 +197,10 @@ pub fn status_json(core: &Core) -> Value {
             "split": core.desired.deploy.get(&v.name).and_then(|d| d.split.as_ref()).map(|s| json!({ "pool": s.pool, "percent": s.bp as f64 / 100.0, "by": s.by })),
             "ab": core.desired.deploy.get(&v.name).and_then(|d| d.ab.as_ref()).map(|a| json!({ "pool": a.pool, "cidrs": a.networks.iter().map(|(n, l)| format!("{n}/{l}")).collect::<Vec<_>>() })),
             "previous_active": core.desired.deploy.get(&v.name).and_then(|d| d.previous_active.clone()),
+            "canary": core.desired.deploy.get(&v.name).and_then(|d| d.canary.as_ref()).map(|c| json!({
+                "pool": c.pool, "steps": c.steps, "step": c.step, "percent": c.steps.get(c.step),
+                "interval_ms": c.interval_ms, "max_failing": c.max_failing, "outcome": c.outcome,
+            })),
             "pools": pools,
             "counters": counters_json(&vip_counters),
         }));
@@ -546,6 +551,7 @@ async fn switch(State(core): State<Shared>, Json(req): Json<SwitchReq>) -> Resul
     let d = next.deploy.entry(req.vip.clone()).or_default();
     d.previous_active = Some(old.clone());
     d.split = None;
+    stop_canary(d, "superseded by a switch");
     if d.ab.as_ref().is_some_and(|a| a.pool == req.pool) {
         d.ab = None;
     }
@@ -567,6 +573,7 @@ async fn split(State(core): State<Shared>, Json(req): Json<SplitReq>) -> Result<
     }
     let by = req.by.unwrap_or(SplitBy::Flow);
     let d = next.deploy.entry(req.vip.clone()).or_default();
+    stop_canary(d, "superseded by a manual split");
     d.split = (bp > 0).then(|| Split { pool: req.pool.clone(), bp, by });
     let changes = vec![format!("{}: {:.2}% of new flows (by {by:?}) to {}", req.vip, bp as f64 / 100.0, req.pool)];
     change(&mut core, next, changes, req.dry_run)
@@ -603,6 +610,7 @@ async fn rollback(State(core): State<Shared>, Json(req): Json<RollbackReq>) -> R
     let mut next = core.desired.clone();
     let active = next.vip(&req.vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?.active.clone();
     let d = next.deploy.entry(req.vip.clone()).or_default();
+    stop_canary(d, "manual rollback");
     let changes = if d.split.is_some() || d.ab.is_some() {
         d.split = None;
         d.ab = None;
@@ -616,5 +624,55 @@ async fn rollback(State(core): State<Shared>, Json(req): Json<RollbackReq>) -> R
     } else {
         return Err(ApiError::bad(format!("VIP {:?} has nothing to roll back", req.vip)));
     };
+    change(&mut core, next, changes, req.dry_run)
+}
+
+fn stop_canary(d: &mut crate::state::Deployment, why: &str) {
+    if let Some(c) = d.canary.as_mut()
+        && c.outcome == crate::state::CanaryOutcome::Running
+    {
+        c.outcome = crate::state::CanaryOutcome::RolledBack(why.to_string());
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CanaryReq {
+    pub vip: String,
+    pub pool: String,
+    pub steps: Vec<f64>,
+    pub interval: String,
+    #[serde(default)]
+    pub max_failing: u32,
+    pub by: Option<SplitBy>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Starts a stepped canary (the agent drives it; see `deploy`).
+async fn canary(State(core): State<Shared>, Json(req): Json<CanaryReq>) -> Result<Json<ChangeReport>, ApiError> {
+    if req.steps.is_empty() || req.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0)) || req.steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ApiError::bad(format!("steps {:?}: ascending percentages in (0, 100]", req.steps)));
+    }
+    let interval = crate::health::parse_duration(&req.interval).ok_or_else(|| ApiError::bad(format!("interval {:?}: expected e.g. 30s", req.interval)))?;
+    let mut core = core.lock().await;
+    let mut next = core.desired.clone();
+    let active = vip_pools(&next, &req.vip, &req.pool)?;
+    if active == req.pool {
+        return Err(ApiError::bad(format!("{:?} is already the active pool", req.pool)));
+    }
+    let d = next.deploy.entry(req.vip.clone()).or_default();
+    d.ab = None;
+    d.canary = Some(crate::state::Canary {
+        pool: req.pool.clone(),
+        steps: req.steps.clone(),
+        step: 0,
+        interval_ms: interval.as_millis() as u64,
+        step_started_ms: 0,
+        max_failing: req.max_failing,
+        by: req.by.unwrap_or(SplitBy::Flow),
+        outcome: crate::state::CanaryOutcome::Running,
+    });
+    crate::deploy::enter_step(&mut next, &req.vip, 0);
+    let changes = vec![format!("{}: canary to {} in steps {:?} every {}", req.vip, req.pool, req.steps, req.interval)];
     change(&mut core, next, changes, req.dry_run)
 }

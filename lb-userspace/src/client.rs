@@ -14,6 +14,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_REJECTED: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 2;
 pub const EXIT_TIMED_OUT: u8 = 3;
+pub const EXIT_ROLLED_BACK: u8 = 4;
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -23,6 +24,8 @@ pub enum ClientError {
     Rejected(String),
     /// Waiting (drain) ran out of time: exit 3.
     TimedOut(String),
+    /// A canary rolled back: exit 4.
+    RolledBack(String),
 }
 
 impl ClientError {
@@ -31,6 +34,7 @@ impl ClientError {
             ClientError::Unreachable(_) => EXIT_UNREACHABLE,
             ClientError::Rejected(_) => EXIT_REJECTED,
             ClientError::TimedOut(_) => EXIT_TIMED_OUT,
+            ClientError::RolledBack(_) => EXIT_ROLLED_BACK,
         }
     }
 }
@@ -41,6 +45,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Unreachable(m) => write!(f, "agent unreachable: {m}"),
             ClientError::Rejected(m) => f.write_str(m),
             ClientError::TimedOut(m) => write!(f, "timed out: {m}"),
+            ClientError::RolledBack(m) => write!(f, "rolled back: {m}"),
         }
     }
 }

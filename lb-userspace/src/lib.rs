@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dataplane;
+pub mod deploy;
 pub mod health;
 pub mod metrics;
 pub mod state;

@@ -99,6 +99,42 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Stepped canary: ramp POOL through --steps, each held for --interval while its
+    /// backends stay healthy; rolls back automatically (exit 4); at 100% it is a switch.
+    Canary {
+        vip: String,
+        pool: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100")]
+        steps: Vec<f64>,
+        #[arg(long)]
+        interval: String,
+        /// Backends of POOL allowed to fail their checks.
+        #[arg(long, default_value_t = 0)]
+        max_failing: u32,
+        #[arg(long, value_enum, default_value_t = veer::state::SplitBy::Flow)]
+        by: veer::state::SplitBy,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rolling rollout over POOL: per batch, drain, wait for 0 live flows, run CMD (with
+    /// `{addr}` replaced), return to ready, wait until healthy.
+    Rollout {
+        vip: String,
+        pool: String,
+        #[arg(long)]
+        exec: String,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Accepted for the contract: a rollout always waits for each batch.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m")]
+        drain_timeout: String,
+        #[arg(long, default_value = "2m")]
+        healthy_timeout: String,
+    },
     /// Return all new flows to the previous active pool (or drop a split / A/B rules).
     Rollback {
         vip: String,
@@ -251,6 +287,32 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
         Command::Ab { vip, pool, cidrs, dry_run } => {
             (client::request(socket, "POST", "/v1/ab", Some(&json!({ "vip": vip, "pool": pool, "cidrs": cidrs, "dry_run": dry_run })))?, render_change)
         }
+        Command::Canary { vip, pool, steps, interval, max_failing, by, wait, dry_run } => {
+            let body = json!({ "vip": vip, "pool": pool, "steps": steps, "interval": interval, "max_failing": max_failing, "by": by, "dry_run": dry_run });
+            let answer = client::request(socket, "POST", "/v1/canary", Some(&body))?;
+            if !wait || dry_run {
+                (answer, render_change)
+            } else {
+                if !json_out {
+                    print!("{}", render_change(&answer));
+                }
+                let canary = wait_for_canary(socket, &vip, json_out)?;
+                if json_out {
+                    println!("{}", serde_json::to_string_pretty(&canary).unwrap_or_default());
+                }
+                return match canary["outcome"]["state"].as_str() {
+                    Some("done") => Ok(()),
+                    Some("rolled_back") => Err(ClientError::RolledBack(canary["outcome"]["reason"].as_str().unwrap_or("").to_string())),
+                    _ => Err(ClientError::Rejected(format!("canary ended unexpectedly: {canary}"))),
+                };
+            }
+        }
+        Command::Rollout { vip, pool, exec, batch, wait: _, drain_timeout, healthy_timeout } => {
+            let dt = parse_duration(&drain_timeout).ok_or_else(|| ClientError::Rejected(format!("--drain-timeout {drain_timeout:?}")))?;
+            let ht = parse_duration(&healthy_timeout).ok_or_else(|| ClientError::Rejected(format!("--healthy-timeout {healthy_timeout:?}")))?;
+            let report = rollout(socket, &vip, &pool, &exec, batch.max(1), dt, ht, json_out)?;
+            (report, |r: &Value| format!("rolled out {} backends\n", r["done"].as_array().map(|a| a.len()).unwrap_or(0)))
+        }
         Command::Rollback { vip, dry_run } => (client::request(socket, "POST", "/v1/rollback", Some(&json!({ "vip": vip, "dry_run": dry_run })))?, render_change),
         Command::Flows { vip, limit } => (client::request(socket, "GET", &format!("/v1/flows/{vip}?limit={limit}"), None)?, render_flows),
         Command::Trace { vip, src } => (client::request(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None)?, render_trace),
@@ -309,6 +371,116 @@ fn wait_for_drain(socket: &std::path::Path, vip: &str, timeout: std::time::Durat
     }
     bar.finish();
     Ok(json!({ "pool": pool, "live_flows_left": live, "waited_ms": start.elapsed().as_millis() as u64 }))
+}
+
+/// Follows a canary until it is done or rolled back; a step progress bar on a terminal.
+fn wait_for_canary(socket: &std::path::Path, vip: &str, quiet: bool) -> Result<Value, ClientError> {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("canary {msg} [{bar:30}] step {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let status = client::request(socket, "GET", "/v1/status", None)?;
+        let c = status["vips"].as_array().and_then(|v| v.iter().find(|v| v["name"] == vip)).map(|v| v["canary"].clone()).unwrap_or(Value::Null);
+        if c.is_null() {
+            return Err(ClientError::Rejected(format!("VIP {vip:?} has no canary")));
+        }
+        bar.set_length(c["steps"].as_array().map(|s| s.len() as u64).unwrap_or(0));
+        bar.set_position(c["step"].as_u64().unwrap_or(0) + 1);
+        bar.set_message(format!("{}%", c["percent"]));
+        if c["outcome"]["state"] != "running" {
+            bar.finish();
+            return Ok(c);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn backend_view(status: &Value, vip: &str, addr: &str) -> Value {
+    status["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == vip))
+        .and_then(|v| v["pools"].as_array())
+        .and_then(|pools| pools.iter().flat_map(|p| p["backends"].as_array().into_iter().flatten()).find(|b| b["address"] == addr).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The rolling rollout, driven from the CLI through the API.
+#[expect(clippy::too_many_arguments, reason = "one call site: the CLI verb")]
+fn rollout(
+    socket: &std::path::Path,
+    vip: &str,
+    pool: &str,
+    exec: &str,
+    batch: usize,
+    drain_timeout: std::time::Duration,
+    healthy_timeout: std::time::Duration,
+    quiet: bool,
+) -> Result<Value, ClientError> {
+    let status = client::request(socket, "GET", "/v1/status", None)?;
+    let v = status["vips"].as_array().and_then(|v| v.iter().find(|v| v["name"] == vip)).ok_or_else(|| ClientError::Rejected(format!("unknown VIP {vip:?}")))?;
+    let addrs: Vec<String> = v["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == pool))
+        .ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no pool {pool:?}")))?["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["address"].as_str().map(String::from))
+        .collect();
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(addrs.len() as u64) };
+    let mut done = Vec::new();
+    let set_state = |addr: &str, state: &str| client::request(socket, "POST", "/v1/backend/set", Some(&json!({ "vip": vip, "address": addr, "state": state })));
+    for group in addrs.chunks(batch) {
+        bar.set_message(format!("draining {}", group.join(", ")));
+        for a in group {
+            set_state(a, "drain")?;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            let s = client::request(socket, "GET", "/v1/status", None)?;
+            let live: u64 = group.iter().map(|a| backend_view(&s, vip, a)["counters"]["live_flows"].as_u64().unwrap_or(0)).sum();
+            if live == 0 {
+                break;
+            }
+            if start.elapsed() > drain_timeout {
+                return Err(ClientError::TimedOut(format!("{live} live flows left on {} (rolled out so far: {done:?})", group.join(", "))));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for a in group {
+            bar.set_message(format!("running the hook for {a}"));
+            let cmd = exec.replace("{addr}", a);
+            let out = std::process::Command::new("sh").arg("-c").arg(&cmd).output().map_err(|e| ClientError::Rejected(format!("run {cmd:?}: {e}")))?;
+            if !out.status.success() {
+                return Err(ClientError::Rejected(format!(
+                    "hook {cmd:?} failed ({}): {}; {a} stays drained, the rest untouched (rolled out so far: {done:?})",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        for a in group {
+            set_state(a, "ready")?;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            let s = client::request(socket, "GET", "/v1/status", None)?;
+            let healthy = group.iter().all(|a| matches!(backend_view(&s, vip, a)["health"].as_str(), Some("up") | Some("unchecked")));
+            if healthy {
+                break;
+            }
+            if start.elapsed() > healthy_timeout {
+                return Err(ClientError::Rejected(format!("{} never became healthy; the rest untouched (rolled out so far: {done:?})", group.join(", "))));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        done.extend(group.iter().cloned());
+        bar.inc(group.len() as u64);
+    }
+    bar.finish();
+    Ok(json!({ "vip": vip, "pool": pool, "done": done }))
 }
 
 fn render_status(s: &Value) -> String {

@@ -22,6 +22,15 @@ fn vip() -> SocketAddr {
 }
 
 fn lab() -> Option<Lab> {
+    lab_with("")
+}
+
+/// A lab whose VIP has HTTP health checks (200 ms interval, fall 3, rise 2).
+fn lab_checked() -> Option<Lab> {
+    lab_with("health = { kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 3 }\n")
+}
+
+fn lab_with(health: &str) -> Option<Lab> {
     if !is_root() {
         eprintln!("skipped: the lab needs root (network namespaces, XDP)");
         return None;
@@ -29,7 +38,7 @@ fn lab() -> Option<Lab> {
     let mut lab = Lab::new(&LabOptions { weights: vec![1; 4] }).expect("build the lab");
     let b = |i: usize| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i));
     let text = format!(
-        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"blue\"\n\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {}, {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {}, {} ]\n",
+        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"blue\"\n{health}\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {}, {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {}, {} ]\n",
         lab.agent_section(),
         b(0),
         b(1),
@@ -193,4 +202,91 @@ fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
     let o = lab.http_load(vip(), 2000).unwrap();
     let share = green_share(&o);
     assert!((share - predicted).abs() <= 3.0, "measured {share:.1}% vs predicted {predicted:.1}%");
+}
+
+#[test]
+fn canary_into_a_healthy_pool_reaches_100_percent_and_becomes_a_switch() {
+    let Some(lab) = lab_checked() else { return };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
+    let (code, _, err) = lab.veer(&["canary", "web", "green", "--steps", "10,50,100", "--interval", "600ms", "--wait"]).unwrap();
+    assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
+    stop.store(true, Ordering::Relaxed);
+    let during = load.join().unwrap();
+    assert_eq!(during.failed, 0, "{:?}", during.errors);
+    let v = &lab.status().unwrap()["vips"][0];
+    assert_eq!(v["active"], "green", "{v}");
+    assert_eq!(v["previous_active"], "blue");
+    assert_eq!(v["canary"]["outcome"]["state"], "done");
+    assert_eq!(green_share(&lab.http_load(vip(), 200).unwrap()), 100.0);
+    println!("canary: {} requests during the ramp, 0 failed", during.ok);
+}
+
+#[test]
+fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
+    let Some(lab) = lab_checked() else { return };
+    for i in 2..4 {
+        lab.servers[i].health_status.store(503, Ordering::Relaxed);
+    }
+    let (code, out, err) = lab.veer(&["--json", "canary", "web", "green", "--steps", "10,50,100", "--interval", "3s", "--wait"]).unwrap();
+    assert_eq!(code, 4, "stdout {out} stderr {err}");
+    let v = &lab.status().unwrap()["vips"][0];
+    assert!(v["split"].is_null(), "rolled back to 0%: {v}");
+    assert_eq!(v["active"], "blue");
+    assert_eq!(v["canary"]["outcome"]["state"], "rolled_back");
+    assert!(v["canary"]["outcome"]["reason"].as_str().unwrap().contains("failing health checks"), "{v}");
+    assert_eq!(green_share(&lab.http_load(vip(), 300).unwrap()), 0.0);
+}
+
+#[test]
+fn a_canary_resumes_after_an_agent_restart() {
+    let Some(mut lab) = lab_checked() else { return };
+    veer_ok(&lab, &["canary", "web", "green", "--steps", "20,100", "--interval", "2s"]);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.agent.as_mut().unwrap().kill_hard();
+    let config = lab.dir.join("veer.toml");
+    lab.start_agent(&config).unwrap();
+    let v = &lab.status().unwrap()["vips"][0];
+    assert_eq!(v["canary"]["outcome"]["state"], "running", "{v}");
+    assert_eq!(v["split"]["percent"], 20.0);
+    let start = Instant::now();
+    while lab.status().unwrap()["vips"][0]["canary"]["outcome"]["state"] == "running" {
+        assert!(start.elapsed() < Duration::from_secs(10), "canary did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.status().unwrap()["vips"][0]["active"], "green");
+}
+
+#[test]
+fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
+    let Some(lab) = lab_checked() else { return };
+    let hooks = lab.dir.join("hooks.log");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
+    let exec = format!("echo {{addr}} >> {}", hooks.display());
+    let (code, _, err) = lab.veer(&["rollout", "web", "blue", "--exec", &exec, "--batch", "1", "--wait", "--drain-timeout", "20s"]).unwrap();
+    assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
+    stop.store(true, Ordering::Relaxed);
+    let during = load.join().unwrap();
+    assert_eq!(during.failed, 0, "{:?}", during.errors);
+    let ran = std::fs::read_to_string(&hooks).unwrap();
+    for i in 0..2 {
+        assert!(ran.contains(&format!("{}:{HTTP_PORT}", backend4(i))), "hook ran for b{}: {ran}", i + 1);
+    }
+    let v = &lab.status().unwrap()["vips"][0];
+    for b in v["pools"][0]["backends"].as_array().unwrap() {
+        assert_eq!(b["admin"], "ready", "{b}");
+    }
+    println!("rollout: {} requests during, 0 failed", during.ok);
+}
+
+#[test]
+fn a_failing_rollout_hook_stops_the_rollout_and_leaves_the_rest_untouched() {
+    let Some(lab) = lab_checked() else { return };
+    let (code, _, err) = lab.veer(&["rollout", "web", "blue", "--exec", "exit 7", "--batch", "1", "--drain-timeout", "20s"]).unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failed") && err.contains("stays drained"), "{err}");
+    let v = &lab.status().unwrap()["vips"][0];
+    assert_eq!(v["pools"][0]["backends"][0]["admin"], "drain");
+    assert_eq!(v["pools"][0]["backends"][1]["admin"], "ready", "the rest untouched");
 }

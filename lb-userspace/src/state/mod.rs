@@ -74,12 +74,39 @@ pub struct AbRules {
 }
 
 /// A VIP's deployment state beyond its config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     /// The pool that was active before the last switch (for rollback).
     pub previous_active: Option<String>,
     pub split: Option<Split>,
     pub ab: Option<AbRules>,
+    /// The last (or running) stepped canary.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+/// A stepped canary, driven by the agent and persisted, so it resumes after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    pub pool: String,
+    /// Percent of new flows per step, ascending; a step of 100 completes as a switch.
+    pub steps: Vec<f64>,
+    pub step: usize,
+    pub interval_ms: u64,
+    /// Unix time (ms) the current step started.
+    pub step_started_ms: u64,
+    /// Backends of the pool allowed to fail their checks before it rolls back.
+    pub max_failing: u32,
+    pub by: SplitBy,
+    pub outcome: CanaryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum CanaryOutcome {
+    Running,
+    Done,
+    RolledBack(String),
 }
 
 /// Config plus runtime changes: what the operator wants.
