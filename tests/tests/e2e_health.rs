@@ -142,3 +142,34 @@ fn slow_start_grows_a_returning_backends_share_instead_of_jumping() {
     assert!(shares[0] < shares[2] && shares[1] < shares[3], "grows: {shares:?}");
     assert!((shares[3] - 33.3).abs() < 8.0, "reaches its full share: {shares:?}");
 }
+
+#[test]
+fn passive_observation_marks_a_resetting_backend_down_before_active_checks_would() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root");
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).unwrap();
+    let backends: Vec<String> = (0..3).map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i))).collect();
+    // active checks every 30 s: only passive observation can act within the test
+    let text = format!(
+        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"main\"\nhealth = {{ kind = \"tcp\", interval = \"30s\", observe = true, error_limit = 5 }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
+        lab.agent_section(),
+        backends.join(", ")
+    );
+    let config = lab.write_config_text("veer.toml", &text).unwrap();
+    lab.start_agent(&config).unwrap();
+    lab.wait_for_vip(vip()).unwrap();
+    lab.stop_backend(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = lab.background_load(vip(), stop.clone(), 50_000).unwrap();
+    let down = wait_health(&lab, 0, "down", Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let b = backend_status(&lab, 0);
+    assert!(b["check"]["last"].as_str().unwrap().starts_with("PASSIVE"), "{b}");
+    assert!(b["counters"]["backend_resets"].as_u64().unwrap() >= 5, "{b}");
+    println!("passive: b1 marked down {down:?} after its server stopped");
+    let o = lab.http_load(vip(), 300).unwrap();
+    assert_eq!(o.failed, 0);
+}
