@@ -15,8 +15,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?)
-        .join("../lb-ebpf");
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?).join("../lb-ebpf");
     println!("cargo:rerun-if-changed={}", root.join("../lb-common/src").display());
     aya_build::build_ebpf(
         [aya_build::Package {

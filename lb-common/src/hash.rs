@@ -92,8 +92,14 @@ mod tests {
         };
         let h = hash_flow(&base, SEED_SLOT);
         let variants = [
-            FlowKey { src_be: [9, 0, 0, 0], ..base },
-            FlowKey { dst_be: [2, 0, 0, 1], ..base },
+            FlowKey {
+                src_be: [9, 0, 0, 0],
+                ..base
+            },
+            FlowKey {
+                dst_be: [2, 0, 0, 1],
+                ..base
+            },
             FlowKey { sport_be: 5, ..base },
             FlowKey { dport_be: 5, ..base },
             FlowKey { proto: 17, ..base },
@@ -107,7 +113,11 @@ mod tests {
     #[test]
     fn split_is_monotone_in_split_bp() {
         for i in 0..2000u32 {
-            let key = FlowKey { src_be: [i, 0, 0, 0], sport_be: i as u16, ..Default::default() };
+            let key = FlowKey {
+                src_be: [i, 0, 0, 0],
+                sport_be: i as u16,
+                ..Default::default()
+            };
             let mut was_next = false;
             for bp in (0..=SPLIT_STEPS).map(|s| s * 500) {
                 let next = split_to_next(&key, true, bp);

@@ -7,8 +7,8 @@ extern crate std;
 
 pub mod csum;
 pub mod hash;
-pub mod maps;
 #[cfg(feature = "user")]
 pub mod maglev;
+pub mod maps;
 
 pub use maps::*;

@@ -23,7 +23,10 @@ pub struct TableBackend {
 
 /// Is `m` usable as a table size (a prime, so every permutation covers the table)?
 pub fn valid_ring_size(m: u32) -> bool {
-    m >= 3 && (2..).take_while(|d: &u32| (*d as u64) * (*d as u64) <= m as u64).all(|d| m % d != 0)
+    m >= 3
+        && (2..)
+            .take_while(|d: &u32| (*d as u64) * (*d as u64) <= m as u64)
+            .all(|d| m % d != 0)
 }
 
 /// Slots per backend, proportional to weight; zero-weight backends get none.
@@ -155,7 +158,11 @@ mod tests {
         for b in &bs {
             let share = c[b.id as usize] as f64 / M as f64 * 100.0;
             let want = b.weight as f64 / total as f64 * 100.0;
-            assert!((share - want).abs() <= 0.1, "backend {}: {share:.3}% vs {want:.3}%", b.id);
+            assert!(
+                (share - want).abs() <= 0.1,
+                "backend {}: {share:.3}% vs {want:.3}%",
+                b.id
+            );
         }
     }
 
@@ -210,7 +217,10 @@ mod tests {
         for (&b, &a) in before.iter().zip(&after) {
             assert!(b == a || a == newcomer);
         }
-        assert_eq!(counts(&after, 10)[newcomer as usize], quotas(&backends(10, |_| 1), M)[9]);
+        assert_eq!(
+            counts(&after, 10)[newcomer as usize],
+            quotas(&backends(10, |_| 1), M)[9]
+        );
     }
 
     proptest! {

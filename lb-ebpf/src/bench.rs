@@ -2,10 +2,7 @@
 //! buffer across repeats, so this program restores the original packet before every run
 //! and tail-calls the program under test (BENCH_PROGS[0]).
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_xdp_store_bytes, macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_store_bytes, macros::xdp, programs::XdpContext};
 
 use crate::maps::{BENCH_PACKET, BENCH_PROGS};
 

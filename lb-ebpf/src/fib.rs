@@ -10,9 +10,7 @@
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-    },
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
@@ -52,9 +50,7 @@ pub fn forward(
         return Verdict::Tx(if reply { Reason::TxReply } else { Reason::Tx });
     }
     match TX_PORTS.redirect(hop.ifindex, 0) {
-        Ok(action) => {
-            Verdict::Redirect(if reply { Reason::RedirectReply } else { Reason::Redirect }, action)
-        }
+        Ok(action) => Verdict::Redirect(if reply { Reason::RedirectReply } else { Reason::Redirect }, action),
         Err(_) => Verdict::Drop(Reason::DropNoTxPort),
     }
 }
@@ -82,9 +78,7 @@ fn lookup(
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
     // SAFETY: helper call with a valid context and a stack buffer of the right size.
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut p, size_of::<FibParams>() as i32, 0)
-    } as u32;
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p, size_of::<FibParams>() as i32, 0) } as u32;
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
         // The kernel resolves the neighbour when it forwards this (already rewritten) packet.
         hop.ifindex = 0;

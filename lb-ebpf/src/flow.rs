@@ -27,12 +27,7 @@ const PORT_TRIES: u32 = 8;
 /// The client's own port is kept when that (backend, snat address, port) tuple is free:
 /// random ports collide with the backend's TIME_WAIT sockets (see DESIGN.md).
 #[inline(always)]
-pub fn allocate_port(
-    key: &FlowKey,
-    snat: &[u32; 4],
-    backend: &Backend,
-    rev: &NatRev,
-) -> Result<u16, Reason> {
+pub fn allocate_port(key: &FlowKey, snat: &[u32; 4], backend: &Backend, rev: &NatRev) -> Result<u16, Reason> {
     let mut reply = FlowKey {
         src_be: backend.addr_be,
         dst_be: *snat,
@@ -94,6 +89,11 @@ fn stale(old: &NatRev, reply: &FlowKey) -> bool {
 
 #[inline(always)]
 pub fn record(key: &FlowKey, backend_id: u32, vip_id: u32, snat_port_be: u16) -> Result<(), Reason> {
-    let flow = Flow { backend_id, vip_id, snat_port_be, flags: 0 };
+    let flow = Flow {
+        backend_id,
+        vip_id,
+        snat_port_be,
+        flags: 0,
+    };
     FLOWS.insert(key, &flow, 0).map_err(|_| Reason::DropFlowInsert)
 }

@@ -13,10 +13,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{
-    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FlowKey, NatRev, Reason, VipInfo,
-    VipKey,
-};
+use lb_common::{Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FlowKey, NatRev, Reason, VipInfo, VipKey};
 
 use crate::{
     maps::{CONFIG, NAT_REV, NEXTHOPS, VIPS},
@@ -77,7 +74,8 @@ fn process(ctx: &XdpContext) -> Verdict {
     // flow outlives neither its backend nor, through it, its VIP.
     // A SYN on the 5-tuple of a flow that was seen closing is a new connection reusing the
     // client port: it is scheduled afresh, not sent after the old one.
-    let reopened = |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
+    let reopened =
+        |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
         && let Some((flow, backend)) = flow::established(&pkt.key)
         && !reopened(flow)
@@ -86,8 +84,24 @@ fn process(ctx: &XdpContext) -> Verdict {
         if closed {
             flow.flags |= FLOW_F_CLOSED;
         }
-        let event = Event { bytes: pkt.ip_len, reply: false, new_flow: false, closed, answered: false, reset: false };
-        return to_backend(ctx, &pkt, &snat, flow.vip_id, flow.backend_id, &backend, flow.snat_port_be, &event);
+        let event = Event {
+            bytes: pkt.ip_len,
+            reply: false,
+            new_flow: false,
+            closed,
+            answered: false,
+            reset: false,
+        };
+        return to_backend(
+            ctx,
+            &pkt,
+            &snat,
+            flow.vip_id,
+            flow.backend_id,
+            &backend,
+            flow.snat_port_be,
+            &event,
+        );
     }
     let vip_key = VipKey {
         addr_be: pkt.key.dst_be,
@@ -107,7 +121,11 @@ fn process(ctx: &XdpContext) -> Verdict {
 
 #[inline(always)]
 fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
-    if family == FAMILY_V4 { [cfg.snat_v4_be, 0, 0, 0] } else { cfg.snat_v6_be }
+    if family == FAMILY_V4 {
+        [cfg.snat_v4_be, 0, 0, 0]
+    } else {
+        cfg.snat_v6_be
+    }
 }
 
 /// First packet of a client flow to a VIP: choose the backend, allocate the NAT port,
@@ -143,7 +161,14 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &
     if let Err(r) = flow::record(key, id, vip.vip_id, port) {
         return Verdict::Drop(r);
     }
-    let event = Event { bytes: pkt.ip_len, reply: false, new_flow: true, closed: false, answered: false, reset: false };
+    let event = Event {
+        bytes: pkt.ip_len,
+        reply: false,
+        new_flow: true,
+        closed: false,
+        answered: false,
+        reset: false,
+    };
     to_backend(ctx, pkt, snat, vip.vip_id, id, &backend, port, &event)
 }
 
@@ -161,7 +186,12 @@ fn to_backend(
     event: &Event,
 ) -> Verdict {
     stats::count(vip_id, backend_id, event);
-    let rw = Rewrite { src: snat, sport_be: snat_port, dst: &backend.addr_be, dport_be: backend.port_be };
+    let rw = Rewrite {
+        src: snat,
+        sport_be: snat_port,
+        dst: &backend.addr_be,
+        dport_be: backend.port_be,
+    };
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
@@ -180,7 +210,14 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev) -> Verdict {
     let reset = pkt.tcp_flags & TCP_RST != 0;
     let closed = reset && rev.flags & FLOW_F_CLOSED == 0;
     rev.flags |= FLOW_F_ANSWERED | if closed { FLOW_F_CLOSED } else { 0 };
-    let event = Event { bytes: pkt.ip_len, reply: true, new_flow: false, closed, answered, reset };
+    let event = Event {
+        bytes: pkt.ip_len,
+        reply: true,
+        new_flow: false,
+        closed,
+        answered,
+        reset,
+    };
     stats::count(rev.vip_id, rev.backend_id, &event);
     let rw = Rewrite {
         src: &rev.vip_be,

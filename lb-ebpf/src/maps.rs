@@ -7,9 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    AbKey, DEFAULT_MAX_AB_RULES, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, Flow, FlowKey, MAX_TX_PORTS, NatRev,
-    NextHop,
+    AbKey, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, Flow, FlowKey, MAX_TX_PORTS, NatRev, NextHop,
     REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
 };
 
@@ -29,15 +28,13 @@ pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 /// Memory-mappable: the agent writes a whole table (65537 slots) through a mapping
 /// instead of one syscall per slot, so a flip takes microseconds, not tens of ms.
 #[map(name = "TABLES_V2")]
-pub static TABLES: Array<u32> =
-    Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
+pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
 #[map(name = "FLOWS_V1")]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "NAT_REV_V1")]
-pub static NAT_REV: LruHashMap<FlowKey, NatRev> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+pub static NAT_REV: LruHashMap<FlowKey, NatRev> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "CONFIG_V1")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -46,8 +43,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 #[map(name = "BACKEND_STATS_V1")]
-pub static BACKEND_STATS: PerCpuArray<Counters> =
-    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 #[map(name = "REASONS_V1")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -184,7 +184,14 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         _pad: [0; 2],
     };
     let fragment = frag & 0x2000 != 0;
-    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment, tcp_flags, key })
+    Parsed::Ip(Packet {
+        l3_off,
+        l4_off,
+        ip_len,
+        fragment,
+        tcp_flags,
+        key,
+    })
 }
 
 #[inline(always)]
@@ -220,5 +227,12 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         _pad: [0; 2],
     };
     let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
-    Parsed::Ip(Packet { l3_off, l4_off, ip_len, fragment: false, tcp_flags, key })
+    Parsed::Ip(Packet {
+        l3_off,
+        l4_off,
+        ip_len,
+        fragment: false,
+        tcp_flags,
+        key,
+    })
 }

@@ -111,11 +111,16 @@ impl Core {
     /// Validation errors change nothing.
     pub fn set_desired(&mut self, next: Desired) -> Result<(), api::ApiError> {
         let mut rec = self.reconciler.clone();
-        let ops = rec.reconcile(&next, self.snat_v4, self.snat_v6).map_err(|e| api::ApiError::bad(e.to_string()))?;
-        self.dp.execute(&ops).map_err(|e| api::ApiError::internal(format!("map write failed: {e}")))?;
+        let ops = rec
+            .reconcile(&next, self.snat_v4, self.snat_v6)
+            .map_err(|e| api::ApiError::bad(e.to_string()))?;
+        self.dp
+            .execute(&ops)
+            .map_err(|e| api::ApiError::internal(format!("map write failed: {e}")))?;
         self.reconciler = rec;
         self.desired = next;
-        self.persist().map_err(|e| api::ApiError::internal(format!("persist state: {e}")))
+        self.persist()
+            .map_err(|e| api::ApiError::internal(format!("persist state: {e}")))
     }
 
     /// Recomputes what health observes (down set, slow-start weights) and reconciles the
@@ -140,7 +145,11 @@ impl Core {
     }
 
     pub fn persist(&self) -> std::io::Result<()> {
-        let p = Persisted { config_hash: self.config_hash.clone(), desired: self.desired.clone(), ids: self.reconciler.ids.clone() };
+        let p = Persisted {
+            config_hash: self.config_hash.clone(),
+            desired: self.desired.clone(),
+            ids: self.reconciler.ids.clone(),
+        };
         write_atomic(&self.state_file, &serde_json::to_vec_pretty(&p)?)
     }
 }
@@ -161,8 +170,13 @@ pub struct Prepared {
 pub fn prepare(config_path: &Path, interfaces: &[String]) -> Result<Prepared, AgentError> {
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| AgentError::Rejected(format!("{}: cannot read: {e}", config_path.display())))?;
-    let config = config::parse(&text, &config_path.display().to_string()).map_err(|e| AgentError::Rejected(e.to_string()))?;
-    let interfaces = if interfaces.is_empty() { config.agent.interfaces.clone() } else { interfaces.to_vec() };
+    let config =
+        config::parse(&text, &config_path.display().to_string()).map_err(|e| AgentError::Rejected(e.to_string()))?;
+    let interfaces = if interfaces.is_empty() {
+        config.agent.interfaces.clone()
+    } else {
+        interfaces.to_vec()
+    };
     if interfaces.is_empty() {
         return Err(AgentError::Rejected(format!(
             "{}: agent.interfaces: no interface to attach to (set it or pass --iface)",
@@ -179,7 +193,13 @@ pub fn prepare(config_path: &Path, interfaces: &[String]) -> Result<Prepared, Ag
     Reconciler::new(limits(&config))
         .reconcile(&Desired::new(config.clone()), snat_v4, snat_v6)
         .map_err(|e| AgentError::Rejected(format!("{}: {e}", config_path.display())))?;
-    Ok(Prepared { config, config_hash: fnv1a(&text), interfaces, snat_v4, snat_v6 })
+    Ok(Prepared {
+        config,
+        config_hash: fnv1a(&text),
+        interfaces,
+        snat_v4,
+        snat_v6,
+    })
 }
 
 pub fn limits(config: &Config) -> Limits {
@@ -229,7 +249,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             for &id in saved.ids.tables.values() {
                 tables.insert(id, dp.read_table(id, limits.ring_size).context("read adopted table")?);
             }
-            (saved.desired.clone(), Reconciler::adopt(limits, saved.ids.clone(), tables))
+            (
+                saved.desired.clone(),
+                Reconciler::adopt(limits, saved.ids.clone(), tables),
+            )
         }
         (Some(saved), false) => (saved.desired.clone(), Reconciler::new(limits)),
         (None, _) => (Desired::new(p.config.clone()), Reconciler::new(limits)),
@@ -244,7 +267,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         config_hash: p.config_hash.clone(),
         health: BTreeMap::new(),
     };
-    core.set_desired(desired).map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    core.set_desired(desired)
+        .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
     for iface in &p.interfaces {
         core.dp.attach(iface, opts.mode).context("attach")?;
     }
@@ -254,11 +278,19 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
     let tcp_api = match (p.config.agent.api_listen, &p.config.agent.api_token_file) {
-        (Some(addr), Some(token)) => Some(api::serve_tcp(core.clone(), addr, token).await.context("TCP API listener")?),
+        (Some(addr), Some(token)) => Some(
+            api::serve_tcp(core.clone(), addr, token)
+                .await
+                .context("TCP API listener")?,
+        ),
         _ => None,
     };
     let metrics_server = match metrics {
-        Some(addr) => Some(crate::metrics::serve(core.clone(), addr).await.context("metrics listener")?),
+        Some(addr) => Some(
+            crate::metrics::serve(core.clone(), addr)
+                .await
+                .context("metrics listener")?,
+        ),
         None => None,
     };
     info!(
@@ -284,7 +316,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         m.abort();
     }
     let _ = std::fs::remove_file(&socket);
-    let core = Arc::try_unwrap(core).map_err(|_| anyhow::anyhow!("API still holds the state"))?.into_inner();
+    let core = Arc::try_unwrap(core)
+        .map_err(|_| anyhow::anyhow!("API still holds the state"))?
+        .into_inner();
     core.dp.shutdown();
     info!("stopped");
     Ok(())
@@ -338,7 +372,13 @@ pub fn check(config_path: &Path, interfaces: &[String]) -> Result<String, AgentE
     let mut out = format!("{}: ok\n", config_path.display());
     for v in &p.config.vips {
         let backends: usize = v.pools.iter().map(|p| p.backends.len()).sum();
-        out.push_str(&format!("  vip {} {} active={} pools={} backends={backends}\n", v.name, v.address, v.active, v.pools.len()));
+        out.push_str(&format!(
+            "  vip {} {} active={} pools={} backends={backends}\n",
+            v.name,
+            v.address,
+            v.active,
+            v.pools.len()
+        ));
     }
     Ok(out)
 }

@@ -6,13 +6,7 @@
 //! `GET /v1/status`, `POST /v1/backend/set|add|del`, `POST /v1/apply`,
 //! `GET /v1/flows/{vip}?limit=N`, `GET /v1/trace/{vip}?src=IP:PORT`.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -43,13 +37,22 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad(m: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, message: m.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: m.into(),
+        }
     }
     pub fn not_found(m: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, message: m.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: m.into(),
+        }
     }
     pub fn internal(m: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: m.into() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: m.into(),
+        }
     }
 }
 
@@ -85,21 +88,34 @@ pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHand
 pub async fn serve_tcp(core: Shared, addr: SocketAddr, token_file: &Path) -> std::io::Result<JoinHandle<()>> {
     let token = std::fs::read_to_string(token_file)?.trim().to_string();
     if token.len() < 16 {
-        return Err(std::io::Error::other(format!("{}: the API token must be at least 16 characters", token_file.display())));
+        return Err(std::io::Error::other(format!(
+            "{}: the API token must be at least 16 characters",
+            token_file.display()
+        )));
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let expected = Arc::new(format!("Bearer {token}"));
-    let app = router(core).layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let expected = expected.clone();
-        async move {
-            let ok = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str());
-            if ok {
-                next.run(req).await
-            } else {
-                ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".into() }.into_response()
+    let app = router(core).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let expected = expected.clone();
+            async move {
+                let ok = req
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    == Some(expected.as_str());
+                if ok {
+                    next.run(req).await
+                } else {
+                    ApiError {
+                        status: StatusCode::UNAUTHORIZED,
+                        message: "missing or wrong bearer token".into(),
+                    }
+                    .into_response()
+                }
             }
-        }
-    }));
+        },
+    ));
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("TCP API server: {e}");
@@ -148,7 +164,12 @@ pub fn status_json(core: &Core) -> Value {
         for p in &v.pools {
             let mut backends = Vec::new();
             for b in &p.backends {
-                let id = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)).copied();
+                let id = core
+                    .reconciler
+                    .ids
+                    .backends
+                    .get(&backend_key(&v.name, b.address))
+                    .copied();
                 let state = id.and_then(|id| core.reconciler.backend(id)).map(|b| b.state);
                 let counters = id.and_then(|id| core.dp.backend_counters(id).ok()).unwrap_or_default();
                 let h = core.health.get(&backend_key(&v.name, b.address));
@@ -173,8 +194,15 @@ pub fn status_json(core: &Core) -> Value {
                 }));
             }
             let deploy = core.desired.deploy.get(&v.name).cloned().unwrap_or_default();
-            let next = deploy.split.as_ref().map(|s| s.pool.clone()).or(deploy.ab.as_ref().map(|a| a.pool.clone()));
-            let live: u64 = backends.iter().filter_map(|b| b["counters"]["live_flows"].as_u64()).sum();
+            let next = deploy
+                .split
+                .as_ref()
+                .map(|s| s.pool.clone())
+                .or(deploy.ab.as_ref().map(|a| a.pool.clone()));
+            let live: u64 = backends
+                .iter()
+                .filter_map(|b| b["counters"]["live_flows"].as_u64())
+                .sum();
             let role = if p.name == v.active {
                 "active"
             } else if next.as_deref() == Some(p.name.as_str()) {
@@ -184,7 +212,10 @@ pub fn status_json(core: &Core) -> Value {
             } else {
                 "idle"
             };
-            let fail_open = core.reconciler.fail_open.contains(&crate::state::pool_key(&v.name, &p.name));
+            let fail_open = core
+                .reconciler
+                .fail_open
+                .contains(&crate::state::pool_key(&v.name, &p.name));
             pools.push(json!({ "name": p.name, "active": p.name == v.active, "role": role, "all_down_fail_open": fail_open, "backends": backends, "counters": { "live_flows": live } }));
         }
         vips.push(json!({
@@ -205,7 +236,13 @@ pub fn status_json(core: &Core) -> Value {
             "counters": counters_json(&vip_counters),
         }));
     }
-    let reasons: BTreeMap<&str, u64> = core.dp.reasons().unwrap_or_default().into_iter().map(|(r, n)| (r.name(), n)).collect();
+    let reasons: BTreeMap<&str, u64> = core
+        .dp
+        .reasons()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(r, n)| (r.name(), n))
+        .collect();
     json!({ "vips": vips, "counters": { "reasons": reasons } })
 }
 
@@ -257,7 +294,8 @@ struct ChangeReport {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, ApiError> {
-    s.parse::<SocketAddr>().map_err(|_| ApiError::bad(format!("{s:?} is not IP:PORT or [IPv6]:PORT")))
+    s.parse::<SocketAddr>()
+        .map_err(|_| ApiError::bad(format!("{s:?} is not IP:PORT or [IPv6]:PORT")))
 }
 
 fn weight(w: i64) -> Result<u32, ApiError> {
@@ -268,7 +306,12 @@ fn weight(w: i64) -> Result<u32, ApiError> {
 }
 
 fn find_backend<'a>(d: &'a mut Desired, vip: &str, addr: SocketAddr) -> Result<&'a mut BackendConfig, ApiError> {
-    let v = d.config.vips.iter_mut().find(|v| v.name == vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
+    let v = d
+        .config
+        .vips
+        .iter_mut()
+        .find(|v| v.name == vip)
+        .ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
     v.pools
         .iter_mut()
         .flat_map(|p| p.backends.iter_mut())
@@ -279,7 +322,8 @@ fn find_backend<'a>(d: &'a mut Desired, vip: &str, addr: SocketAddr) -> Result<&
 /// Validates `next`, then (unless a dry run) applies it; reports what moves.
 fn change(core: &mut Core, next: Desired, changes: Vec<String>, dry_run: bool) -> Result<Json<ChangeReport>, ApiError> {
     let mut rec = core.reconciler.clone();
-    rec.reconcile(&next, core.snat_v4, core.snat_v6).map_err(|e| ApiError::bad(e.to_string()))?;
+    rec.reconcile(&next, core.snat_v4, core.snat_v6)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let mut moved_pct = BTreeMap::new();
     let m = rec.limits.ring_size;
     for v in &next.config.vips {
@@ -292,7 +336,11 @@ fn change(core: &mut Core, next: Desired, changes: Vec<String>, dry_run: bool) -
             tracing::info!(change = %c, "applied");
         }
     }
-    Ok(Json(ChangeReport { applied: !dry_run, changes, moved_pct }))
+    Ok(Json(ChangeReport {
+        applied: !dry_run,
+        changes,
+        moved_pct,
+    }))
 }
 
 async fn backend_set(State(core): State<Shared>, Json(req): Json<BackendSet>) -> Result<Json<ChangeReport>, ApiError> {
@@ -308,7 +356,11 @@ async fn backend_set(State(core): State<Shared>, Json(req): Json<BackendSet>) ->
     }
     if let Some(s) = req.state {
         find_backend(&mut next, &req.vip, addr)?;
-        changes.push(format!("{} {addr}: state {:?} -> {s:?}", req.vip, next.admin(&req.vip, addr)));
+        changes.push(format!(
+            "{} {addr}: state {:?} -> {s:?}",
+            req.vip,
+            next.admin(&req.vip, addr)
+        ));
         let per_vip = next.admin.entry(req.vip.clone()).or_default();
         if s == AdminState::Ready {
             per_vip.remove(&addr);
@@ -327,15 +379,30 @@ async fn backend_add(State(core): State<Shared>, Json(req): Json<BackendAdd>) ->
     let w = weight(req.weight.unwrap_or(config::DEFAULT_WEIGHT as i64))?;
     let mut core = core.lock().await;
     let mut next = core.desired.clone();
-    let v = next.config.vips.iter_mut().find(|v| v.name == req.vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?;
+    let v = next
+        .config
+        .vips
+        .iter_mut()
+        .find(|v| v.name == req.vip)
+        .ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?;
     if addr.is_ipv4() != v.address.is_ipv4() {
-        return Err(ApiError::bad(format!("{addr} is not the VIP's address family ({})", v.address)));
+        return Err(ApiError::bad(format!(
+            "{addr} is not the VIP's address family ({})",
+            v.address
+        )));
     }
     if v.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == addr) {
         return Err(ApiError::bad(format!("VIP {:?} already has backend {addr}", req.vip)));
     }
-    let pool = v.pools.iter_mut().find(|p| p.name == req.pool).ok_or_else(|| ApiError::not_found(format!("VIP {:?} has no pool {:?}", req.vip, req.pool)))?;
-    pool.backends.push(BackendConfig { address: addr, weight: w });
+    let pool = v
+        .pools
+        .iter_mut()
+        .find(|p| p.name == req.pool)
+        .ok_or_else(|| ApiError::not_found(format!("VIP {:?} has no pool {:?}", req.vip, req.pool)))?;
+    pool.backends.push(BackendConfig {
+        address: addr,
+        weight: w,
+    });
     let changes = vec![format!("{} {}: add {addr} weight {w}", req.vip, req.pool)];
     change(&mut core, next, changes, req.dry_run)
 }
@@ -361,7 +428,9 @@ async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Jso
     let cfg = config::parse(&req.config, "apply").map_err(|e| ApiError::bad(e.to_string()))?;
     let mut core = core.lock().await;
     if cfg.agent != core.desired.config.agent {
-        return Err(ApiError::bad("[agent] settings cannot change at runtime: restart the agent with the new file"));
+        return Err(ApiError::bad(
+            "[agent] settings cannot change at runtime: restart the agent with the new file",
+        ));
     }
     let changes = diff(&core.desired, &cfg);
     let mut next = Desired::new(cfg);
@@ -398,12 +467,22 @@ pub fn diff(old: &Desired, new: &config::Config) -> Vec<String> {
                 if o.active != v.active {
                     out.push(format!("~ vip {}: active {} -> {}", v.name, o.active, v.active));
                 }
-                let old_b: BTreeMap<SocketAddr, (String, u32)> = o.pools.iter().flat_map(|p| p.backends.iter().map(|b| (b.address, (p.name.clone(), b.weight)))).collect();
-                let new_b: BTreeMap<SocketAddr, (String, u32)> = v.pools.iter().flat_map(|p| p.backends.iter().map(|b| (b.address, (p.name.clone(), b.weight)))).collect();
+                let old_b: BTreeMap<SocketAddr, (String, u32)> = o
+                    .pools
+                    .iter()
+                    .flat_map(|p| p.backends.iter().map(|b| (b.address, (p.name.clone(), b.weight))))
+                    .collect();
+                let new_b: BTreeMap<SocketAddr, (String, u32)> = v
+                    .pools
+                    .iter()
+                    .flat_map(|p| p.backends.iter().map(|b| (b.address, (p.name.clone(), b.weight))))
+                    .collect();
                 for (a, (pool, w)) in &new_b {
                     match old_b.get(a) {
                         None => out.push(format!("+ {} {pool} {a} weight {w}", v.name)),
-                        Some((op, ow)) if op != pool || ow != w => out.push(format!("~ {} {a}: {op}/{ow} -> {pool}/{w}", v.name)),
+                        Some((op, ow)) if op != pool || ow != w => {
+                            out.push(format!("~ {} {a}: {op}/{ow} -> {pool}/{w}", v.name))
+                        }
                         _ => {}
                     }
                 }
@@ -413,7 +492,12 @@ pub fn diff(old: &Desired, new: &config::Config) -> Vec<String> {
             }
         }
     }
-    for v in old.config.vips.iter().filter(|o| !new.vips.iter().any(|v| v.name == o.name)) {
+    for v in old
+        .config
+        .vips
+        .iter()
+        .filter(|o| !new.vips.iter().any(|v| v.name == o.name))
+    {
         out.push(format!("- vip {} {}", v.name, v.address));
     }
     out
@@ -424,11 +508,29 @@ struct FlowsQuery {
     limit: Option<usize>,
 }
 
-async fn flows(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(q): Query<FlowsQuery>) -> Result<Json<Value>, ApiError> {
+async fn flows(
+    State(core): State<Shared>,
+    UrlPath(vip): UrlPath<String>,
+    Query(q): Query<FlowsQuery>,
+) -> Result<Json<Value>, ApiError> {
     let core = core.lock().await;
-    let id = *core.reconciler.ids.vips.get(&vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
-    let (entries, total) = core.dp.flows(id, q.limit.unwrap_or(100)).map_err(|e| ApiError::internal(e.to_string()))?;
-    let by_id: BTreeMap<u32, &str> = core.reconciler.ids.backends.iter().map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or(""))).collect();
+    let id = *core
+        .reconciler
+        .ids
+        .vips
+        .get(&vip)
+        .ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
+    let (entries, total) = core
+        .dp
+        .flows(id, q.limit.unwrap_or(100))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let by_id: BTreeMap<u32, &str> = core
+        .reconciler
+        .ids
+        .backends
+        .iter()
+        .map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or("")))
+        .collect();
     let rows: Vec<Value> = entries
         .iter()
         .map(|(k, f)| {
@@ -461,10 +563,18 @@ struct TraceQuery {
     src: String,
 }
 
-async fn trace(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(q): Query<TraceQuery>) -> Result<Json<Value>, ApiError> {
+async fn trace(
+    State(core): State<Shared>,
+    UrlPath(vip): UrlPath<String>,
+    Query(q): Query<TraceQuery>,
+) -> Result<Json<Value>, ApiError> {
     let src = parse_addr(&q.src)?;
     let core = core.lock().await;
-    let v = core.desired.vip(&vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?.clone();
+    let v = core
+        .desired
+        .vip(&vip)
+        .ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?
+        .clone();
     if src.is_ipv4() != v.address.is_ipv4() {
         return Err(ApiError::bad(format!("{src} is not the VIP's address family")));
     }
@@ -477,7 +587,13 @@ async fn trace(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(
         family: family(src.ip()),
         _pad: [0; 2],
     };
-    let by_id: BTreeMap<u32, &str> = core.reconciler.ids.backends.iter().map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or(""))).collect();
+    let by_id: BTreeMap<u32, &str> = core
+        .reconciler
+        .ids
+        .backends
+        .iter()
+        .map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or("")))
+        .collect();
     if let Ok(Some(flow)) = core.dp.flow(&key) {
         return Ok(Json(json!({
             "vip": vip, "source": src.to_string(), "existing_flow": true,
@@ -487,7 +603,11 @@ async fn trace(State(core): State<Shared>, UrlPath(vip): UrlPath<String>, Query(
     let info = core.reconciler.vip_info(&vip).map(|(_, i)| *i).unwrap_or_default();
     let m = core.reconciler.limits.ring_size;
     let slot = table_slot(&key, info.flags & lb_common::VIP_F_HASH_SOURCE != 0, m);
-    let backend = core.reconciler.tables.get(&info.table_current).and_then(|t| by_id.get(&t[slot as usize]).copied());
+    let backend = core
+        .reconciler
+        .tables
+        .get(&info.table_current)
+        .and_then(|t| by_id.get(&t[slot as usize]).copied());
     Ok(Json(json!({
         "vip": vip, "source": src.to_string(), "existing_flow": false,
         "pool": v.active, "slot": slot, "backend": backend,
@@ -530,7 +650,9 @@ pub struct RollbackReq {
 }
 
 fn vip_pools(d: &Desired, vip: &str, pool: &str) -> Result<String, ApiError> {
-    let v = d.vip(vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
+    let v = d
+        .vip(vip)
+        .ok_or_else(|| ApiError::not_found(format!("unknown VIP {vip:?}")))?;
     if !v.pools.iter().any(|p| p.name == pool) {
         return Err(ApiError::not_found(format!("VIP {vip:?} has no pool {pool:?}")));
     }
@@ -543,7 +665,10 @@ async fn switch(State(core): State<Shared>, Json(req): Json<SwitchReq>) -> Resul
     let mut next = core.desired.clone();
     let old = vip_pools(&next, &req.vip, &req.pool)?;
     if old == req.pool {
-        return Err(ApiError::bad(format!("{:?} is already the active pool of {:?}", req.pool, req.vip)));
+        return Err(ApiError::bad(format!(
+            "{:?} is already the active pool of {:?}",
+            req.pool, req.vip
+        )));
     }
     for v in next.config.vips.iter_mut().filter(|v| v.name == req.vip) {
         v.active = req.pool.clone();
@@ -555,27 +680,45 @@ async fn switch(State(core): State<Shared>, Json(req): Json<SwitchReq>) -> Resul
     if d.ab.as_ref().is_some_and(|a| a.pool == req.pool) {
         d.ab = None;
     }
-    let changes = vec![format!("{}: active {old} -> {} (new flows); {old} drains", req.vip, req.pool)];
+    let changes = vec![format!(
+        "{}: active {old} -> {} (new flows); {old} drains",
+        req.vip, req.pool
+    )];
     change(&mut core, next, changes, req.dry_run)
 }
 
 /// Canary / A-B share: `percent` of new flows to `pool`.
 async fn split(State(core): State<Shared>, Json(req): Json<SplitReq>) -> Result<Json<ChangeReport>, ApiError> {
     if !(0.0..=100.0).contains(&req.percent) || !req.percent.is_finite() {
-        return Err(ApiError::bad(format!("percent {} is out of range (0..=100)", req.percent)));
+        return Err(ApiError::bad(format!(
+            "percent {} is out of range (0..=100)",
+            req.percent
+        )));
     }
     let bp = (req.percent * 100.0).round() as u32;
     let mut core = core.lock().await;
     let mut next = core.desired.clone();
     let active = vip_pools(&next, &req.vip, &req.pool)?;
     if active == req.pool {
-        return Err(ApiError::bad(format!("{:?} is the active pool: split towards another pool", req.pool)));
+        return Err(ApiError::bad(format!(
+            "{:?} is the active pool: split towards another pool",
+            req.pool
+        )));
     }
     let by = req.by.unwrap_or(SplitBy::Flow);
     let d = next.deploy.entry(req.vip.clone()).or_default();
     stop_canary(d, "superseded by a manual split");
-    d.split = (bp > 0).then(|| Split { pool: req.pool.clone(), bp, by });
-    let changes = vec![format!("{}: {:.2}% of new flows (by {by:?}) to {}", req.vip, bp as f64 / 100.0, req.pool)];
+    d.split = (bp > 0).then(|| Split {
+        pool: req.pool.clone(),
+        bp,
+        by,
+    });
+    let changes = vec![format!(
+        "{}: {:.2}% of new flows (by {by:?}) to {}",
+        req.vip,
+        bp as f64 / 100.0,
+        req.pool
+    )];
     change(&mut core, next, changes, req.dry_run)
 }
 
@@ -583,9 +726,13 @@ async fn split(State(core): State<Shared>, Json(req): Json<SplitReq>) -> Result<
 async fn ab(State(core): State<Shared>, Json(req): Json<AbReq>) -> Result<Json<ChangeReport>, ApiError> {
     let mut networks = Vec::new();
     for c in &req.cidrs {
-        let (ip, len) = c.split_once('/').ok_or_else(|| ApiError::bad(format!("{c:?} is not a CIDR (ADDR/LEN)")))?;
+        let (ip, len) = c
+            .split_once('/')
+            .ok_or_else(|| ApiError::bad(format!("{c:?} is not a CIDR (ADDR/LEN)")))?;
         let ip: std::net::IpAddr = ip.parse().map_err(|_| ApiError::bad(format!("{c:?}: bad address")))?;
-        let len: u8 = len.parse().map_err(|_| ApiError::bad(format!("{c:?}: bad prefix length")))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| ApiError::bad(format!("{c:?}: bad prefix length")))?;
         if len > if ip.is_ipv4() { 32 } else { 128 } {
             return Err(ApiError::bad(format!("{c:?}: prefix length too long")));
         }
@@ -595,11 +742,20 @@ async fn ab(State(core): State<Shared>, Json(req): Json<AbReq>) -> Result<Json<C
     let mut next = core.desired.clone();
     let active = vip_pools(&next, &req.vip, &req.pool)?;
     if active == req.pool {
-        return Err(ApiError::bad(format!("{:?} is the active pool: A/B rules send clients to another pool", req.pool)));
+        return Err(ApiError::bad(format!(
+            "{:?} is the active pool: A/B rules send clients to another pool",
+            req.pool
+        )));
     }
     let d = next.deploy.entry(req.vip.clone()).or_default();
-    d.ab = (!networks.is_empty()).then(|| AbRules { pool: req.pool.clone(), networks });
-    let changes = vec![format!("{}: clients in {:?} always to {}", req.vip, req.cidrs, req.pool)];
+    d.ab = (!networks.is_empty()).then(|| AbRules {
+        pool: req.pool.clone(),
+        networks,
+    });
+    let changes = vec![format!(
+        "{}: clients in {:?} always to {}",
+        req.vip, req.cidrs, req.pool
+    )];
     change(&mut core, next, changes, req.dry_run)
 }
 
@@ -608,13 +764,20 @@ async fn ab(State(core): State<Shared>, Json(req): Json<AbReq>) -> Result<Json<C
 async fn rollback(State(core): State<Shared>, Json(req): Json<RollbackReq>) -> Result<Json<ChangeReport>, ApiError> {
     let mut core = core.lock().await;
     let mut next = core.desired.clone();
-    let active = next.vip(&req.vip).ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?.active.clone();
+    let active = next
+        .vip(&req.vip)
+        .ok_or_else(|| ApiError::not_found(format!("unknown VIP {:?}", req.vip)))?
+        .active
+        .clone();
     let d = next.deploy.entry(req.vip.clone()).or_default();
     stop_canary(d, "manual rollback");
     let changes = if d.split.is_some() || d.ab.is_some() {
         d.split = None;
         d.ab = None;
-        vec![format!("{}: split and A/B rules removed; all new flows to {active}", req.vip)]
+        vec![format!(
+            "{}: split and A/B rules removed; all new flows to {active}",
+            req.vip
+        )]
     } else if let Some(prev) = d.previous_active.take() {
         d.previous_active = Some(active.clone());
         for v in next.config.vips.iter_mut().filter(|v| v.name == req.vip) {
@@ -650,10 +813,17 @@ pub struct CanaryReq {
 
 /// Starts a stepped canary (the agent drives it; see `deploy`).
 async fn canary(State(core): State<Shared>, Json(req): Json<CanaryReq>) -> Result<Json<ChangeReport>, ApiError> {
-    if req.steps.is_empty() || req.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0)) || req.steps.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(ApiError::bad(format!("steps {:?}: ascending percentages in (0, 100]", req.steps)));
+    if req.steps.is_empty()
+        || req.steps.iter().any(|s| !(*s > 0.0 && *s <= 100.0))
+        || req.steps.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err(ApiError::bad(format!(
+            "steps {:?}: ascending percentages in (0, 100]",
+            req.steps
+        )));
     }
-    let interval = crate::health::parse_duration(&req.interval).ok_or_else(|| ApiError::bad(format!("interval {:?}: expected e.g. 30s", req.interval)))?;
+    let interval = crate::health::parse_duration(&req.interval)
+        .ok_or_else(|| ApiError::bad(format!("interval {:?}: expected e.g. 30s", req.interval)))?;
     let mut core = core.lock().await;
     let mut next = core.desired.clone();
     let active = vip_pools(&next, &req.vip, &req.pool)?;
@@ -673,6 +843,9 @@ async fn canary(State(core): State<Shared>, Json(req): Json<CanaryReq>) -> Resul
         outcome: crate::state::CanaryOutcome::Running,
     });
     crate::deploy::enter_step(&mut next, &req.vip, 0);
-    let changes = vec![format!("{}: canary to {} in steps {:?} every {}", req.vip, req.pool, req.steps, req.interval)];
+    let changes = vec![format!(
+        "{}: canary to {} in steps {:?} every {}",
+        req.vip, req.pool, req.steps, req.interval
+    )];
     change(&mut core, next, changes, req.dry_run)
 }

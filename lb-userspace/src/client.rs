@@ -52,7 +52,8 @@ impl std::fmt::Display for ClientError {
 
 /// Sends one request; returns the JSON body of a 2xx answer.
 pub fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|e| ClientError::Unreachable(format!("{}: {e}", socket.display())))?;
+    let mut s =
+        UnixStream::connect(socket).map_err(|e| ClientError::Unreachable(format!("{}: {e}", socket.display())))?;
     let timeout = Some(Duration::from_secs(60));
     let _ = s.set_read_timeout(timeout);
     let _ = s.set_write_timeout(timeout);
@@ -61,18 +62,30 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) ->
         "{method} {path} HTTP/1.1\r\nHost: veer\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).map_err(|e| ClientError::Unreachable(format!("send: {e}")))?;
+    s.write_all(req.as_bytes())
+        .map_err(|e| ClientError::Unreachable(format!("send: {e}")))?;
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(|e| ClientError::Unreachable(format!("read: {e}")))?;
+    s.read_to_end(&mut resp)
+        .map_err(|e| ClientError::Unreachable(format!("read: {e}")))?;
     let text = String::from_utf8_lossy(&resp);
-    let (head, payload) = text.split_once("\r\n\r\n").ok_or_else(|| ClientError::Unreachable("malformed answer".into()))?;
+    let (head, payload) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| ClientError::Unreachable("malformed answer".into()))?;
     let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(payload) } else { payload.to_string() };
+    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
     let json: Value = serde_json::from_str(&payload).unwrap_or(Value::String(payload.clone()));
     if (200..300).contains(&status) {
         Ok(json)
     } else {
-        let msg = json.get("error").and_then(|e| e.as_str()).map(str::to_string).unwrap_or(payload);
+        let msg = json
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or(payload);
         Err(ClientError::Rejected(msg))
     }
 }

@@ -207,7 +207,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-        ConfigError { file: file.into(), line, field: String::new(), message: e.message().trim().to_string() }
+        ConfigError {
+            file: file.into(),
+            line,
+            field: String::new(),
+            message: e.message().trim().to_string(),
+        }
     })?;
     Validator { text, file }.config(raw)
 }
@@ -223,7 +228,12 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err<T>(&self, span: std::ops::Range<usize>, field: &str, message: impl Into<String>) -> Result<T, ConfigError> {
-        Err(ConfigError { file: self.file.into(), line: line_of(self.text, span.start), field: field.into(), message: message.into() })
+        Err(ConfigError {
+            file: self.file.into(),
+            line: line_of(self.text, span.start),
+            field: field.into(),
+            message: message.into(),
+        })
     }
 
     fn int(&self, v: &Option<Spanned<i64>>, field: &str, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
@@ -239,22 +249,34 @@ impl Validator<'_> {
         match v.get_ref().parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => Ok(a),
             Ok(_) => self.err(v.span(), field, "port 0 is not a service port"),
-            Err(_) => self.err(v.span(), field, format!("{:?} is not IP:PORT or [IPv6]:PORT", v.get_ref())),
+            Err(_) => self.err(
+                v.span(),
+                field,
+                format!("{:?} is not IP:PORT or [IPv6]:PORT", v.get_ref()),
+            ),
         }
     }
 
     fn health(&self, raw: &Spanned<RawHealth>, field: &str) -> Result<HealthConfig, ConfigError> {
         let span = raw.span();
         let h = raw.get_ref();
-        let bad = |what: &str, msg: String| -> Result<HealthConfig, ConfigError> { self.err(span.clone(), &format!("{field}.{what}"), msg) };
+        let bad = |what: &str, msg: String| -> Result<HealthConfig, ConfigError> {
+            self.err(span.clone(), &format!("{field}.{what}"), msg)
+        };
         let kind = match h.kind.as_str() {
             "tcp" => CheckKind::Tcp,
             "http" => CheckKind::Http,
             "udp" => CheckKind::Udp,
             other => return bad("kind", format!("{other:?}: expected \"tcp\", \"http\" or \"udp\"")),
         };
-        let mut c = HealthConfig { kind, ..HealthConfig::default() };
-        let dur = |v: &Option<String>, what: &str, default: std::time::Duration| -> Result<std::time::Duration, ConfigError> {
+        let mut c = HealthConfig {
+            kind,
+            ..HealthConfig::default()
+        };
+        let dur = |v: &Option<String>,
+                   what: &str,
+                   default: std::time::Duration|
+         -> Result<std::time::Duration, ConfigError> {
             match v {
                 None => Ok(default),
                 Some(s) => parse_duration(s).ok_or_else(|| ConfigError {
@@ -277,7 +299,12 @@ impl Validator<'_> {
             match v {
                 None => Ok(default),
                 Some(n) if (1..=max).contains(&n) => Ok(n as u32),
-                Some(n) => Err(ConfigError { file: self.file.into(), line: line_of(self.text, span.start), field: format!("{field}.{what}"), message: format!("{n} is out of range (1..={max})") }),
+                Some(n) => Err(ConfigError {
+                    file: self.file.into(),
+                    line: line_of(self.text, span.start),
+                    field: format!("{field}.{what}"),
+                    message: format!("{n} is out of range (1..={max})"),
+                }),
             }
         };
         c.rise = small(h.rise, "rise", c.rise, 100)?;
@@ -306,11 +333,24 @@ impl Validator<'_> {
         c.expect = match &h.expect {
             None => c.expect,
             Some(toml::Value::Integer(n)) if (100..=599).contains(n) => (*n as u16, *n as u16),
-            Some(toml::Value::String(r)) => match r.split_once('-').map(|(a, b)| (a.trim().parse::<u16>(), b.trim().parse::<u16>())) {
+            Some(toml::Value::String(r)) => match r
+                .split_once('-')
+                .map(|(a, b)| (a.trim().parse::<u16>(), b.trim().parse::<u16>()))
+            {
                 Some((Ok(a), Ok(b))) if (100..=599).contains(&a) && a <= b && b <= 599 => (a, b),
-                _ => return bad("expect", format!("{r:?}: expected a status (200) or a range (\"200-399\")")),
+                _ => {
+                    return bad(
+                        "expect",
+                        format!("{r:?}: expected a status (200) or a range (\"200-399\")"),
+                    );
+                }
             },
-            Some(v) => return bad("expect", format!("{v}: expected a status (200) or a range (\"200-399\")")),
+            Some(v) => {
+                return bad(
+                    "expect",
+                    format!("{v}: expected a status (200) or a range (\"200-399\")"),
+                );
+            }
         };
         if c.kind != CheckKind::Http && (h.path.is_some() || h.expect.is_some() || h.host.is_some()) {
             return bad("kind", "path, host and expect need kind = \"http\"".into());
@@ -321,31 +361,61 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let a = &raw.agent;
         let snat_v4 = match &a.snat_v4 {
-            Some(s) => Some(s.get_ref().parse::<Ipv4Addr>().or_else(|_| self.err(s.span(), "agent.snat_v4", "not an IPv4 address"))?),
+            Some(s) => Some(
+                s.get_ref()
+                    .parse::<Ipv4Addr>()
+                    .or_else(|_| self.err(s.span(), "agent.snat_v4", "not an IPv4 address"))?,
+            ),
             None => None,
         };
         let snat_v6 = match &a.snat_v6 {
-            Some(s) => Some(s.get_ref().parse::<Ipv6Addr>().or_else(|_| self.err(s.span(), "agent.snat_v6", "not an IPv6 address"))?),
+            Some(s) => Some(
+                s.get_ref()
+                    .parse::<Ipv6Addr>()
+                    .or_else(|_| self.err(s.span(), "agent.snat_v6", "not an IPv6 address"))?,
+            ),
             None => None,
         };
         let metrics = match &a.metrics {
-            Some(m) => Some(m.get_ref().parse::<SocketAddr>().or_else(|_| self.err(m.span(), "agent.metrics", "not IP:PORT"))?),
+            Some(m) => Some(
+                m.get_ref()
+                    .parse::<SocketAddr>()
+                    .or_else(|_| self.err(m.span(), "agent.metrics", "not IP:PORT"))?,
+            ),
             None => None,
         };
         let api_listen = match &a.api_listen {
-            Some(m) => Some(m.get_ref().parse::<SocketAddr>().or_else(|_| self.err(m.span(), "agent.api_listen", "not IP:PORT"))?),
+            Some(m) => Some(
+                m.get_ref()
+                    .parse::<SocketAddr>()
+                    .or_else(|_| self.err(m.span(), "agent.api_listen", "not IP:PORT"))?,
+            ),
             None => None,
         };
         if let Some(l) = &a.api_listen
             && a.api_token_file.is_none()
         {
-            return self.err(l.span(), "agent.api_listen", "the TCP API needs agent.api_token_file (a bearer token)");
+            return self.err(
+                l.span(),
+                "agent.api_listen",
+                "the TCP API needs agent.api_token_file (a bearer token)",
+            );
         }
-        let ring_size = self.int(&a.ring_size, "agent.ring_size", lb_common::DEFAULT_RING_SIZE, 3, 1 << 24)?;
+        let ring_size = self.int(
+            &a.ring_size,
+            "agent.ring_size",
+            lb_common::DEFAULT_RING_SIZE,
+            3,
+            1 << 24,
+        )?;
         if !lb_common::maglev::valid_ring_size(ring_size)
             && let Some(r) = &a.ring_size
         {
-            return self.err(r.span(), "agent.ring_size", format!("{ring_size} is not prime (Maglev needs a prime table size, e.g. 65537)"));
+            return self.err(
+                r.span(),
+                "agent.ring_size",
+                format!("{ring_size} is not prime (Maglev needs a prime table size, e.g. 65537)"),
+            );
         }
         let agent = AgentConfig {
             interfaces: a.interfaces.clone(),
@@ -356,9 +426,21 @@ impl Validator<'_> {
             metrics,
             snat_v4,
             snat_v6,
-            flow_capacity: self.int(&a.flow_capacity, "agent.flow_capacity", lb_common::DEFAULT_MAX_FLOWS, MIN_FLOW_CAPACITY, 1 << 26)?,
+            flow_capacity: self.int(
+                &a.flow_capacity,
+                "agent.flow_capacity",
+                lb_common::DEFAULT_MAX_FLOWS,
+                MIN_FLOW_CAPACITY,
+                1 << 26,
+            )?,
             ring_size,
-            max_backends: self.int(&a.max_backends, "agent.max_backends", lb_common::DEFAULT_MAX_BACKENDS, 1, 1 << 20)?,
+            max_backends: self.int(
+                &a.max_backends,
+                "agent.max_backends",
+                lb_common::DEFAULT_MAX_BACKENDS,
+                1,
+                1 << 20,
+            )?,
         };
         let mut vips = Vec::new();
         let mut names = HashSet::new();
@@ -370,19 +452,41 @@ impl Validator<'_> {
             vips.push(vip);
         }
         if vips.len() as u32 > lb_common::DEFAULT_MAX_VIPS {
-            return Err(ConfigError { file: self.file.into(), line: 0, field: "vip".into(), message: format!("{} VIPs, at most {}", vips.len(), lb_common::DEFAULT_MAX_VIPS) });
+            return Err(ConfigError {
+                file: self.file.into(),
+                line: 0,
+                field: "vip".into(),
+                message: format!("{} VIPs, at most {}", vips.len(), lb_common::DEFAULT_MAX_VIPS),
+            });
         }
         // backend id 0 is reserved
         if backend_count >= agent.max_backends {
-            return Err(ConfigError { file: self.file.into(), line: 0, field: "agent.max_backends".into(), message: format!("{backend_count} backends configured, max_backends is {}", agent.max_backends) });
+            return Err(ConfigError {
+                file: self.file.into(),
+                line: 0,
+                field: "agent.max_backends".into(),
+                message: format!(
+                    "{backend_count} backends configured, max_backends is {}",
+                    agent.max_backends
+                ),
+            });
         }
         Ok(Config { agent, vips })
     }
 
-    fn vip(&self, v: RawVip, names: &mut HashSet<String>, keys: &mut HashSet<(SocketAddr, Protocol)>) -> Result<VipConfig, ConfigError> {
+    fn vip(
+        &self,
+        v: RawVip,
+        names: &mut HashSet<String>,
+        keys: &mut HashSet<(SocketAddr, Protocol)>,
+    ) -> Result<VipConfig, ConfigError> {
         let name = v.name.get_ref().clone();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return self.err(v.name.span(), "vip.name", format!("{name:?}: use letters, digits, '-', '_' or '.'"));
+            return self.err(
+                v.name.span(),
+                "vip.name",
+                format!("{name:?}: use letters, digits, '-', '_' or '.'"),
+            );
         }
         if !names.insert(name.clone()) {
             return self.err(v.name.span(), "vip.name", format!("duplicate VIP name {name:?}"));
@@ -391,21 +495,55 @@ impl Validator<'_> {
         let protocol = match v.protocol.as_ref().map(|p| p.get_ref().as_str()) {
             None | Some("tcp") => Protocol::Tcp,
             Some("udp") => Protocol::Udp,
-            Some(other) => return self.err(v.protocol.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.protocol", format!("{other:?}: expected \"tcp\" or \"udp\"")),
+            Some(other) => {
+                return self.err(
+                    v.protocol.as_ref().map(|p| p.span()).unwrap_or_default(),
+                    "vip.protocol",
+                    format!("{other:?}: expected \"tcp\" or \"udp\""),
+                );
+            }
         };
         if !keys.insert((address, protocol)) {
-            return self.err(v.address.span(), "vip.address", format!("{address} ({protocol:?}) is already another VIP"));
+            return self.err(
+                v.address.span(),
+                "vip.address",
+                format!("{address} ({protocol:?}) is already another VIP"),
+            );
         }
         let mode = match v.mode.as_ref().map(|m| m.get_ref().as_str()) {
             None | Some("nat") => Mode::Nat,
-            Some(m @ ("dsr" | "ipip")) => return self.err(v.mode.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.mode", format!("{m:?} is not supported yet; use \"nat\"")),
-            Some(other) => return self.err(v.mode.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.mode", format!("{other:?}: expected \"nat\", \"dsr\" or \"ipip\"")),
+            Some(m @ ("dsr" | "ipip")) => {
+                return self.err(
+                    v.mode.as_ref().map(|p| p.span()).unwrap_or_default(),
+                    "vip.mode",
+                    format!("{m:?} is not supported yet; use \"nat\""),
+                );
+            }
+            Some(other) => {
+                return self.err(
+                    v.mode.as_ref().map(|p| p.span()).unwrap_or_default(),
+                    "vip.mode",
+                    format!("{other:?}: expected \"nat\", \"dsr\" or \"ipip\""),
+                );
+            }
         };
         let scheduler = match v.scheduler.as_ref().map(|s| s.get_ref().as_str()) {
             None | Some("maglev") => Scheduler::Maglev,
             Some("source-hash") => Scheduler::SourceHash,
-            Some(s @ ("least-conn" | "round-robin")) => return self.err(v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.scheduler", format!("{s:?} is not supported yet; use \"maglev\" or \"source-hash\"")),
-            Some(other) => return self.err(v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(), "vip.scheduler", format!("{other:?}: expected \"maglev\", \"source-hash\", \"least-conn\" or \"round-robin\"")),
+            Some(s @ ("least-conn" | "round-robin")) => {
+                return self.err(
+                    v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(),
+                    "vip.scheduler",
+                    format!("{s:?} is not supported yet; use \"maglev\" or \"source-hash\""),
+                );
+            }
+            Some(other) => {
+                return self.err(
+                    v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(),
+                    "vip.scheduler",
+                    format!("{other:?}: expected \"maglev\", \"source-hash\", \"least-conn\" or \"round-robin\""),
+                );
+            }
         };
         let mut pools = Vec::new();
         let mut pool_names = HashSet::new();
@@ -413,16 +551,28 @@ impl Validator<'_> {
         for p in v.pools {
             let pname = p.name.get_ref().clone();
             if !pool_names.insert(pname.clone()) {
-                return self.err(p.name.span(), "vip.pool.name", format!("duplicate pool {pname:?} in VIP {name:?}"));
+                return self.err(
+                    p.name.span(),
+                    "vip.pool.name",
+                    format!("duplicate pool {pname:?} in VIP {name:?}"),
+                );
             }
             let mut backends = Vec::new();
             for b in p.backends {
                 let addr = self.socket_addr(&b.address, "vip.pool.backends.address")?;
                 if addr.is_ipv4() != address.is_ipv4() {
-                    return self.err(b.address.span(), "vip.pool.backends.address", format!("{addr} is not the VIP's address family ({address})"));
+                    return self.err(
+                        b.address.span(),
+                        "vip.pool.backends.address",
+                        format!("{addr} is not the VIP's address family ({address})"),
+                    );
                 }
                 if !seen_backends.insert(addr) {
-                    return self.err(b.address.span(), "vip.pool.backends.address", format!("{addr} appears twice in VIP {name:?}"));
+                    return self.err(
+                        b.address.span(),
+                        "vip.pool.backends.address",
+                        format!("{addr} appears twice in VIP {name:?}"),
+                    );
                 }
                 let weight = self.int(&b.weight, "vip.pool.backends.weight", DEFAULT_WEIGHT, 0, MAX_WEIGHT)?;
                 backends.push(BackendConfig { address: addr, weight });
@@ -431,17 +581,34 @@ impl Validator<'_> {
                 Some(h) => Some(self.health(h, "vip.pool.health")?),
                 None => None,
             };
-            pools.push(PoolConfig { name: pname, backends, health });
+            pools.push(PoolConfig {
+                name: pname,
+                backends,
+                health,
+            });
         }
         let active = v.active.get_ref().clone();
         if !pool_names.contains(&active) {
-            return self.err(v.active.span(), "vip.active", format!("no pool named {active:?} in VIP {name:?}"));
+            return self.err(
+                v.active.span(),
+                "vip.active",
+                format!("no pool named {active:?} in VIP {name:?}"),
+            );
         }
         let health = match &v.health {
             Some(h) => Some(self.health(h, "vip.health")?),
             None => None,
         };
-        Ok(VipConfig { name, address, protocol, mode, scheduler, active, health, pools })
+        Ok(VipConfig {
+            name,
+            address,
+            protocol,
+            mode,
+            scheduler,
+            active,
+            health,
+            pools,
+        })
     }
 }
 
@@ -520,15 +687,33 @@ backends = [ { address = "10.0.2.10:8080" } ]
         assert!(err(&two).message.contains("duplicate VIP name"));
         let same_addr = two.replacen("name = \"web\"", "name = \"web2\"", 1);
         assert!(err(&same_addr).message.contains("already another VIP"));
-        assert!(err(&GOOD.replace("mode = \"nat\"", "mode = \"dsr\"")).message.contains("not supported yet"));
+        assert!(
+            err(&GOOD.replace("mode = \"nat\"", "mode = \"dsr\""))
+                .message
+                .contains("not supported yet")
+        );
         assert!(err(&GOOD.replace("maglev", "fastest")).message.contains("expected"));
-        assert_eq!(err(&GOOD.replace("interfaces", "ring_size = 65536\ninterfaces")).field, "agent.ring_size");
+        assert_eq!(
+            err(&GOOD.replace("interfaces", "ring_size = 65536\ninterfaces")).field,
+            "agent.ring_size"
+        );
         assert!(err("[[vip]\n").line >= 1);
         assert!(err(&GOOD.replace(":80\"", ":0\"")).message.contains("port 0"));
         let e = err(&GOOD.replace("interval = \"1s\"", "interval = \"soon\""));
         assert_eq!((e.line, e.field.as_str()), (13, "vip.health.interval"), "{e}");
-        assert_eq!(err(&GOOD.replace("kind = \"http\"", "kind = \"ping\"")).field, "vip.health.kind");
-        assert!(err(&GOOD.replace("path = \"/healthz\"", "path = \"/h\", rise = 0")).message.contains("out of range"));
-        assert!(err(&GOOD.replace("path = \"/healthz\"", "path = \"/h\", expect = \"500-200\"")).field.ends_with("expect"));
+        assert_eq!(
+            err(&GOOD.replace("kind = \"http\"", "kind = \"ping\"")).field,
+            "vip.health.kind"
+        );
+        assert!(
+            err(&GOOD.replace("path = \"/healthz\"", "path = \"/h\", rise = 0"))
+                .message
+                .contains("out of range")
+        );
+        assert!(
+            err(&GOOD.replace("path = \"/healthz\"", "path = \"/h\", expect = \"500-200\""))
+                .field
+                .ends_with("expect")
+        );
     }
 }

@@ -14,7 +14,10 @@ use crate::{
 };
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Applies step `step` of the VIP's canary to `d` (split, or the final switch).
@@ -36,7 +39,11 @@ pub fn enter_step(d: &mut Desired, vip: &str, step: usize) {
             dep.previous_active = old;
         }
     } else {
-        dep.split = Some(Split { pool: c.pool.clone(), bp: (pct * 100.0).round() as u32, by: c.by });
+        dep.split = Some(Split {
+            pool: c.pool.clone(),
+            bp: (pct * 100.0).round() as u32,
+            by: c.by,
+        });
     }
 }
 
@@ -49,7 +56,9 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
             let mut next = c.desired.clone();
             let mut changed = Vec::new();
             for (vip, dep) in &c.desired.deploy {
-                let Some(can) = dep.canary.as_ref().filter(|k| k.outcome == CanaryOutcome::Running) else { continue };
+                let Some(can) = dep.canary.as_ref().filter(|k| k.outcome == CanaryOutcome::Running) else {
+                    continue;
+                };
                 let Some(v) = c.desired.vip(vip) else { continue };
                 let failing: Vec<String> = v
                     .pools
@@ -60,7 +69,12 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
                     .map(|b| b.address.to_string())
                     .collect();
                 if failing.len() as u32 > can.max_failing {
-                    let reason = format!("{} backend(s) of {} failing health checks: {}", failing.len(), can.pool, failing.join(", "));
+                    let reason = format!(
+                        "{} backend(s) of {} failing health checks: {}",
+                        failing.len(),
+                        can.pool,
+                        failing.join(", ")
+                    );
                     warn!(%vip, %reason, "canary rolled back to 0%");
                     if let Some(d) = next.deploy.get_mut(vip) {
                         d.split = None;

@@ -181,7 +181,9 @@ enum BackendAction {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -191,19 +193,36 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent { config, interfaces, xdp_mode } => {
+        Command::Agent {
+            config,
+            interfaces,
+            xdp_mode,
+        } => {
             init_logs(cli.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: tokio runtime: {e}");
                     return ExitCode::from(10);
                 }
             };
-            let socket = std::env::var_os("VEER_SOCKET").map(PathBuf::from).or_else(|| (cli.socket.as_os_str() != DEFAULT_SOCKET).then(|| cli.socket.clone()));
-            finish_agent(rt.block_on(agent::run(agent::Options { config, interfaces, socket, mode: xdp_mode })))
+            let socket = std::env::var_os("VEER_SOCKET")
+                .map(PathBuf::from)
+                .or_else(|| (cli.socket.as_os_str() != DEFAULT_SOCKET).then(|| cli.socket.clone()));
+            finish_agent(rt.block_on(agent::run(agent::Options {
+                config,
+                interfaces,
+                socket,
+                mode: xdp_mode,
+            })))
         }
-        Command::Check { config, interfaces } => finish_agent(agent::check(&config, &interfaces).map(|s| print!("{s}"))),
+        Command::Check { config, interfaces } => {
+            finish_agent(agent::check(&config, &interfaces).map(|s| print!("{s}")))
+        }
         command => match run_client(&cli.socket, cli.json, command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -233,36 +252,84 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
         Command::Status => (client::request(socket, "GET", "/v1/status", None)?, render_status),
         Command::Backend { action } => {
             let (path, body) = match action {
-                BackendAction::Set { vip, addr, what, value, dry_run } => {
+                BackendAction::Set {
+                    vip,
+                    addr,
+                    what,
+                    value,
+                    dry_run,
+                } => {
                     let body = match what.as_str() {
                         "weight" => {
-                            let w: i64 = value.parse().map_err(|_| ClientError::Rejected(format!("weight {value:?} is not a number")))?;
+                            let w: i64 = value
+                                .parse()
+                                .map_err(|_| ClientError::Rejected(format!("weight {value:?} is not a number")))?;
                             json!({ "vip": vip, "address": addr, "weight": w, "dry_run": dry_run })
                         }
                         "state" => {
                             if !["ready", "drain", "maint"].contains(&value.as_str()) {
-                                return Err(ClientError::Rejected(format!("state {value:?}: expected ready, drain or maint")));
+                                return Err(ClientError::Rejected(format!(
+                                    "state {value:?}: expected ready, drain or maint"
+                                )));
                             }
                             json!({ "vip": vip, "address": addr, "state": value, "dry_run": dry_run })
                         }
-                        other => return Err(ClientError::Rejected(format!("{other:?}: expected `weight N` or `state ready|drain|maint`"))),
+                        other => {
+                            return Err(ClientError::Rejected(format!(
+                                "{other:?}: expected `weight N` or `state ready|drain|maint`"
+                            )));
+                        }
                     };
                     ("/v1/backend/set", body)
                 }
-                BackendAction::Add { vip, pool, addr, weight, dry_run } => {
-                    ("/v1/backend/add", json!({ "vip": vip, "pool": pool, "address": addr, "weight": weight, "dry_run": dry_run }))
-                }
-                BackendAction::Del { vip, addr, dry_run } => ("/v1/backend/del", json!({ "vip": vip, "address": addr, "dry_run": dry_run })),
+                BackendAction::Add {
+                    vip,
+                    pool,
+                    addr,
+                    weight,
+                    dry_run,
+                } => (
+                    "/v1/backend/add",
+                    json!({ "vip": vip, "pool": pool, "address": addr, "weight": weight, "dry_run": dry_run }),
+                ),
+                BackendAction::Del { vip, addr, dry_run } => (
+                    "/v1/backend/del",
+                    json!({ "vip": vip, "address": addr, "dry_run": dry_run }),
+                ),
             };
             (client::request(socket, "POST", path, Some(&body))?, render_change)
         }
         Command::Apply { file, dry_run } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| ClientError::Rejected(format!("{}: {e}", file.display())))?;
-            (client::request(socket, "POST", "/v1/apply", Some(&json!({ "config": text, "dry_run": dry_run })))?, render_change)
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::Rejected(format!("{}: {e}", file.display())))?;
+            (
+                client::request(
+                    socket,
+                    "POST",
+                    "/v1/apply",
+                    Some(&json!({ "config": text, "dry_run": dry_run })),
+                )?,
+                render_change,
+            )
         }
-        Command::Switch { vip, pool, wait, drain_timeout, dry_run } => {
-            let timeout = parse_duration(&drain_timeout).ok_or_else(|| ClientError::Rejected(format!("--drain-timeout {drain_timeout:?}: expected e.g. 30s, 5m, 500ms")))?;
-            let answer = client::request(socket, "POST", "/v1/switch", Some(&json!({ "vip": vip, "pool": pool, "dry_run": dry_run })))?;
+        Command::Switch {
+            vip,
+            pool,
+            wait,
+            drain_timeout,
+            dry_run,
+        } => {
+            let timeout = veer::health::parse_duration(&drain_timeout).ok_or_else(|| {
+                ClientError::Rejected(format!(
+                    "--drain-timeout {drain_timeout:?}: expected e.g. 30s, 5m, 500ms"
+                ))
+            })?;
+            let answer = client::request(
+                socket,
+                "POST",
+                "/v1/switch",
+                Some(&json!({ "vip": vip, "pool": pool, "dry_run": dry_run })),
+            )?;
             if !wait || dry_run {
                 (answer, render_change)
             } else {
@@ -272,22 +339,65 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
                 let report = wait_for_drain(socket, &vip, timeout, json_out)?;
                 let left = report["live_flows_left"].as_u64().unwrap_or(0);
                 if json_out {
-                    println!("{}", serde_json::to_string_pretty(&json!({ "switch": answer, "drain": report })).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json!({ "switch": answer, "drain": report })).unwrap_or_default()
+                    );
                 }
                 if left > 0 {
-                    return Err(ClientError::TimedOut(format!("{left} live flows left on {} after {drain_timeout}", report["pool"].as_str().unwrap_or("?"))));
+                    return Err(ClientError::TimedOut(format!(
+                        "{left} live flows left on {} after {drain_timeout}",
+                        report["pool"].as_str().unwrap_or("?")
+                    )));
                 }
                 return Ok(());
             }
         }
-        Command::Split { vip, pool, percent, by, dry_run } => {
-            let pct: f64 = percent.trim_end_matches('%').parse().map_err(|_| ClientError::Rejected(format!("{percent:?} is not a percentage (10% or 10)")))?;
-            (client::request(socket, "POST", "/v1/split", Some(&json!({ "vip": vip, "pool": pool, "percent": pct, "by": by, "dry_run": dry_run })))?, render_change)
+        Command::Split {
+            vip,
+            pool,
+            percent,
+            by,
+            dry_run,
+        } => {
+            let pct: f64 = percent
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| ClientError::Rejected(format!("{percent:?} is not a percentage (10% or 10)")))?;
+            (
+                client::request(
+                    socket,
+                    "POST",
+                    "/v1/split",
+                    Some(&json!({ "vip": vip, "pool": pool, "percent": pct, "by": by, "dry_run": dry_run })),
+                )?,
+                render_change,
+            )
         }
-        Command::Ab { vip, pool, cidrs, dry_run } => {
-            (client::request(socket, "POST", "/v1/ab", Some(&json!({ "vip": vip, "pool": pool, "cidrs": cidrs, "dry_run": dry_run })))?, render_change)
-        }
-        Command::Canary { vip, pool, steps, interval, max_failing, by, wait, dry_run } => {
+        Command::Ab {
+            vip,
+            pool,
+            cidrs,
+            dry_run,
+        } => (
+            client::request(
+                socket,
+                "POST",
+                "/v1/ab",
+                Some(&json!({ "vip": vip, "pool": pool, "cidrs": cidrs, "dry_run": dry_run })),
+            )?,
+            render_change,
+        ),
+        Command::Canary {
+            vip,
+            pool,
+            steps,
+            interval,
+            max_failing,
+            by,
+            wait,
+            dry_run,
+        } => {
             let body = json!({ "vip": vip, "pool": pool, "steps": steps, "interval": interval, "max_failing": max_failing, "by": by, "dry_run": dry_run });
             let answer = client::request(socket, "POST", "/v1/canary", Some(&body))?;
             if !wait || dry_run {
@@ -302,20 +412,51 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
                 }
                 return match canary["outcome"]["state"].as_str() {
                     Some("done") => Ok(()),
-                    Some("rolled_back") => Err(ClientError::RolledBack(canary["outcome"]["reason"].as_str().unwrap_or("").to_string())),
+                    Some("rolled_back") => Err(ClientError::RolledBack(
+                        canary["outcome"]["reason"].as_str().unwrap_or("").to_string(),
+                    )),
                     _ => Err(ClientError::Rejected(format!("canary ended unexpectedly: {canary}"))),
                 };
             }
         }
-        Command::Rollout { vip, pool, exec, batch, wait: _, drain_timeout, healthy_timeout } => {
-            let dt = parse_duration(&drain_timeout).ok_or_else(|| ClientError::Rejected(format!("--drain-timeout {drain_timeout:?}")))?;
-            let ht = parse_duration(&healthy_timeout).ok_or_else(|| ClientError::Rejected(format!("--healthy-timeout {healthy_timeout:?}")))?;
+        Command::Rollout {
+            vip,
+            pool,
+            exec,
+            batch,
+            wait: _,
+            drain_timeout,
+            healthy_timeout,
+        } => {
+            let dt = veer::health::parse_duration(&drain_timeout)
+                .ok_or_else(|| ClientError::Rejected(format!("--drain-timeout {drain_timeout:?}")))?;
+            let ht = veer::health::parse_duration(&healthy_timeout)
+                .ok_or_else(|| ClientError::Rejected(format!("--healthy-timeout {healthy_timeout:?}")))?;
             let report = rollout(socket, &vip, &pool, &exec, batch.max(1), dt, ht, json_out)?;
-            (report, |r: &Value| format!("rolled out {} backends\n", r["done"].as_array().map(|a| a.len()).unwrap_or(0)))
+            (report, |r: &Value| {
+                format!(
+                    "rolled out {} backends\n",
+                    r["done"].as_array().map(|a| a.len()).unwrap_or(0)
+                )
+            })
         }
-        Command::Rollback { vip, dry_run } => (client::request(socket, "POST", "/v1/rollback", Some(&json!({ "vip": vip, "dry_run": dry_run })))?, render_change),
-        Command::Flows { vip, limit } => (client::request(socket, "GET", &format!("/v1/flows/{vip}?limit={limit}"), None)?, render_flows),
-        Command::Trace { vip, src } => (client::request(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None)?, render_trace),
+        Command::Rollback { vip, dry_run } => (
+            client::request(
+                socket,
+                "POST",
+                "/v1/rollback",
+                Some(&json!({ "vip": vip, "dry_run": dry_run })),
+            )?,
+            render_change,
+        ),
+        Command::Flows { vip, limit } => (
+            client::request(socket, "GET", &format!("/v1/flows/{vip}?limit={limit}"), None)?,
+            render_flows,
+        ),
+        Command::Trace { vip, src } => (
+            client::request(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None)?,
+            render_trace,
+        ),
         Command::Agent { .. } | Command::Check { .. } => unreachable!("handled in main"),
     };
     if json_out {
@@ -326,24 +467,14 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
     Ok(())
 }
 
-/// `30s`, `5m`, `500ms`, `1h`, or plain seconds.
-fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Some(std::time::Duration::from_secs_f64(secs))
-}
-
 /// Polls the old pool's live flows until they reach 0 or `timeout`; a progress bar on a
 /// terminal, nothing in --json mode.
-fn wait_for_drain(socket: &std::path::Path, vip: &str, timeout: std::time::Duration, quiet: bool) -> Result<Value, ClientError> {
+fn wait_for_drain(
+    socket: &std::path::Path,
+    vip: &str,
+    timeout: std::time::Duration,
+    quiet: bool,
+) -> Result<Value, ClientError> {
     let start = std::time::Instant::now();
     let pool_live = |status: &Value| -> Option<(String, u64)> {
         let v = status["vips"].as_array()?.iter().find(|v| v["name"] == vip)?;
@@ -352,8 +483,13 @@ fn wait_for_drain(socket: &std::path::Path, vip: &str, timeout: std::time::Durat
         Some((prev, p["counters"]["live_flows"].as_u64().unwrap_or(0)))
     };
     let first = client::request(socket, "GET", "/v1/status", None)?;
-    let (pool, initial) = pool_live(&first).ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no draining pool")))?;
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(initial) };
+    let (pool, initial) =
+        pool_live(&first).ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no draining pool")))?;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(initial)
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("draining {msg} [{bar:30}] {pos}/{len} flows closed, {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -375,14 +511,22 @@ fn wait_for_drain(socket: &std::path::Path, vip: &str, timeout: std::time::Durat
 
 /// Follows a canary until it is done or rolled back; a step progress bar on a terminal.
 fn wait_for_canary(socket: &std::path::Path, vip: &str, quiet: bool) -> Result<Value, ClientError> {
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("canary {msg} [{bar:30}] step {pos}/{len} {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
         let status = client::request(socket, "GET", "/v1/status", None)?;
-        let c = status["vips"].as_array().and_then(|v| v.iter().find(|v| v["name"] == vip)).map(|v| v["canary"].clone()).unwrap_or(Value::Null);
+        let c = status["vips"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == vip))
+            .map(|v| v["canary"].clone())
+            .unwrap_or(Value::Null);
         if c.is_null() {
             return Err(ClientError::Rejected(format!("VIP {vip:?} has no canary")));
         }
@@ -402,7 +546,13 @@ fn backend_view(status: &Value, vip: &str, addr: &str) -> Value {
         .as_array()
         .and_then(|v| v.iter().find(|v| v["name"] == vip))
         .and_then(|v| v["pools"].as_array())
-        .and_then(|pools| pools.iter().flat_map(|p| p["backends"].as_array().into_iter().flatten()).find(|b| b["address"] == addr).cloned())
+        .and_then(|pools| {
+            pools
+                .iter()
+                .flat_map(|p| p["backends"].as_array().into_iter().flatten())
+                .find(|b| b["address"] == addr)
+                .cloned()
+        })
         .unwrap_or(Value::Null)
 }
 
@@ -419,7 +569,10 @@ fn rollout(
     quiet: bool,
 ) -> Result<Value, ClientError> {
     let status = client::request(socket, "GET", "/v1/status", None)?;
-    let v = status["vips"].as_array().and_then(|v| v.iter().find(|v| v["name"] == vip)).ok_or_else(|| ClientError::Rejected(format!("unknown VIP {vip:?}")))?;
+    let v = status["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == vip))
+        .ok_or_else(|| ClientError::Rejected(format!("unknown VIP {vip:?}")))?;
     let addrs: Vec<String> = v["pools"]
         .as_array()
         .and_then(|p| p.iter().find(|p| p["name"] == pool))
@@ -429,9 +582,20 @@ fn rollout(
         .flatten()
         .filter_map(|b| b["address"].as_str().map(String::from))
         .collect();
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(addrs.len() as u64) };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(addrs.len() as u64)
+    };
     let mut done = Vec::new();
-    let set_state = |addr: &str, state: &str| client::request(socket, "POST", "/v1/backend/set", Some(&json!({ "vip": vip, "address": addr, "state": state })));
+    let set_state = |addr: &str, state: &str| {
+        client::request(
+            socket,
+            "POST",
+            "/v1/backend/set",
+            Some(&json!({ "vip": vip, "address": addr, "state": state })),
+        )
+    };
     for group in addrs.chunks(batch) {
         bar.set_message(format!("draining {}", group.join(", ")));
         for a in group {
@@ -440,19 +604,29 @@ fn rollout(
         let start = std::time::Instant::now();
         loop {
             let s = client::request(socket, "GET", "/v1/status", None)?;
-            let live: u64 = group.iter().map(|a| backend_view(&s, vip, a)["counters"]["live_flows"].as_u64().unwrap_or(0)).sum();
+            let live: u64 = group
+                .iter()
+                .map(|a| backend_view(&s, vip, a)["counters"]["live_flows"].as_u64().unwrap_or(0))
+                .sum();
             if live == 0 {
                 break;
             }
             if start.elapsed() > drain_timeout {
-                return Err(ClientError::TimedOut(format!("{live} live flows left on {} (rolled out so far: {done:?})", group.join(", "))));
+                return Err(ClientError::TimedOut(format!(
+                    "{live} live flows left on {} (rolled out so far: {done:?})",
+                    group.join(", ")
+                )));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         for a in group {
             bar.set_message(format!("running the hook for {a}"));
             let cmd = exec.replace("{addr}", a);
-            let out = std::process::Command::new("sh").arg("-c").arg(&cmd).output().map_err(|e| ClientError::Rejected(format!("run {cmd:?}: {e}")))?;
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .map_err(|e| ClientError::Rejected(format!("run {cmd:?}: {e}")))?;
             if !out.status.success() {
                 return Err(ClientError::Rejected(format!(
                     "hook {cmd:?} failed ({}): {}; {a} stays drained, the rest untouched (rolled out so far: {done:?})",
@@ -467,12 +641,20 @@ fn rollout(
         let start = std::time::Instant::now();
         loop {
             let s = client::request(socket, "GET", "/v1/status", None)?;
-            let healthy = group.iter().all(|a| matches!(backend_view(&s, vip, a)["health"].as_str(), Some("up") | Some("unchecked")));
+            let healthy = group.iter().all(|a| {
+                matches!(
+                    backend_view(&s, vip, a)["health"].as_str(),
+                    Some("up") | Some("unchecked")
+                )
+            });
             if healthy {
                 break;
             }
             if start.elapsed() > healthy_timeout {
-                return Err(ClientError::Rejected(format!("{} never became healthy; the rest untouched (rolled out so far: {done:?})", group.join(", "))));
+                return Err(ClientError::Rejected(format!(
+                    "{} never became healthy; the rest untouched (rolled out so far: {done:?})",
+                    group.join(", ")
+                )));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -493,12 +675,25 @@ fn render_status(s: &Value) -> String {
             v["address"].as_str().unwrap_or(""),
             v["protocol"].as_str().unwrap_or(""),
             v["active"].as_str().unwrap_or(""),
-            if v["split"].is_null() { "-".to_string() } else { format!("{}%->{}", v["split"]["percent"], v["split"]["pool"].as_str().unwrap_or("")) },
+            if v["split"].is_null() {
+                "-".to_string()
+            } else {
+                format!(
+                    "{}%->{}",
+                    v["split"]["percent"],
+                    v["split"]["pool"].as_str().unwrap_or("")
+                )
+            },
             c["packets"],
             c["live_flows"]
         ));
         for p in v["pools"].as_array().into_iter().flatten() {
-            out.push_str(&format!("  pool {} ({}) live_flows={}\n", p["name"].as_str().unwrap_or(""), p["role"].as_str().unwrap_or(""), p["counters"]["live_flows"]));
+            out.push_str(&format!(
+                "  pool {} ({}) live_flows={}\n",
+                p["name"].as_str().unwrap_or(""),
+                p["role"].as_str().unwrap_or(""),
+                p["counters"]["live_flows"]
+            ));
             for b in p["backends"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "    {:<24} weight={:<5} admin={:<5} health={:<9} state={:<5} live_flows={:<6} packets={}\n",
@@ -522,9 +717,16 @@ fn render_change(c: &Value) -> String {
         out.push_str(&format!("{}\n", line.as_str().unwrap_or("")));
     }
     for (vip, pct) in c["moved_pct"].as_object().into_iter().flatten() {
-        out.push_str(&format!("{vip}: {:.2}% of new-flow hash space moves\n", pct.as_f64().unwrap_or(0.0)));
+        out.push_str(&format!(
+            "{vip}: {:.2}% of new-flow hash space moves\n",
+            pct.as_f64().unwrap_or(0.0)
+        ));
     }
-    out.push_str(if c["applied"] == true { "applied\n" } else { "dry run: nothing changed\n" });
+    out.push_str(if c["applied"] == true {
+        "applied\n"
+    } else {
+        "dry run: nothing changed\n"
+    });
     out
 }
 
@@ -544,7 +746,11 @@ fn render_flows(f: &Value) -> String {
 
 fn render_trace(t: &Value) -> String {
     if t["existing_flow"] == true {
-        format!("{} -> {} (existing flow)\n", t["source"].as_str().unwrap_or(""), t["backend"].as_str().unwrap_or("?"))
+        format!(
+            "{} -> {} (existing flow)\n",
+            t["source"].as_str().unwrap_or(""),
+            t["backend"].as_str().unwrap_or("?")
+        )
     } else {
         format!(
             "{} -> {} (new flow: pool {}, slot {})\n",

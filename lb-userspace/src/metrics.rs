@@ -21,7 +21,10 @@ pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle
 
 async fn metrics(State(core): State<Shared>) -> impl IntoResponse {
     let text = render(&*core.lock().await);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
 }
 
 fn esc(s: &str) -> String {
@@ -37,8 +40,18 @@ struct Family {
 }
 
 pub fn render(core: &Core) -> String {
-    let counter = |name, help| Family { name, help, kind: "counter", samples: Vec::new() };
-    let gauge = |name, help| Family { name, help, kind: "gauge", samples: Vec::new() };
+    let counter = |name, help| Family {
+        name,
+        help,
+        kind: "counter",
+        samples: Vec::new(),
+    };
+    let gauge = |name, help| Family {
+        name,
+        help,
+        kind: "gauge",
+        samples: Vec::new(),
+    };
     let mut vip_f = [
         counter("veer_vip_packets_total", "Client-to-backend packets to the VIP."),
         counter("veer_vip_bytes_total", "Client-to-backend IP bytes to the VIP."),
@@ -54,24 +67,58 @@ pub fn render(core: &Core) -> String {
         counter("veer_backend_resets_total", "TCP resets sent by the backend."),
         counter("veer_backend_answered_flows_total", "New flows the backend answered."),
         gauge("veer_backend_weight", "Configured weight."),
-        gauge("veer_backend_up", "1 if the backend takes new flows (admin ready, weight > 0, healthy)."),
-        gauge("veer_backend_health_up", "1 if health checks find the backend up (or it is not checked)."),
+        gauge(
+            "veer_backend_up",
+            "1 if the backend takes new flows (admin ready, weight > 0, healthy).",
+        ),
+        gauge(
+            "veer_backend_health_up",
+            "1 if health checks find the backend up (or it is not checked).",
+        ),
     ];
     for v in &core.desired.config.vips {
-        let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else { continue };
+        let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else {
+            continue;
+        };
         let c = core.dp.vip_counters(vid).unwrap_or_default();
         let l = format!("vip=\"{}\"", esc(&v.name));
-        for (f, val) in vip_f.iter_mut().zip([c.packets, c.bytes, c.new_flows, c.live_flows(), c.reply_packets]) {
+        for (f, val) in vip_f
+            .iter_mut()
+            .zip([c.packets, c.bytes, c.new_flows, c.live_flows(), c.reply_packets])
+        {
             f.samples.push((l.clone(), val));
         }
         for p in &v.pools {
             for b in &p.backends {
-                let Some(&id) = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)) else { continue };
+                let Some(&id) = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)) else {
+                    continue;
+                };
                 let c = core.dp.backend_counters(id).unwrap_or_default();
-                let up = core.reconciler.backend(id).is_some_and(|b| b.state == lb_common::BACKEND_READY) as u64;
-                let l = format!("vip=\"{}\",pool=\"{}\",backend=\"{}\"", esc(&v.name), esc(&p.name), b.address);
-                let healthy = core.health.get(&backend_key(&v.name, b.address)).is_none_or(|h| h.state.up) as u64;
-                let vals = [c.packets, c.bytes, c.new_flows, c.live_flows(), c.backend_resets, c.answered_flows, b.weight as u64, up, healthy];
+                let up = core
+                    .reconciler
+                    .backend(id)
+                    .is_some_and(|b| b.state == lb_common::BACKEND_READY) as u64;
+                let l = format!(
+                    "vip=\"{}\",pool=\"{}\",backend=\"{}\"",
+                    esc(&v.name),
+                    esc(&p.name),
+                    b.address
+                );
+                let healthy = core
+                    .health
+                    .get(&backend_key(&v.name, b.address))
+                    .is_none_or(|h| h.state.up) as u64;
+                let vals = [
+                    c.packets,
+                    c.bytes,
+                    c.new_flows,
+                    c.live_flows(),
+                    c.backend_resets,
+                    c.answered_flows,
+                    b.weight as u64,
+                    up,
+                    healthy,
+                ];
                 for (f, val) in be_f.iter_mut().zip(vals) {
                     f.samples.push((l.clone(), val));
                 }
@@ -89,7 +136,10 @@ pub fn render(core: &Core) -> String {
             let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
         }
     }
-    let _ = writeln!(out, "# HELP veer_build_info Build information.\n# TYPE veer_build_info gauge");
+    let _ = writeln!(
+        out,
+        "# HELP veer_build_info Build information.\n# TYPE veer_build_info gauge"
+    );
     let _ = writeln!(out, "veer_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
     out
 }

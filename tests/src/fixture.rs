@@ -17,9 +17,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    BACKEND_READY, Backend, Config, Counters, MAP_VIP_STATS, FAMILY_V4, FAMILY_V6, FlowKey, MAP_BACKENDS, MAP_CONFIG,
-    MAP_FLOWS, MAP_NAT_REV, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIPS,
-    PROG_BALANCER, PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey,
+    BACKEND_READY, Backend, Config, Counters, FAMILY_V4, FAMILY_V6, FlowKey, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
+    MAP_NAT_REV, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, PROG_BALANCER,
+    PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey,
     hash::table_slot,
     maglev::{TableBackend, build_table},
     vip_filter_slot,
@@ -66,8 +66,15 @@ pub fn addr_be(ip: IpAddr) -> [u32; 4] {
 }
 
 pub fn run_cmd(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("failed to run {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("failed to run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A network namespace deleted on drop.
@@ -130,13 +137,36 @@ impl Fixture {
     pub fn new(flow_capacity: u32) -> Self {
         let ns = Netns::new();
         let n = ns.0.as_str();
-        run_cmd(&["ip", "-n", n, "link", "add", "fx0", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "fx1"]);
+        run_cmd(&[
+            "ip",
+            "-n",
+            n,
+            "link",
+            "add",
+            "fx0",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fx1",
+        ]);
         for dev in ["lo", "fx0", "fx1"] {
             run_cmd(&["ip", "-n", n, "link", "set", "dev", dev, "up"]);
         }
         run_cmd(&["ip", "-n", n, "addr", "add", "10.9.0.1/24", "dev", "fx0"]);
         run_cmd(&["ip", "-n", n, "addr", "add", "fd09::1/64", "dev", "fx0", "nodad"]);
-        run_cmd(&["ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+        run_cmd(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
         let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         let mut neighbours: Vec<(IpAddr, [u8; 6])> = vec![(CLIENT4.into(), CLIENT_MAC), (CLIENT6.into(), CLIENT_MAC)];
         for i in 1..=3 {
@@ -144,7 +174,20 @@ impl Fixture {
             neighbours.push((backend6(i).into(), backend_mac(i)));
         }
         for (ip, m) in neighbours {
-            run_cmd(&["ip", "-n", n, "neigh", "replace", &ip.to_string(), "lladdr", &mac(m), "dev", "fx0", "nud", "permanent"]);
+            run_cmd(&[
+                "ip",
+                "-n",
+                n,
+                "neigh",
+                "replace",
+                &ip.to_string(),
+                "lladdr",
+                &mac(m),
+                "dev",
+                "fx0",
+                "nud",
+                "permanent",
+            ]);
         }
         ns.enter_this_thread();
         let ifindex = nix_ifindex("fx0");
@@ -154,19 +197,42 @@ impl Fixture {
             .map_max_entries(MAP_NAT_REV, flow_capacity)
             .load(veer::dataplane::BALANCER_OBJECT)
             .expect("load balancer object");
-        let mut fx = Fixture { ebpf, ns, ifindex, tables: Default::default() };
-        let prog: &mut Xdp = fx.ebpf.program_mut(PROG_BALANCER).expect("program").try_into().expect("xdp");
+        let mut fx = Fixture {
+            ebpf,
+            ns,
+            ifindex,
+            tables: Default::default(),
+        };
+        let prog: &mut Xdp = fx
+            .ebpf
+            .program_mut(PROG_BALANCER)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
         prog.load().expect("verifier accepts the balancer");
         fx.configure();
         fx
     }
 
     pub fn configure(&mut self) {
-        let cfg = Config { snat_v4_be: addr_be(SNAT4.into())[0], ring_size: M, snat_v6_be: addr_be(SNAT6.into()) };
-        Array::<_, Config>::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap()).unwrap().set(0, cfg, 0).unwrap();
+        let cfg = Config {
+            snat_v4_be: addr_be(SNAT4.into())[0],
+            ring_size: M,
+            snat_v6_be: addr_be(SNAT6.into()),
+        };
+        Array::<_, Config>::try_from(self.ebpf.map_mut(MAP_CONFIG).unwrap())
+            .unwrap()
+            .set(0, cfg, 0)
+            .unwrap();
         let mut tx: DevMapHash<_> = self.ebpf.map_mut(MAP_TX_PORTS).unwrap().try_into().unwrap();
         tx.insert(self.ifindex, self.ifindex, None, 0).unwrap();
-        for a in [IpAddr::from(SNAT4), SNAT6.into(), VIP4.into(), VIP6.into(), EMPTY_VIP4.into()] {
+        for a in [
+            IpAddr::from(SNAT4),
+            SNAT6.into(),
+            VIP4.into(),
+            VIP6.into(),
+            EMPTY_VIP4.into(),
+        ] {
             self.filter(a);
         }
         let pools = [
@@ -177,20 +243,41 @@ impl Fixture {
         ];
         for (vip_id, vip, proto, v6, port) in pools {
             let backend = |i: u8| -> SocketAddr {
-                if v6 { SocketAddr::new(backend6(i).into(), port) } else { SocketAddr::new(backend4(i).into(), port) }
+                if v6 {
+                    SocketAddr::new(backend6(i).into(), port)
+                } else {
+                    SocketAddr::new(backend4(i).into(), port)
+                }
             };
             let pool = Pool {
                 table: vip_id + 1,
-                backends: (1..=3u8).map(|i| (vip_id * 3 + i as u32, backend(i), [1, 1, 2][i as usize - 1])).collect(),
+                backends: (1..=3u8)
+                    .map(|i| (vip_id * 3 + i as u32, backend(i), [1, 1, 2][i as usize - 1]))
+                    .collect(),
             };
             for &(id, addr, _) in &pool.backends {
                 self.set_backend(id, addr, vip_id, BACKEND_READY);
             }
             self.write_table(&pool);
-            self.set_vip(vip, proto, VipInfo { vip_id, table_current: pool.table, ..Default::default() });
+            self.set_vip(
+                vip,
+                proto,
+                VipInfo {
+                    vip_id,
+                    table_current: pool.table,
+                    ..Default::default()
+                },
+            );
         }
         // A VIP whose active pool is empty (table 0).
-        self.set_vip(SocketAddr::new(EMPTY_VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 4, ..Default::default() });
+        self.set_vip(
+            SocketAddr::new(EMPTY_VIP4.into(), 80),
+            PROTO_TCP,
+            VipInfo {
+                vip_id: 4,
+                ..Default::default()
+            },
+        );
     }
 
     pub fn filter(&mut self, a: IpAddr) {
@@ -202,15 +289,29 @@ impl Fixture {
 
     pub fn set_backend(&mut self, id: u32, addr: SocketAddr, vip_id: u32, state: u8) {
         let family = if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
-        let b = Backend { addr_be: addr_be(addr.ip()), port_be: addr.port().to_be(), family, state, vip_id };
-        Array::<_, Backend>::try_from(self.ebpf.map_mut(MAP_BACKENDS).unwrap()).unwrap().set(id, b, 0).unwrap();
+        let b = Backend {
+            addr_be: addr_be(addr.ip()),
+            port_be: addr.port().to_be(),
+            family,
+            state,
+            vip_id,
+        };
+        Array::<_, Backend>::try_from(self.ebpf.map_mut(MAP_BACKENDS).unwrap())
+            .unwrap()
+            .set(id, b, 0)
+            .unwrap();
     }
 
     pub fn write_table(&mut self, pool: &Pool) {
         let tb: Vec<TableBackend> = pool
             .backends
             .iter()
-            .map(|&(id, a, weight)| TableBackend { id, addr_be: addr_be(a.ip()), port_be: a.port().to_be(), weight })
+            .map(|&(id, a, weight)| TableBackend {
+                id,
+                addr_be: addr_be(a.ip()),
+                port_be: a.port().to_be(),
+                weight,
+            })
             .collect();
         let previous = self.tables.get(&pool.table).cloned();
         let table = build_table(&tb, M, previous.as_deref());
@@ -223,7 +324,12 @@ impl Fixture {
 
     pub fn set_vip(&mut self, vip: SocketAddr, proto: u8, info: VipInfo) {
         let family = if vip.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
-        let key = VipKey { addr_be: addr_be(vip.ip()), port_be: vip.port().to_be(), proto, family };
+        let key = VipKey {
+            addr_be: addr_be(vip.ip()),
+            port_be: vip.port().to_be(),
+            proto,
+            family,
+        };
         let mut m: HashMap<_, VipKey, VipInfo> = self.ebpf.map_mut(MAP_VIPS).unwrap().try_into().unwrap();
         m.insert(key, info, 0).unwrap();
     }
@@ -245,7 +351,10 @@ impl Fixture {
 
     fn counters(&self, map: &str, index: u32) -> Counters {
         let m: PerCpuArray<_, Counters> = self.ebpf.map(map).unwrap().try_into().unwrap();
-        m.get(&index, 0).unwrap().iter().fold(Counters::default(), |a, c| a.add(*c))
+        m.get(&index, 0)
+            .unwrap()
+            .iter()
+            .fold(Counters::default(), |a, c| a.add(*c))
     }
 
     pub fn reason(&self, r: Reason) -> u64 {
@@ -303,9 +412,12 @@ pub fn flow_key(spec: &Spec) -> FlowKey {
         dst_be: addr_be(spec.dst),
         sport_be: spec.sport.to_be(),
         dport_be: spec.dport.to_be(),
-        proto: if matches!(spec.l4, L4::Udp) { PROTO_UDP } else { PROTO_TCP },
+        proto: if matches!(spec.l4, L4::Udp) {
+            PROTO_UDP
+        } else {
+            PROTO_TCP
+        },
         family: if spec.src.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
         _pad: [0; 2],
     }
 }
-

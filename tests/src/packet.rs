@@ -4,14 +4,17 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetHeaders, PacketBuilder, PacketHeaders,
-    TransportHeader, VlanId,
+    IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader, VlanId,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {
     /// TCP with flags (syn, ack) and sequence number.
-    Tcp { syn: bool, ack: bool, seq: u32 },
+    Tcp {
+        syn: bool,
+        ack: bool,
+        seq: u32,
+    },
     Udp,
 }
 
@@ -43,7 +46,11 @@ impl Spec {
             dst: dst.0,
             sport: src.1,
             dport: dst.1,
-            l4: L4::Tcp { syn: true, ack: false, seq: 1000 },
+            l4: L4::Tcp {
+                syn: true,
+                ack: false,
+                seq: 1000,
+            },
             ipv4_options: Vec::new(),
             more_fragments: false,
             fragment_offset: 0,
@@ -52,7 +59,11 @@ impl Spec {
     }
 
     pub fn udp(src: (IpAddr, u16), dst: (IpAddr, u16), payload: &[u8]) -> Self {
-        Spec { l4: L4::Udp, payload: payload.to_vec(), ..Spec::tcp_syn(src, dst) }
+        Spec {
+            l4: L4::Udp,
+            payload: payload.to_vec(),
+            ..Spec::tcp_syn(src, dst)
+        }
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -99,7 +110,10 @@ impl Spec {
                 }
                 b.write(&mut out, &self.payload).expect("write tcp");
             }
-            L4::Udp => ip.udp(self.sport, self.dport).write(&mut out, &self.payload).expect("write udp"),
+            L4::Udp => ip
+                .udp(self.sport, self.dport)
+                .write(&mut out, &self.payload)
+                .expect("write udp"),
         }
         out
     }
@@ -113,22 +127,42 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     match (&h.net, &h.transport) {
         (Some(NetHeaders::Ipv4(ip, _)), Some(t)) => {
             if ip.header_checksum != ip.calc_header_checksum() {
-                return Err(format!("ipv4 header checksum {:#06x} != {:#06x}", ip.header_checksum, ip.calc_header_checksum()));
+                return Err(format!(
+                    "ipv4 header checksum {:#06x} != {:#06x}",
+                    ip.header_checksum,
+                    ip.calc_header_checksum()
+                ));
             }
             let (stored, want) = match t {
-                TransportHeader::Tcp(tcp) => (tcp.checksum, tcp.calc_checksum_ipv4(ip, payload).map_err(|e| e.to_string())?),
-                TransportHeader::Udp(udp) => (udp.checksum, udp.calc_checksum_ipv4(ip, payload).map_err(|e| e.to_string())?),
+                TransportHeader::Tcp(tcp) => (
+                    tcp.checksum,
+                    tcp.calc_checksum_ipv4(ip, payload).map_err(|e| e.to_string())?,
+                ),
+                TransportHeader::Udp(udp) => (
+                    udp.checksum,
+                    udp.calc_checksum_ipv4(ip, payload).map_err(|e| e.to_string())?,
+                ),
                 _ => return Err("not tcp/udp".into()),
             };
-            (stored == want).then_some(()).ok_or(format!("l4 checksum {stored:#06x} != {want:#06x}"))
+            (stored == want)
+                .then_some(())
+                .ok_or(format!("l4 checksum {stored:#06x} != {want:#06x}"))
         }
         (Some(NetHeaders::Ipv6(ip, _)), Some(t)) => {
             let (stored, want) = match t {
-                TransportHeader::Tcp(tcp) => (tcp.checksum, tcp.calc_checksum_ipv6(ip, payload).map_err(|e| e.to_string())?),
-                TransportHeader::Udp(udp) => (udp.checksum, udp.calc_checksum_ipv6(ip, payload).map_err(|e| e.to_string())?),
+                TransportHeader::Tcp(tcp) => (
+                    tcp.checksum,
+                    tcp.calc_checksum_ipv6(ip, payload).map_err(|e| e.to_string())?,
+                ),
+                TransportHeader::Udp(udp) => (
+                    udp.checksum,
+                    udp.calc_checksum_ipv6(ip, payload).map_err(|e| e.to_string())?,
+                ),
                 _ => return Err("not tcp/udp".into()),
             };
-            (stored == want).then_some(()).ok_or(format!("l4 checksum {stored:#06x} != {want:#06x}"))
+            (stored == want)
+                .then_some(())
+                .ok_or(format!("l4 checksum {stored:#06x} != {want:#06x}"))
         }
         _ => Err("no ip/transport headers".into()),
     }

@@ -20,7 +20,10 @@ fn lab() -> Option<Lab> {
         eprintln!("skipped: the lab needs root (network namespaces, XDP)");
         return None;
     }
-    let mut lab = Lab::new(&LabOptions { weights: WEIGHTS.to_vec() }).expect("build the lab");
+    let mut lab = Lab::new(&LabOptions {
+        weights: WEIGHTS.to_vec(),
+    })
+    .expect("build the lab");
     let config = lab.write_config(&WEIGHTS).expect("write config");
     lab.start_agent(&config).expect("start the agent");
     lab.wait_for_vip(vip()).expect("VIP answers");
@@ -43,7 +46,15 @@ fn veer_ok(lab: &Lab, args: &[&str]) -> String {
 
 fn assert_no_failures(lab: &Lab, what: &str, o: &Outcome) {
     assert!(o.ok > 0, "{what}: no request went through");
-    assert_eq!(o.failed, 0, "{what}: {} of {} failed: {:?}\nagent log:\n{}", o.failed, o.ok + o.failed, o.errors, lab.agent_log());
+    assert_eq!(
+        o.failed,
+        0,
+        "{what}: {} of {} failed: {:?}\nagent log:\n{}",
+        o.failed,
+        o.ok + o.failed,
+        o.errors,
+        lab.agent_log()
+    );
 }
 
 #[test]
@@ -62,7 +73,11 @@ fn weight_changes_shift_new_connections_to_the_new_weights_under_load() {
     let s = shares(&after);
     for (i, want) in [50.0, 25.0, 25.0].into_iter().enumerate() {
         let got = s.get(&backend_name(i)).map(|x| x.1).unwrap_or(0.0);
-        assert!((got - want).abs() <= 5.0, "{} got {got:.1}%, want {want}% ± 5: {s:?}", backend_name(i));
+        assert!(
+            (got - want).abs() <= 5.0,
+            "{} got {got:.1}%, want {want}% ± 5: {s:?}",
+            backend_name(i)
+        );
     }
     let status = lab.status().unwrap();
     assert_eq!(status["vips"][0]["pools"][0]["backends"][0]["weight"], 2);
@@ -77,14 +92,28 @@ fn drain_keeps_a_long_lived_connection_while_new_connections_avoid_the_backend()
     veer_ok(&lab, &["backend", "set", "web4", &backend(i), "state", "drain"]);
     let after = lab.http_load(vip(), 400).unwrap();
     assert_no_failures(&lab, "new connections after drain", &after);
-    assert!(!after.by_backend.contains_key(&name), "{name} is draining but took new connections: {:?}", after.by_backend);
+    assert!(
+        !after.by_backend.contains_key(&name),
+        "{name} is draining but took new connections: {:?}",
+        after.by_backend
+    );
     for _ in 0..20 {
-        assert_eq!(keepalive_get(&mut conn).unwrap(), name, "the long-lived connection stays on {name}");
+        assert_eq!(
+            keepalive_get(&mut conn).unwrap(),
+            name,
+            "the long-lived connection stays on {name}"
+        );
     }
     let status = lab.status().unwrap();
     let b = &status["vips"][0]["pools"][0]["backends"][i];
-    assert_eq!((b["admin"].as_str(), b["state"].as_str()), (Some("drain"), Some("drain")));
-    assert!(b["counters"]["live_flows"].as_u64().unwrap() >= 1, "the open connection is a live flow: {b}");
+    assert_eq!(
+        (b["admin"].as_str(), b["state"].as_str()),
+        (Some("drain"), Some("drain"))
+    );
+    assert!(
+        b["counters"]["live_flows"].as_u64().unwrap() >= 1,
+        "the open connection is a live flow: {b}"
+    );
 }
 
 #[test]
@@ -101,7 +130,11 @@ fn sigkill_of_the_agent_fails_no_request_and_a_restart_restores_the_same_state()
     let config = lab.dir.join("veer.toml");
     lab.start_agent(&config).unwrap();
     let during = load.join().unwrap();
-    assert!(during.ok + during.failed >= 2000, "at least 2000 requests: {}", during.ok + during.failed);
+    assert!(
+        during.ok + during.failed >= 2000,
+        "at least 2000 requests: {}",
+        during.ok + during.failed
+    );
     assert_no_failures(&lab, "requests across SIGKILL and restart", &during);
     let after = without_counters(&lab.status().unwrap());
     assert_eq!(after, before, "status after restart (counters aside)");
@@ -116,9 +149,17 @@ fn program_upgrade_keeps_an_open_connection() {
     lab.agent.as_mut().unwrap().kill_hard();
     let config = lab.dir.join("veer.toml");
     lab.start_agent(&config).unwrap();
-    assert!(lab.agent_log().contains("program replaced in the pinned link"), "{}", lab.agent_log());
+    assert!(
+        lab.agent_log().contains("program replaced in the pinned link"),
+        "{}",
+        lab.agent_log()
+    );
     for _ in 0..10 {
-        assert_eq!(keepalive_get(&mut conn).unwrap(), name, "the connection survives the upgrade");
+        assert_eq!(
+            keepalive_get(&mut conn).unwrap(),
+            name,
+            "the connection survives the upgrade"
+        );
     }
     assert_no_failures(&lab, "after the upgrade", &lab.http_load(vip(), 200).unwrap());
 }
@@ -129,25 +170,84 @@ fn rejected_input_exits_1_and_changes_nothing() {
     let before = without_counters(&lab.status().unwrap());
     let good = std::fs::read_to_string(lab.dir.join("veer.toml")).unwrap();
     let bad_field = lab.dir.join("bad-field.toml");
-    std::fs::write(&bad_field, good.replace("protocol = \"tcp\"", "protocol = \"tcp\"\ncolour = \"red\"")).unwrap();
+    std::fs::write(
+        &bad_field,
+        good.replace("protocol = \"tcp\"", "protocol = \"tcp\"\ncolour = \"red\""),
+    )
+    .unwrap();
     let bad_weight = lab.dir.join("bad-weight.toml");
     std::fs::write(&bad_weight, good.replace("weight = 2 }", "weight = 20000 }")).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["apply".into(), "-f".into(), bad_field.display().to_string()], "colour"),
-        (vec!["apply".into(), "-f".into(), bad_weight.display().to_string()], "weight"),
-        (vec!["backend".into(), "set".into(), "nosuch".into(), backend(0), "weight".into(), "5".into()], "unknown VIP"),
-        (vec!["backend".into(), "set".into(), "web4".into(), backend(0), "weight".into(), "10001".into()], "out of range"),
-        (vec!["backend".into(), "set".into(), "web4".into(), "10.77.0.99:1".into(), "state".into(), "drain".into()], "no backend"),
-        (vec!["backend".into(), "add".into(), "web4".into(), "nopool".into(), "10.77.0.50:80".into()], "no pool"),
-        (vec!["trace".into(), "nosuch".into(), "10.77.0.10:1234".into()], "unknown VIP"),
+        (
+            vec!["apply".into(), "-f".into(), bad_field.display().to_string()],
+            "colour",
+        ),
+        (
+            vec!["apply".into(), "-f".into(), bad_weight.display().to_string()],
+            "weight",
+        ),
+        (
+            vec![
+                "backend".into(),
+                "set".into(),
+                "nosuch".into(),
+                backend(0),
+                "weight".into(),
+                "5".into(),
+            ],
+            "unknown VIP",
+        ),
+        (
+            vec![
+                "backend".into(),
+                "set".into(),
+                "web4".into(),
+                backend(0),
+                "weight".into(),
+                "10001".into(),
+            ],
+            "out of range",
+        ),
+        (
+            vec![
+                "backend".into(),
+                "set".into(),
+                "web4".into(),
+                "10.77.0.99:1".into(),
+                "state".into(),
+                "drain".into(),
+            ],
+            "no backend",
+        ),
+        (
+            vec![
+                "backend".into(),
+                "add".into(),
+                "web4".into(),
+                "nopool".into(),
+                "10.77.0.50:80".into(),
+            ],
+            "no pool",
+        ),
+        (
+            vec!["trace".into(), "nosuch".into(), "10.77.0.10:1234".into()],
+            "unknown VIP",
+        ),
     ];
     for (args, needle) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, _, err) = lab.veer(&args).unwrap();
         assert_eq!(code, 1, "veer {args:?} must be rejected with exit 1: {err}");
-        assert!(err.contains(needle), "veer {args:?}: error names the problem ({needle:?}): {err}");
+        assert!(
+            err.contains(needle),
+            "veer {args:?}: error names the problem ({needle:?}): {err}"
+        );
     }
-    assert_eq!(without_counters(&lab.status().unwrap()), before, "rejected input changed the state");
+    assert_eq!(
+        without_counters(&lab.status().unwrap()),
+        before,
+        "rejected input changed the state"
+    );
     let (code, _, err) = lab.veer(&["--socket", "/nonexistent/veer.sock", "status"]).unwrap();
     assert_eq!(code, 2, "an unreachable agent exits 2: {err}");
 }
@@ -160,19 +260,37 @@ fn apply_dry_run_predicts_the_moved_hash_space_and_apply_changes_it() {
     // drop the first backend of the IPv4 TCP VIP
     let first = format!("{{ address = \"{}\", weight = 1 }}, ", backend(0));
     std::fs::write(&removed, good.replacen(&first, "", 1)).unwrap();
-    let (code, out, err) = lab.veer(&["--json", "apply", "-f", removed.to_str().unwrap(), "--dry-run"]).unwrap();
+    let (code, out, err) = lab
+        .veer(&["--json", "apply", "-f", removed.to_str().unwrap(), "--dry-run"])
+        .unwrap();
     assert_eq!(code, 0, "{err}");
     let dry: serde_json::Value = serde_json::from_str(&out).unwrap();
     let predicted = dry["moved_pct"]["web4"].as_f64().unwrap();
-    assert!((predicted - 25.0).abs() < 0.5, "removing a weight-1 of 1:1:2 moves its 25%: {predicted}");
-    assert_eq!(lab.status().unwrap()["vips"][0]["pools"][0]["backends"].as_array().unwrap().len(), 3, "dry run changed nothing");
+    assert!(
+        (predicted - 25.0).abs() < 0.5,
+        "removing a weight-1 of 1:1:2 moves its 25%: {predicted}"
+    );
+    assert_eq!(
+        lab.status().unwrap()["vips"][0]["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "dry run changed nothing"
+    );
     let (code, out, _) = lab.veer(&["--json", "apply", "-f", removed.to_str().unwrap()]).unwrap();
     assert_eq!(code, 0);
     let applied: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(applied["moved_pct"]["web4"], dry["moved_pct"]["web4"], "the prediction is what happened");
+    assert_eq!(
+        applied["moved_pct"]["web4"], dry["moved_pct"]["web4"],
+        "the prediction is what happened"
+    );
     let o = lab.http_load(vip(), 300).unwrap();
     assert_no_failures(&lab, "after apply", &o);
-    assert!(!o.by_backend.contains_key("b1"), "removed backend takes no new connections");
+    assert!(
+        !o.by_backend.contains_key("b1"),
+        "removed backend takes no new connections"
+    );
 }
 
 #[test]
@@ -182,30 +300,45 @@ fn tcp_api_listener_requires_the_bearer_token() {
         eprintln!("skipped: the lab needs root");
         return;
     }
-    let mut lab = Lab::new(&LabOptions { weights: WEIGHTS.to_vec() }).unwrap();
+    let mut lab = Lab::new(&LabOptions {
+        weights: WEIGHTS.to_vec(),
+    })
+    .unwrap();
     let config = lab.write_config(&WEIGHTS).unwrap();
     let token = "0123456789abcdef-veer-test-token";
     let token_file = lab.dir.join("token");
     std::fs::write(&token_file, token).unwrap();
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "[agent]\n",
-        &format!("[agent]\napi_listen = \"127.0.0.1:9478\"\napi_token_file = \"{}\"\n", token_file.display()),
+        &format!(
+            "[agent]\napi_listen = \"127.0.0.1:9478\"\napi_token_file = \"{}\"\n",
+            token_file.display()
+        ),
         1,
     );
     std::fs::write(&config, text).unwrap();
     lab.start_agent(&config).unwrap();
     let get = move |auth: Option<&'static str>| -> String {
         let mut s = std::net::TcpStream::connect("127.0.0.1:9478").unwrap();
-        let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        s.write_all(format!("GET /v1/status HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes()).unwrap();
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        s.write_all(format!("GET /v1/status HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
     };
     let without = lab.lb.run(move || get(None)).unwrap();
-    assert!(without.starts_with("HTTP/1.0 401") || without.starts_with("HTTP/1.1 401"), "{without}");
+    assert!(
+        without.starts_with("HTTP/1.0 401") || without.starts_with("HTTP/1.1 401"),
+        "{without}"
+    );
     let wrong = lab.lb.run(move || get(Some("wrong-token-wrong-token"))).unwrap();
     assert!(wrong.contains(" 401 "), "{wrong}");
-    let with = lab.lb.run(move || get(Some("0123456789abcdef-veer-test-token"))).unwrap();
+    let with = lab
+        .lb
+        .run(move || get(Some("0123456789abcdef-veer-test-token")))
+        .unwrap();
     assert!(with.contains(" 200 ") && with.contains("\"vips\""), "{with}");
 }

@@ -27,7 +27,9 @@ fn lab() -> Option<Lab> {
 
 /// A lab whose VIP has HTTP health checks (200 ms interval, fall 3, rise 2).
 fn lab_checked() -> Option<Lab> {
-    lab_with("health = { kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 3 }\n")
+    lab_with(
+        "health = { kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 3 }\n",
+    )
 }
 
 fn lab_with(health: &str) -> Option<Lab> {
@@ -73,7 +75,16 @@ fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() 
     std::thread::sleep(Duration::from_millis(300));
     // the switch, waiting for blue to drain, in its own process
     let mut wait = std::process::Command::new(veer_bin().unwrap())
-        .args(["--socket", lab.socket().to_str().unwrap(), "switch", "web", "green", "--wait", "--drain-timeout", "30s"])
+        .args([
+            "--socket",
+            lab.socket().to_str().unwrap(),
+            "switch",
+            "web",
+            "green",
+            "--wait",
+            "--drain-timeout",
+            "30s",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -81,12 +92,24 @@ fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() 
     std::thread::sleep(Duration::from_millis(500));
     let after = lab.http_load(vip(), 300).unwrap();
     assert_eq!(after.failed, 0, "{:?}", after.errors);
-    assert_eq!(green_share(&after), 100.0, "every new connection goes to green: {:?}", after.by_backend);
+    assert_eq!(
+        green_share(&after),
+        100.0,
+        "every new connection goes to green: {:?}",
+        after.by_backend
+    );
     for _ in 0..20 {
-        assert_eq!(keepalive_get(&mut stream).unwrap(), stream_backend, "the long-lived stream stays on blue");
+        assert_eq!(
+            keepalive_get(&mut stream).unwrap(),
+            stream_backend,
+            "the long-lived stream stays on blue"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(wait.try_wait().unwrap().is_none(), "--wait must not return while the blue stream is open");
+    assert!(
+        wait.try_wait().unwrap().is_none(),
+        "--wait must not return while the blue stream is open"
+    );
     let status = lab.status().unwrap();
     let blue = &status["vips"][0]["pools"][0];
     assert_eq!(blue["role"], "draining", "{blue}");
@@ -103,8 +126,18 @@ fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() 
     assert_eq!(code, Some(0), "--wait exits 0 once blue has no live flow");
     stop.store(true, Ordering::Relaxed);
     let during = load.join().unwrap();
-    assert_eq!(during.failed, 0, "requests failed across the switch: {:?}\n{}", during.errors, lab.agent_log());
-    println!("switch: {} requests during, 0 failed; --wait returned {:?} after the stream closed", during.ok, closed_at.elapsed());
+    assert_eq!(
+        during.failed,
+        0,
+        "requests failed across the switch: {:?}\n{}",
+        during.errors,
+        lab.agent_log()
+    );
+    println!(
+        "switch: {} requests during, 0 failed; --wait returned {:?} after the stream closed",
+        during.ok,
+        closed_at.elapsed()
+    );
 }
 
 #[test]
@@ -112,7 +145,9 @@ fn drain_timeout_exits_3_with_the_flows_left() {
     let Some(lab) = lab() else { return };
     let mut stream = lab.connect(vip()).unwrap();
     keepalive_get(&mut stream).unwrap();
-    let (code, _, err) = lab.veer(&["switch", "web", "green", "--wait", "--drain-timeout", "1s"]).unwrap();
+    let (code, _, err) = lab
+        .veer(&["switch", "web", "green", "--wait", "--drain-timeout", "1s"])
+        .unwrap();
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("1 live flows left on blue"), "{err}");
 }
@@ -124,7 +159,10 @@ fn split_ten_percent_by_flow_sends_ten_percent_of_new_connections() {
     let o = lab.http_load(vip(), 2500).unwrap();
     assert_eq!(o.failed, 0, "{:?}", o.errors);
     let share = green_share(&o);
-    assert!((share - 10.0).abs() <= 2.0, "green got {share:.1}% of 2500 new connections, want 10 ± 2");
+    assert!(
+        (share - 10.0).abs() <= 2.0,
+        "green got {share:.1}% of 2500 new connections, want 10 ± 2"
+    );
     veer_ok(&lab, &["rollback", "web"]);
     let o = lab.http_load(vip(), 300).unwrap();
     assert_eq!(green_share(&o), 0.0, "after rollback no new connection goes to green");
@@ -142,7 +180,11 @@ fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
                 for c in &clients {
                     for _ in 0..8 {
                         let name = http_get_from(*c, vip(), Duration::from_secs(3)).expect("request");
-                        let pool = if GREEN.contains(&name.as_str()) { "green" } else { "blue" };
+                        let pool = if GREEN.contains(&name.as_str()) {
+                            "green"
+                        } else {
+                            "blue"
+                        };
                         seen.entry(*c).or_default().insert(pool);
                     }
                 }
@@ -157,11 +199,29 @@ fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
     for (c, pools) in at10.iter().chain(at30.iter()) {
         assert_eq!(pools.len(), 1, "client {c} saw both pools: {pools:?}");
     }
-    let green10: BTreeSet<_> = at10.iter().filter(|(_, p)| p.contains("green")).map(|(c, _)| *c).collect();
-    let green30: BTreeSet<_> = at30.iter().filter(|(_, p)| p.contains("green")).map(|(c, _)| *c).collect();
-    assert!(green10.is_subset(&green30), "raising the split moved a client back to blue: {green10:?} vs {green30:?}");
-    assert!(green30.len() >= green10.len() && !green30.is_empty(), "30% of 24 clients: some reach green");
-    println!("split by client: {} of 24 clients on green at 10%, {} at 30%", green10.len(), green30.len());
+    let green10: BTreeSet<_> = at10
+        .iter()
+        .filter(|(_, p)| p.contains("green"))
+        .map(|(c, _)| *c)
+        .collect();
+    let green30: BTreeSet<_> = at30
+        .iter()
+        .filter(|(_, p)| p.contains("green"))
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(
+        green10.is_subset(&green30),
+        "raising the split moved a client back to blue: {green10:?} vs {green30:?}"
+    );
+    assert!(
+        green30.len() >= green10.len() && !green30.is_empty(),
+        "30% of 24 clients: some reach green"
+    );
+    println!(
+        "split by client: {} of 24 clients on green at 10%, {} at 30%",
+        green10.len(),
+        green30.len()
+    );
 }
 
 #[test]
@@ -175,14 +235,25 @@ fn clients_inside_an_ab_network_always_reach_the_variant() {
         .run(move || {
             clients
                 .iter()
-                .map(|c| (*c, (0..6).map(|_| http_get_from(*c, vip(), Duration::from_secs(3)).expect("request")).collect::<Vec<_>>()))
+                .map(|c| {
+                    (
+                        *c,
+                        (0..6)
+                            .map(|_| http_get_from(*c, vip(), Duration::from_secs(3)).expect("request"))
+                            .collect::<Vec<_>>(),
+                    )
+                })
                 .collect::<Vec<_>>()
         })
         .unwrap();
     for (c, names) in results {
         let inside = matches!(c, std::net::IpAddr::V4(a) if a.octets()[3] >= 160 && a.octets()[3] < 176);
         for n in names {
-            assert_eq!(GREEN.contains(&n.as_str()), inside, "client {c} (inside: {inside}) reached {n}");
+            assert_eq!(
+                GREEN.contains(&n.as_str()),
+                inside,
+                "client {c} (inside: {inside}) reached {n}"
+            );
         }
     }
 }
@@ -190,18 +261,29 @@ fn clients_inside_an_ab_network_always_reach_the_variant() {
 #[test]
 fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
     let Some(lab) = lab() else { return };
-    let (code, out, err) = lab.veer(&["--json", "split", "web", "green", "25", "--dry-run"]).unwrap();
+    let (code, out, err) = lab
+        .veer(&["--json", "split", "web", "green", "25", "--dry-run"])
+        .unwrap();
     assert_eq!(code, 0, "{err}");
     let dry: serde_json::Value = serde_json::from_str(&out).unwrap();
     let predicted = dry["moved_pct"]["web"].as_f64().unwrap();
-    assert!((predicted - 25.0).abs() < 0.01, "disjoint pools: a 25% split moves 25% of the hash space: {predicted}");
-    assert!(lab.status().unwrap()["vips"][0]["split"].is_null(), "dry run changed nothing");
+    assert!(
+        (predicted - 25.0).abs() < 0.01,
+        "disjoint pools: a 25% split moves 25% of the hash space: {predicted}"
+    );
+    assert!(
+        lab.status().unwrap()["vips"][0]["split"].is_null(),
+        "dry run changed nothing"
+    );
     let out = veer_ok(&lab, &["--json", "split", "web", "green", "25"]);
     let applied: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(applied["moved_pct"], dry["moved_pct"]);
     let o = lab.http_load(vip(), 2000).unwrap();
     let share = green_share(&o);
-    assert!((share - predicted).abs() <= 3.0, "measured {share:.1}% vs predicted {predicted:.1}%");
+    assert!(
+        (share - predicted).abs() <= 3.0,
+        "measured {share:.1}% vs predicted {predicted:.1}%"
+    );
 }
 
 #[test]
@@ -209,7 +291,18 @@ fn canary_into_a_healthy_pool_reaches_100_percent_and_becomes_a_switch() {
     let Some(lab) = lab_checked() else { return };
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
-    let (code, _, err) = lab.veer(&["canary", "web", "green", "--steps", "10,50,100", "--interval", "600ms", "--wait"]).unwrap();
+    let (code, _, err) = lab
+        .veer(&[
+            "canary",
+            "web",
+            "green",
+            "--steps",
+            "10,50,100",
+            "--interval",
+            "600ms",
+            "--wait",
+        ])
+        .unwrap();
     assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
     stop.store(true, Ordering::Relaxed);
     let during = load.join().unwrap();
@@ -228,20 +321,41 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
     for i in 2..4 {
         lab.servers[i].health_status.store(503, Ordering::Relaxed);
     }
-    let (code, out, err) = lab.veer(&["--json", "canary", "web", "green", "--steps", "10,50,100", "--interval", "3s", "--wait"]).unwrap();
+    let (code, out, err) = lab
+        .veer(&[
+            "--json",
+            "canary",
+            "web",
+            "green",
+            "--steps",
+            "10,50,100",
+            "--interval",
+            "3s",
+            "--wait",
+        ])
+        .unwrap();
     assert_eq!(code, 4, "stdout {out} stderr {err}");
     let v = &lab.status().unwrap()["vips"][0];
     assert!(v["split"].is_null(), "rolled back to 0%: {v}");
     assert_eq!(v["active"], "blue");
     assert_eq!(v["canary"]["outcome"]["state"], "rolled_back");
-    assert!(v["canary"]["outcome"]["reason"].as_str().unwrap().contains("failing health checks"), "{v}");
+    assert!(
+        v["canary"]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failing health checks"),
+        "{v}"
+    );
     assert_eq!(green_share(&lab.http_load(vip(), 300).unwrap()), 0.0);
 }
 
 #[test]
 fn a_canary_resumes_after_an_agent_restart() {
     let Some(mut lab) = lab_checked() else { return };
-    veer_ok(&lab, &["canary", "web", "green", "--steps", "20,100", "--interval", "2s"]);
+    veer_ok(
+        &lab,
+        &["canary", "web", "green", "--steps", "20,100", "--interval", "2s"],
+    );
     std::thread::sleep(Duration::from_millis(500));
     lab.agent.as_mut().unwrap().kill_hard();
     let config = lab.dir.join("veer.toml");
@@ -264,14 +378,31 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
     let exec = format!("echo {{addr}} >> {}", hooks.display());
-    let (code, _, err) = lab.veer(&["rollout", "web", "blue", "--exec", &exec, "--batch", "1", "--wait", "--drain-timeout", "20s"]).unwrap();
+    let (code, _, err) = lab
+        .veer(&[
+            "rollout",
+            "web",
+            "blue",
+            "--exec",
+            &exec,
+            "--batch",
+            "1",
+            "--wait",
+            "--drain-timeout",
+            "20s",
+        ])
+        .unwrap();
     assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
     stop.store(true, Ordering::Relaxed);
     let during = load.join().unwrap();
     assert_eq!(during.failed, 0, "{:?}", during.errors);
     let ran = std::fs::read_to_string(&hooks).unwrap();
     for i in 0..2 {
-        assert!(ran.contains(&format!("{}:{HTTP_PORT}", backend4(i))), "hook ran for b{}: {ran}", i + 1);
+        assert!(
+            ran.contains(&format!("{}:{HTTP_PORT}", backend4(i))),
+            "hook ran for b{}: {ran}",
+            i + 1
+        );
     }
     let v = &lab.status().unwrap()["vips"][0];
     for b in v["pools"][0]["backends"].as_array().unwrap() {
@@ -283,7 +414,19 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
 #[test]
 fn a_failing_rollout_hook_stops_the_rollout_and_leaves_the_rest_untouched() {
     let Some(lab) = lab_checked() else { return };
-    let (code, _, err) = lab.veer(&["rollout", "web", "blue", "--exec", "exit 7", "--batch", "1", "--drain-timeout", "20s"]).unwrap();
+    let (code, _, err) = lab
+        .veer(&[
+            "rollout",
+            "web",
+            "blue",
+            "--exec",
+            "exit 7",
+            "--batch",
+            "1",
+            "--drain-timeout",
+            "20s",
+        ])
+        .unwrap();
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("failed") && err.contains("stays drained"), "{err}");
     let v = &lab.status().unwrap()["vips"][0];

@@ -26,7 +26,9 @@ fn lab(extra_health: &str) -> Option<Lab> {
         return None;
     }
     let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).expect("build the lab");
-    let backends: Vec<String> = (0..3).map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i))).collect();
+    let backends: Vec<String> = (0..3)
+        .map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i)))
+        .collect();
     let text = format!(
         "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"main\"\nhealth = {{ kind = \"http\", path = \"/healthz\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\"{extra_health} }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
         lab.agent_section(),
@@ -50,7 +52,11 @@ fn wait_health(lab: &Lab, i: usize, want: &str, limit: Duration) -> Duration {
         if b["health"] == want {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "backend {i} not {want} after {limit:?}: {b}\n{}", lab.agent_log());
+        assert!(
+            start.elapsed() < limit,
+            "backend {i} not {want} after {limit:?}: {b}\n{}",
+            lab.agent_log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -65,7 +71,10 @@ fn a_stopped_backend_stops_costing_requests_within_fall_intervals_and_returns_af
     let stopped = Instant::now();
     let window = wait_health(&lab, 0, "down", Duration::from_secs(5));
     let bound = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
-    assert!(window <= bound, "detection took {window:?}, bound {bound:?} (fall x interval + interval, plus probe and poll slack)");
+    assert!(
+        window <= bound,
+        "detection took {window:?}, bound {bound:?} (fall x interval + interval, plus probe and poll slack)"
+    );
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let during = load.join().unwrap();
@@ -82,10 +91,17 @@ fn a_stopped_backend_stops_costing_requests_within_fall_intervals_and_returns_af
     );
     lab.start_backend(0).unwrap();
     let back = wait_health(&lab, 0, "up", Duration::from_secs(5));
-    assert!(back >= Duration::from_millis((RISE - 1) * INTERVAL_MS), "up after {back:?}: needs {RISE} checks");
+    assert!(
+        back >= Duration::from_millis((RISE - 1) * INTERVAL_MS),
+        "up after {back:?}: needs {RISE} checks"
+    );
     let o = lab.http_load(vip(), 600).unwrap();
     assert_eq!(o.failed, 0);
-    assert!(o.by_backend.get("b1").copied().unwrap_or(0) > 100, "b1 takes new connections again: {:?}", o.by_backend);
+    assert!(
+        o.by_backend.get("b1").copied().unwrap_or(0) > 100,
+        "b1 takes new connections again: {:?}",
+        o.by_backend
+    );
 }
 
 #[test]
@@ -96,7 +112,10 @@ fn a_503_or_an_answer_slower_than_timeout_marks_a_backend_down() {
     assert_eq!(backend_status(&lab, 1)["check"]["last"], "L7STS 503");
     let o = lab.http_load(vip(), 300).unwrap();
     assert_eq!(o.failed, 0);
-    assert!(!o.by_backend.contains_key("b2"), "a 503ing backend takes no new connections");
+    assert!(
+        !o.by_backend.contains_key("b2"),
+        "a 503ing backend takes no new connections"
+    );
     lab.servers[1].health_status.store(200, Ordering::Relaxed);
     wait_health(&lab, 1, "up", Duration::from_secs(5));
     lab.servers[2].health_delay_ms.store(400, Ordering::Relaxed);
@@ -123,7 +142,9 @@ fn when_every_backend_fails_its_checks_the_pool_fails_open() {
 
 #[test]
 fn slow_start_grows_a_returning_backends_share_instead_of_jumping() {
-    let Some(mut lab) = lab(", slowstart = \"4s\"") else { return };
+    let Some(mut lab) = lab(", slowstart = \"4s\"") else {
+        return;
+    };
     lab.stop_backend(0);
     wait_health(&lab, 0, "down", Duration::from_secs(5));
     lab.start_backend(0).unwrap();
@@ -150,7 +171,9 @@ fn passive_observation_marks_a_resetting_backend_down_before_active_checks_would
         return;
     }
     let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).unwrap();
-    let backends: Vec<String> = (0..3).map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i))).collect();
+    let backends: Vec<String> = (0..3)
+        .map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i)))
+        .collect();
     // active checks every 30 s: only passive observation can act within the test
     let text = format!(
         "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"main\"\nhealth = {{ kind = \"tcp\", interval = \"30s\", observe = true, error_limit = 5 }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",

@@ -12,7 +12,10 @@ fn lab_with_agent() -> Option<Lab> {
         eprintln!("skipped: the lab needs root (network namespaces, XDP)");
         return None;
     }
-    let mut lab = Lab::new(&LabOptions { weights: WEIGHTS.to_vec() }).expect("build the lab");
+    let mut lab = Lab::new(&LabOptions {
+        weights: WEIGHTS.to_vec(),
+    })
+    .expect("build the lab");
     let config = lab.write_config(&WEIGHTS).expect("write config");
     lab.start_agent(&config).expect("start the agent");
     Some(lab)
@@ -33,7 +36,11 @@ fn assert_weighted_split(o: &Outcome) {
     let s = shares(o);
     for (i, want) in [25.0, 25.0, 50.0].iter().enumerate() {
         let got = s.get(&backend_name(i)).map(|x| x.1).unwrap_or(0.0);
-        assert!((got - want).abs() <= 5.0, "backend {} got {got:.1}% of new connections, want {want}% ± 5: {s:?}", backend_name(i));
+        assert!(
+            (got - want).abs() <= 5.0,
+            "backend {} got {got:.1}% of new connections, want {want}% ± 5: {s:?}",
+            backend_name(i)
+        );
     }
 }
 
@@ -91,7 +98,17 @@ fn the_lab_leaves_nothing_behind_even_when_a_test_panics() {
         seen = Some(v.clone());
     }
     let (prefix, pid) = seen.expect("the test body panicked with the lab's names");
-    assert!(leftover_namespaces(&prefix).is_empty(), "namespaces left: {:?}", leftover_namespaces(&prefix));
-    assert!(!std::path::Path::new(veer::dataplane::PIN_DIR).exists(), "pinned maps left behind");
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "agent process {pid} still running");
+    assert!(
+        leftover_namespaces(&prefix).is_empty(),
+        "namespaces left: {:?}",
+        leftover_namespaces(&prefix)
+    );
+    assert!(
+        !std::path::Path::new(veer::dataplane::PIN_DIR).exists(),
+        "pinned maps left behind"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "agent process {pid} still running"
+    );
 }

@@ -21,7 +21,10 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
 }
 
 #[test]
@@ -32,7 +35,10 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
     }
     let prometheus = Path::new("/usr/bin/prometheus");
     assert!(prometheus.exists(), "prometheus is installed by `cargo xtask setup`");
-    let mut lab = Lab::new(&LabOptions { weights: WEIGHTS.to_vec() }).unwrap();
+    let mut lab = Lab::new(&LabOptions {
+        weights: WEIGHTS.to_vec(),
+    })
+    .unwrap();
     let config = lab.write_config(&WEIGHTS).unwrap();
     lab.start_agent(&config).unwrap();
     let vip = SocketAddr::new(VIP4.into(), 80);
@@ -62,7 +68,10 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
     let status = lab.status().unwrap();
     let mut want = std::collections::BTreeMap::new();
     for b in status["vips"][0]["pools"][0]["backends"].as_array().unwrap() {
-        want.insert(b["address"].as_str().unwrap().to_string(), b["counters"]["packets"].as_u64().unwrap());
+        want.insert(
+            b["address"].as_str().unwrap().to_string(),
+            b["counters"]["packets"].as_u64().unwrap(),
+        );
     }
     assert!(want.values().all(|&p| p > 0), "every backend carried traffic: {want:?}");
 
@@ -71,7 +80,12 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
     while Instant::now() < deadline {
         let body = lab
             .lb
-            .run(|| get("127.0.0.1:9090".parse().unwrap(), "/api/v1/query?query=veer_backend_packets_total%7Bvip%3D%22web4%22%7D"))
+            .run(|| {
+                get(
+                    "127.0.0.1:9090".parse().unwrap(),
+                    "/api/v1/query?query=veer_backend_packets_total%7Bvip%3D%22web4%22%7D",
+                )
+            })
             .unwrap()
             .unwrap_or_default();
         got.clear();
@@ -88,9 +102,23 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let prom_log = std::fs::read_to_string(lab.dir.join("prometheus.log")).unwrap_or_default();
-    assert_eq!(got, want, "Prometheus' view of per-backend packets equals veer status\nprometheus log tail:\n{}", prom_log.lines().rev().take(10).collect::<Vec<_>>().join("\n"));
-    let metrics = lab.lb.run(|| get("127.0.0.1:9477".parse().unwrap(), "/metrics")).unwrap().unwrap();
-    for name in ["veer_vip_packets_total", "veer_backend_live_flows", "veer_xdp_packets_total", "veer_build_info"] {
+    assert_eq!(
+        got,
+        want,
+        "Prometheus' view of per-backend packets equals veer status\nprometheus log tail:\n{}",
+        prom_log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+    );
+    let metrics = lab
+        .lb
+        .run(|| get("127.0.0.1:9477".parse().unwrap(), "/metrics"))
+        .unwrap()
+        .unwrap();
+    for name in [
+        "veer_vip_packets_total",
+        "veer_backend_live_flows",
+        "veer_xdp_packets_total",
+        "veer_build_info",
+    ] {
         assert!(metrics.contains(&format!("# TYPE {name}")), "metrics expose {name}");
     }
 }

@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_DRAIN, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_NAT_REV, MAP_REASONS,
-    MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIPS, PROTO_TCP, Reason, VipInfo,
+    BACKEND_DOWN, BACKEND_DRAIN, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_NAT_REV, MAP_REASONS, MAP_TABLES,
+    MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIPS, PROTO_TCP, Reason, VipInfo,
 };
 use veer_tests::{
     fixture::*,
@@ -61,7 +61,11 @@ fn check_reply(fx: &Fixture, request: &Spec, i: u8, backend_port: u16) {
         dst: if v6 { SNAT6.into() } else { SNAT4.into() },
         dport: request.sport,
         l4: match request.l4 {
-            L4::Tcp { .. } => L4::Tcp { syn: true, ack: true, seq: 77 },
+            L4::Tcp { .. } => L4::Tcp {
+                syn: true,
+                ack: true,
+                seq: 77,
+            },
             L4::Udp => L4::Udp,
         },
         payload: b"reply".to_vec(),
@@ -100,7 +104,10 @@ fn tcp_syn_to_vip_goes_to_the_backend_userspace_predicts() {
             let syn = Spec::tcp_syn(client4(port), (VIP4.into(), 80));
             seen[check_forward(fx, &syn, 0, 8080) as usize] += 1;
         }
-        assert!(seen[1..].iter().all(|&n| n > 0), "60 flows should reach all 3 backends: {seen:?}");
+        assert!(
+            seen[1..].iter().all(|&n| n > 0),
+            "60 flows should reach all 3 backends: {seen:?}"
+        );
     });
 }
 
@@ -123,13 +130,36 @@ fn established_flow_stays_on_its_backend_after_the_table_changes() {
         let first = check_forward(fx, &syn, 0, 8080);
         // Flip the VIP to a pool that holds only another backend.
         let other = if first == 3 { 1 } else { 3 };
-        let pool = Pool { table: 5, backends: vec![(other as u32, SocketAddr::new(backend4(other).into(), 8080), 1)] };
+        let pool = Pool {
+            table: 5,
+            backends: vec![(other as u32, SocketAddr::new(backend4(other).into(), 8080), 1)],
+        };
         fx.write_table(&pool);
-        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 5, ..Default::default() });
-        let ack = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(), ..syn.clone() };
+        fx.set_vip(
+            SocketAddr::new(VIP4.into(), 80),
+            PROTO_TCP,
+            VipInfo {
+                vip_id: 0,
+                table_current: 5,
+                ..Default::default()
+            },
+        );
+        let ack = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            ..syn.clone()
+        };
         let (verdict, out) = fx.run(&ack.build(), None);
         assert_eq!(verdict, XDP_REDIRECT);
-        assert_eq!(out, expected_forward(&ack, first, 8080).build(), "established flow keeps backend {first}");
+        assert_eq!(
+            out,
+            expected_forward(&ack, first, 8080).build(),
+            "established flow keeps backend {first}"
+        );
         // while a new flow follows the new table
         let (_, out) = fx.run(&Spec::tcp_syn(client4(41001), (VIP4.into(), 80)).build(), None);
         assert_eq!(out[0..6], backend_mac(other), "new flow goes to the new pool");
@@ -142,10 +172,23 @@ fn drain_keeps_established_flows_and_down_rechooses_them() {
         let syn = Spec::tcp_syn(client4(42000), (VIP4.into(), 80));
         let first = check_forward(fx, &syn, 0, 8080);
         let addr = SocketAddr::new(backend4(first).into(), 8080);
-        let rest: Vec<_> = (1..=3u8).filter(|&i| i != first).map(|i| (i as u32, SocketAddr::new(backend4(i).into(), 8080), 1)).collect();
-        fx.write_table(&Pool { table: 1, backends: rest });
+        let rest: Vec<_> = (1..=3u8)
+            .filter(|&i| i != first)
+            .map(|i| (i as u32, SocketAddr::new(backend4(i).into(), 8080), 1))
+            .collect();
+        fx.write_table(&Pool {
+            table: 1,
+            backends: rest,
+        });
         fx.set_backend(first as u32, addr, 0, BACKEND_DRAIN);
-        let ack = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, ..syn.clone() };
+        let ack = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            ..syn.clone()
+        };
         let (_, out) = fx.run(&ack.build(), None);
         assert_eq!(out[0..6], backend_mac(first), "drain keeps the established flow");
         fx.set_backend(first as u32, addr, 0, BACKEND_DOWN);
@@ -193,7 +236,10 @@ fn ipv6_tcp_and_udp_are_translated_both_ways() {
 #[test]
 fn vlan_tagged_packet_is_balanced_and_keeps_its_tag() {
     with_fixture(|fx| {
-        let syn = Spec { vlan: Some(100), ..Spec::tcp_syn(client4(45000), (VIP4.into(), 80)) };
+        let syn = Spec {
+            vlan: Some(100),
+            ..Spec::tcp_syn(client4(45000), (VIP4.into(), 80))
+        };
         let i = check_forward(fx, &syn, 0, 8080);
         check_reply(fx, &syn, i, 8080);
     });
@@ -204,7 +250,10 @@ fn ipv4_options_are_skipped_and_kept() {
     with_fixture(|fx| {
         // NOP, NOP, a router-alert option (4 bytes), then end of options
         let opts = vec![1, 1, 0x94, 0x04, 0, 0, 0, 0];
-        let syn = Spec { ipv4_options: opts, ..Spec::tcp_syn(client4(46000), (VIP4.into(), 80)) };
+        let syn = Spec {
+            ipv4_options: opts,
+            ..Spec::tcp_syn(client4(46000), (VIP4.into(), 80))
+        };
         let i = check_forward(fx, &syn, 0, 8080);
         check_reply(fx, &syn, i, 8080);
     });
@@ -216,18 +265,37 @@ fn traffic_not_for_a_vip_passes_unchanged() {
         let arp: Vec<u8> = [&[0xffu8; 6][..], &IF_MAC, &[0x08, 0x06], &[0u8; 28]].concat();
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("arp", arp),
-            ("tcp to another host", Spec::tcp_syn(client4(1), (Ipv4Addr::new(10, 9, 0, 77).into(), 80)).build()),
-            ("tcp to the VIP address, other port", Spec::tcp_syn(client4(1), (VIP4.into(), 81)).build()),
-            ("udp to a tcp-only VIP port", Spec::udp(client4(1), (VIP4.into(), 80), b"x").build()),
-            ("tcp to the balancer itself (no NAT flow)", Spec::tcp_syn(client4(1), (SNAT4.into(), 22)).build()),
-            ("ipv6 udp to another host", Spec::udp(client6(1), ("fd09::77".parse::<IpAddr>().unwrap(), 53), b"x").build()),
+            (
+                "tcp to another host",
+                Spec::tcp_syn(client4(1), (Ipv4Addr::new(10, 9, 0, 77).into(), 80)).build(),
+            ),
+            (
+                "tcp to the VIP address, other port",
+                Spec::tcp_syn(client4(1), (VIP4.into(), 81)).build(),
+            ),
+            (
+                "udp to a tcp-only VIP port",
+                Spec::udp(client4(1), (VIP4.into(), 80), b"x").build(),
+            ),
+            (
+                "tcp to the balancer itself (no NAT flow)",
+                Spec::tcp_syn(client4(1), (SNAT4.into(), 22)).build(),
+            ),
+            (
+                "ipv6 udp to another host",
+                Spec::udp(client6(1), ("fd09::77".parse::<IpAddr>().unwrap(), 53), b"x").build(),
+            ),
         ];
         for (what, pkt) in cases {
             let before = fx.reason(Reason::PassNotVip) + fx.reason(Reason::PassNotIp);
             let (verdict, out) = fx.run(&pkt, None);
             assert_eq!(verdict, XDP_PASS, "{what}");
             assert_eq!(out, pkt, "{what}: must pass untouched");
-            assert_eq!(fx.reason(Reason::PassNotVip) + fx.reason(Reason::PassNotIp), before + 1, "{what}");
+            assert_eq!(
+                fx.reason(Reason::PassNotVip) + fx.reason(Reason::PassNotIp),
+                before + 1,
+                "{what}"
+            );
         }
     });
 }
@@ -258,11 +326,19 @@ fn truncated_headers_are_counted_and_never_forwarded() {
 #[test]
 fn ipv4_first_fragment_to_vip_is_dropped_and_later_fragments_pass() {
     with_fixture(|fx| {
-        let first = Spec { more_fragments: true, ..Spec::udp(client4(48000), (VIP4.into(), 53), &[7; 64]) }.build();
+        let first = Spec {
+            more_fragments: true,
+            ..Spec::udp(client4(48000), (VIP4.into(), 53), &[7; 64])
+        }
+        .build();
         let (verdict, _) = fx.run(&first, None);
         assert_eq!(verdict, XDP_DROP);
         assert_eq!(fx.reason(Reason::DropFragment), 1);
-        let later = Spec { fragment_offset: 9, ..Spec::udp(client4(48000), (VIP4.into(), 53), &[7; 64]) }.build();
+        let later = Spec {
+            fragment_offset: 9,
+            ..Spec::udp(client4(48000), (VIP4.into(), 53), &[7; 64])
+        }
+        .build();
         let (verdict, out) = fx.run(&later, None);
         assert_eq!(verdict, XDP_PASS);
         assert_eq!(out, later);
@@ -282,13 +358,25 @@ fn vip_with_an_empty_pool_drops_and_counts() {
 #[test]
 fn every_map_name_in_lb_common_exists_in_the_object() {
     with_fixture(|fx| {
-        for name in [MAP_VIPS, MAP_VIP_FILTER, MAP_BACKENDS, MAP_TABLES, MAP_FLOWS, MAP_NAT_REV, MAP_CONFIG, MAP_REASONS, MAP_TX_PORTS,
-            lb_common::MAP_VIP_STATS, lb_common::MAP_BACKEND_STATS, lb_common::MAP_BENCH_PACKET, lb_common::MAP_BENCH_PROGS] {
+        for name in [
+            MAP_VIPS,
+            MAP_VIP_FILTER,
+            MAP_BACKENDS,
+            MAP_TABLES,
+            MAP_FLOWS,
+            MAP_NAT_REV,
+            MAP_CONFIG,
+            MAP_REASONS,
+            MAP_TX_PORTS,
+            lb_common::MAP_VIP_STATS,
+            lb_common::MAP_BACKEND_STATS,
+            lb_common::MAP_BENCH_PACKET,
+            lb_common::MAP_BENCH_PROGS,
+        ] {
             assert!(fx.ebpf.map(name).is_some(), "map {name} missing from the object");
         }
     });
 }
-
 
 #[test]
 fn backend_counters_track_new_answered_closed_and_reset_flows() {
@@ -301,8 +389,20 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         check_reply(fx, &syn, i, 8080);
         check_reply(fx, &syn, i, 8080);
         let c = fx.backend_counters(id);
-        assert_eq!((c.answered_flows, c.reply_packets), (1, 2), "answered counts flows, not packets");
-        let fin = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, ..syn.clone() }.build();
+        assert_eq!(
+            (c.answered_flows, c.reply_packets),
+            (1, 2),
+            "answered counts flows, not packets"
+        );
+        let fin = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            ..syn.clone()
+        }
+        .build();
         let mut fin = fin;
         fin[14 + 20 + 13] |= 0x01; // FIN (checksum is not checked by the balancer)
         fx.run(&fin, None);
@@ -319,7 +419,11 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
             sport: 8080,
             dst: SNAT4.into(),
             dport: 50001,
-            l4: L4::Tcp { syn: false, ack: true, seq: 1 },
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1,
+            },
             ..syn2.clone()
         }
         .build();
@@ -336,28 +440,56 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
 fn ab_network_rule_sends_matching_clients_to_the_next_pool() {
     use aya::maps::lpm_trie::{Key, LpmTrie};
     with_fixture(|fx| {
-        let variant = Pool { table: 5, backends: vec![(3, SocketAddr::new(backend4(3).into(), 8080), 1)] };
+        let variant = Pool {
+            table: 5,
+            backends: vec![(3, SocketAddr::new(backend4(3).into(), 8080), 1)],
+        };
         fx.write_table(&variant);
         let flags = lb_common::VIP_F_AB_RULES;
-        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 1, table_next: 5, flags, ..Default::default() });
+        fx.set_vip(
+            SocketAddr::new(VIP4.into(), 80),
+            PROTO_TCP,
+            VipInfo {
+                vip_id: 0,
+                table_current: 1,
+                table_next: 5,
+                flags,
+                ..Default::default()
+            },
+        );
         {
-            let mut rules: LpmTrie<_, lb_common::AbKey, u32> = fx.ebpf.map_mut(lb_common::MAP_AB_RULES).unwrap().try_into().unwrap();
-            let net = lb_common::AbKey { vip_id_be: 0u32.to_be(), addr_be: [u32::from_ne_bytes([10, 9, 0, 0]), 0, 0, 0] };
+            let mut rules: LpmTrie<_, lb_common::AbKey, u32> =
+                fx.ebpf.map_mut(lb_common::MAP_AB_RULES).unwrap().try_into().unwrap();
+            let net = lb_common::AbKey {
+                vip_id_be: 0u32.to_be(),
+                addr_be: [u32::from_ne_bytes([10, 9, 0, 0]), 0, 0, 0],
+            };
             rules.insert(&Key::new(32 + 24, net), 1, 0).unwrap();
         }
         for port in 51000..51020 {
             let (_, out) = fx.run(&Spec::tcp_syn(client4(port), (VIP4.into(), 80)).build(), None);
-            assert_eq!(out[0..6], backend_mac(3), "client inside 10.9.0.0/24 goes to the variant pool");
+            assert_eq!(
+                out[0..6],
+                backend_mac(3),
+                "client inside 10.9.0.0/24 goes to the variant pool"
+            );
         }
         let mut outside = [0u32; 4];
         for port in 51000..51030 {
             let spec = Spec::tcp_syn((Ipv4Addr::new(10, 8, 0, 5).into(), port), (VIP4.into(), 80));
             let want = backend_of(fx.predict(1, &flow_key(&spec)), 0);
             let (_, out) = fx.run(&spec.build(), None);
-            assert_eq!(out[0..6], backend_mac(want), "client outside the network follows the current pool");
+            assert_eq!(
+                out[0..6],
+                backend_mac(want),
+                "client outside the network follows the current pool"
+            );
             outside[want as usize] += 1;
         }
-        assert!(outside[1] + outside[2] > 0, "outside clients reach the current pool's other backends");
+        assert!(
+            outside[1] + outside[2] > 0,
+            "outside clients reach the current pool's other backends"
+        );
     });
 }
 
@@ -366,20 +498,54 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
     with_fixture(|fx| {
         let syn = Spec::tcp_syn(client4(52000), (VIP4.into(), 80));
         let first = check_forward(fx, &syn, 0, 8080);
-        let mut fin = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, ..syn.clone() }.build();
+        let mut fin = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            ..syn.clone()
+        }
+        .build();
         fin[14 + 20 + 13] |= 0x01;
         fx.run(&fin, None);
         // the pool now holds only another backend: a reused tuple must follow it
         let other = if first == 3 { 1 } else { 3 };
-        fx.write_table(&Pool { table: 5, backends: vec![(other as u32, SocketAddr::new(backend4(other).into(), 8080), 1)] });
-        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 5, ..Default::default() });
+        fx.write_table(&Pool {
+            table: 5,
+            backends: vec![(other as u32, SocketAddr::new(backend4(other).into(), 8080), 1)],
+        });
+        fx.set_vip(
+            SocketAddr::new(VIP4.into(), 80),
+            PROTO_TCP,
+            VipInfo {
+                vip_id: 0,
+                table_current: 5,
+                ..Default::default()
+            },
+        );
         let (_, out) = fx.run(&syn.build(), None);
-        assert_eq!(out[0..6], backend_mac(other), "new connection on a closed flow's tuple is re-chosen");
+        assert_eq!(
+            out[0..6],
+            backend_mac(other),
+            "new connection on a closed flow's tuple is re-chosen"
+        );
         // while a retransmitted SYN of a live flow keeps its backend
         let syn2 = Spec::tcp_syn(client4(52001), (VIP4.into(), 80));
         let (_, out1) = fx.run(&syn2.build(), None);
-        fx.write_table(&Pool { table: 6, backends: vec![(first as u32, SocketAddr::new(backend4(first).into(), 8080), 1)] });
-        fx.set_vip(SocketAddr::new(VIP4.into(), 80), PROTO_TCP, VipInfo { vip_id: 0, table_current: 6, ..Default::default() });
+        fx.write_table(&Pool {
+            table: 6,
+            backends: vec![(first as u32, SocketAddr::new(backend4(first).into(), 8080), 1)],
+        });
+        fx.set_vip(
+            SocketAddr::new(VIP4.into(), 80),
+            PROTO_TCP,
+            VipInfo {
+                vip_id: 0,
+                table_current: 6,
+                ..Default::default()
+            },
+        );
         let (_, out2) = fx.run(&syn2.build(), None);
         assert_eq!(out1[0..6], out2[0..6], "a retransmitted SYN stays with its flow");
     });

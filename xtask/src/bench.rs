@@ -15,6 +15,17 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     build_veer(&linker, true)?;
     let veer = util::target_dir()?.join("release/veer");
     let mut cmd = util::cargo(&linker)?;
-    cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-bench", "--"]).args(&opts.args).env("VEER_BIN", &veer);
+    cmd.args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "veer-tests",
+        "--bin",
+        "veer-bench",
+        "--",
+    ])
+    .args(&opts.args)
+    .env("VEER_BIN", &veer);
     util::run(&mut cmd)
 }

@@ -16,7 +16,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let veer = util::target_dir()?.join("release/veer");
     if opts.args.is_empty() {
         let mut cmd = util::cargo(&linker)?;
-        cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-lab"]).env("VEER_BIN", &veer);
+        cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-lab"])
+            .env("VEER_BIN", &veer);
         return util::run(&mut cmd);
     }
     util::run(std::process::Command::new(&veer).arg("agent").args(&opts.args))

@@ -50,7 +50,8 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         bail!("no nightly toolchain: the eBPF crate needs nightly (-Z build-std); install it with rustup");
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -81,10 +82,14 @@ fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     for name in ["libLLVM.so", libllvm.as_str()] {
         let link = prefix_lib.join(name);
         let _ = fs::remove_file(&link);
-        std::os::unix::fs::symlink(lib.join(&libllvm), &link)
-            .with_context(|| format!("symlink {}", link.display()))?;
+        std::os::unix::fs::symlink(lib.join(&libllvm), &link).with_context(|| format!("symlink {}", link.display()))?;
     }
-    let llvm_major = libllvm.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or("22").to_string();
+    let llvm_major = libllvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or("22")
+        .to_string();
     eprintln!("setup: building {BPF_LINKER} against {libllvm} (about a minute)");
     run_cmd(
         Command::new("cargo")
@@ -116,7 +121,12 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         bail!("missing packages {missing:?}: run `cargo xtask setup` as root (apt-get)");
     }
     eprintln!("setup: apt-get install {missing:?}");
-    run_cmd(Command::new("apt-get").arg("update").arg("-q").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .arg("update")
+            .arg("-q")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -127,7 +137,11 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
 
 fn ensure_bpffs() -> anyhow::Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) || !is_root() {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+        || !is_root()
+    {
         return Ok(());
     }
     eprintln!("setup: mounting bpffs at /sys/fs/bpf");

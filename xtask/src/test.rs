@@ -16,6 +16,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     build_veer(&linker, false)?;
     let veer = util::target_dir()?.join("debug/veer");
     let mut cmd = util::cargo(&linker)?;
-    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"]).args(&opts.args).env("VEER_BIN", &veer);
+    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"])
+        .args(&opts.args)
+        .env("VEER_BIN", &veer);
     util::run(&mut cmd)
 }

@@ -18,20 +18,33 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs `cmd` and returns its stdout; fails with stderr on a non-zero exit.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.stderr(Stdio::piped()).output().with_context(|| format!("failed to run {cmd:?}"))?;
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Does `cmd` run and exit 0 (output discarded)?
 pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// The cargo target directory of this workspace.
@@ -42,7 +55,9 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
             .current_dir(workspace_root()),
     )?;
     let v: serde_json::Value = serde_json::from_str(&meta).context("parse cargo metadata")?;
-    let dir = v["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    let dir = v["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
     Ok(PathBuf::from(dir))
 }
 
@@ -52,7 +67,8 @@ pub fn cargo(linker_dir: &std::path::Path) -> anyhow::Result<Command> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![linker_dir.to_path_buf()];
     dirs.extend(std::env::split_paths(&path));
-    cmd.env("PATH", std::env::join_paths(dirs).context("PATH")?).current_dir(workspace_root());
+    cmd.env("PATH", std::env::join_paths(dirs).context("PATH")?)
+        .current_dir(workspace_root());
     Ok(cmd)
 }
 

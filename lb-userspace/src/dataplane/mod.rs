@@ -16,9 +16,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Config, Counters, Flow, FlowKey, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONFIG, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS,
-    MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
+    Backend, Config, Counters, Flow, FlowKey, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
+    MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop,
+    PROG_BALANCER, Reason, VipInfo, VipKey,
 };
 use tracing::{info, warn};
 
@@ -33,20 +33,36 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/veer";
 
 /// Maps pinned under PIN_DIR: the agent's state lives in them.
 const PINNED: &[&str] = &[
-    MAP_VIPS, MAP_VIP_FILTER, MAP_BACKENDS, MAP_NEXTHOPS, MAP_TABLES, MAP_FLOWS, MAP_NAT_REV,
-    MAP_CONFIG, MAP_VIP_STATS, MAP_BACKEND_STATS, MAP_REASONS, MAP_TX_PORTS, MAP_AB_RULES,
+    MAP_VIPS,
+    MAP_VIP_FILTER,
+    MAP_BACKENDS,
+    MAP_NEXTHOPS,
+    MAP_TABLES,
+    MAP_FLOWS,
+    MAP_NAT_REV,
+    MAP_CONFIG,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_REASONS,
+    MAP_TX_PORTS,
+    MAP_AB_RULES,
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("the embedded XDP object is empty: this binary was built with AYA_BUILD_SKIP=1; build it with `cargo xtask build`")]
+    #[error(
+        "the embedded XDP object is empty: this binary was built with AYA_BUILD_SKIP=1; build it with `cargo xtask build`"
+    )]
     StubObject,
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the kernel rejected the XDP program: {0}")]
     Program(#[from] aya::programs::ProgramError),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("XDP link: {0}")]
     Link(String),
     #[error("devmap TX_PORTS: {0}")]
@@ -54,7 +70,11 @@ pub enum DataplaneError {
     #[error("no interface named {0:?}")]
     NoInterface(String),
     #[error("attaching to {iface} in {mode:?} mode: {source}")]
-    Attach { iface: String, mode: XdpMode, source: aya::programs::ProgramError },
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        source: aya::programs::ProgramError,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -100,10 +120,16 @@ impl Dataplane {
             return Err(DataplaneError::StubObject);
         }
         // Kernels >= 5.11 account BPF memory to the cgroup; older ones need memlock.
-        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let rlim = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         // SAFETY: plain syscall with a valid struct.
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-            info!("could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to cgroups", std::io::Error::last_os_error());
+            info!(
+                "could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to cgroups",
+                std::io::Error::last_os_error()
+            );
         }
         ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)?;
@@ -121,13 +147,23 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(BALANCER_OBJECT)?;
-        let prog: &mut Xdp = ebpf.program_mut(PROG_BALANCER).ok_or(DataplaneError::StubObject)?.try_into()?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_BALANCER)
+            .ok_or(DataplaneError::StubObject)?
+            .try_into()?;
         prog.load()?;
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
         }
         let tables = TableMemory::map(&ebpf, sizes.max_tables * sizes.ring_size)?;
-        Ok(Dataplane { ebpf, tables, links: Vec::new(), pin_dir: pin_dir.to_path_buf(), adopted, remove_on_drop: !adopted })
+        Ok(Dataplane {
+            ebpf,
+            tables,
+            links: Vec::new(),
+            pin_dir: pin_dir.to_path_buf(),
+            adopted,
+            remove_on_drop: !adopted,
+        })
     }
 
     /// Attaches to `iface`: replaces the program in a pinned link atomically when one
@@ -136,7 +172,11 @@ impl Dataplane {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Option<XdpMode>, DataplaneError> {
         let ifindex = ifindex(iface)?;
         let link_pin = self.pin_dir.join(format!("link_{iface}"));
-        let prog: &mut Xdp = self.ebpf.program_mut(PROG_BALANCER).ok_or(DataplaneError::StubObject)?.try_into()?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_BALANCER)
+            .ok_or(DataplaneError::StubObject)?
+            .try_into()?;
         let used = if link_pin.exists() {
             let pinned = PinnedLink::from_pin(&link_pin).map_err(|e| DataplaneError::Link(e.to_string()))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| DataplaneError::Link(e.to_string()))?;
@@ -145,7 +185,11 @@ impl Dataplane {
             None
         } else {
             let try_mode = |prog: &mut Xdp, m: XdpMode| {
-                prog.attach(iface, m).map_err(|source| DataplaneError::Attach { iface: iface.into(), mode: m, source })
+                prog.attach(iface, m).map_err(|source| DataplaneError::Attach {
+                    iface: iface.into(),
+                    mode: m,
+                    source,
+                })
             };
             let (link_id, used) = match mode {
                 AttachMode::Native => (try_mode(prog, XdpMode::Driver)?, XdpMode::Driver),
@@ -166,7 +210,8 @@ impl Dataplane {
             Some(used)
         };
         let mut tx: DevMapHash<&mut MapData> = self.map_mut(MAP_TX_PORTS)?;
-        tx.insert(ifindex, ifindex, None, 0).map_err(|e| DataplaneError::TxPort(e.to_string()))?;
+        tx.insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::TxPort(e.to_string()))?;
         Ok(used)
     }
 
@@ -195,8 +240,13 @@ impl Dataplane {
                     let mut m: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
                     let _ = m.remove(key);
                 }
-                Op::AbRule { prefix_len, key, insert } => {
-                    let mut m: aya::maps::lpm_trie::LpmTrie<&mut MapData, lb_common::AbKey, u32> = self.map_mut(MAP_AB_RULES)?;
+                Op::AbRule {
+                    prefix_len,
+                    key,
+                    insert,
+                } => {
+                    let mut m: aya::maps::lpm_trie::LpmTrie<&mut MapData, lb_common::AbKey, u32> =
+                        self.map_mut(MAP_AB_RULES)?;
                     let k = aya::maps::lpm_trie::Key::new(*prefix_len, *key);
                     if *insert {
                         m.insert(&k, 1, 0).map_err(map_err(MAP_AB_RULES))?;
@@ -270,8 +320,17 @@ impl Dataplane {
     }
 
     fn per_cpu_sum(&self, name: &'static str, index: u32) -> Result<Counters, DataplaneError> {
-        let map: PerCpuArray<&MapData, Counters> = self.ebpf.map(name).ok_or(DataplaneError::StubObject)?.try_into().map_err(map_err(name))?;
-        Ok(map.get(&index, 0).map_err(map_err(name))?.iter().fold(Counters::default(), |a, c| a.add(*c)))
+        let map: PerCpuArray<&MapData, Counters> = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::StubObject)?
+            .try_into()
+            .map_err(map_err(name))?;
+        Ok(map
+            .get(&index, 0)
+            .map_err(map_err(name))?
+            .iter()
+            .fold(Counters::default(), |a, c| a.add(*c)))
     }
 
     pub fn vip_counters(&self, vip_id: u32) -> Result<Counters, DataplaneError> {
@@ -284,7 +343,12 @@ impl Dataplane {
 
     /// Every reason counter, summed over CPUs.
     pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
-        let map: PerCpuArray<&MapData, u64> = self.ebpf.map(MAP_REASONS).ok_or(DataplaneError::StubObject)?.try_into().map_err(map_err(MAP_REASONS))?;
+        let map: PerCpuArray<&MapData, u64> = self
+            .ebpf
+            .map(MAP_REASONS)
+            .ok_or(DataplaneError::StubObject)?
+            .try_into()
+            .map_err(map_err(MAP_REASONS))?;
         Reason::ALL
             .iter()
             .map(|r| Ok((*r, map.get(&(*r as u32), 0).map_err(map_err(MAP_REASONS))?.iter().sum())))
@@ -334,18 +398,31 @@ impl TableMemory {
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: mapping a BPF_F_MMAPABLE array map of at least `len` bytes.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
         };
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error().into());
         }
-        Ok(TableMemory { base: base.cast(), len, entries })
+        Ok(TableMemory {
+            base: base.cast(),
+            len,
+            entries,
+        })
     }
 
     fn write(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
         let start = id as usize * slots.len();
         if start + slots.len() > self.entries as usize {
-            return Err(DataplaneError::Io(std::io::Error::other(format!("table {id} is beyond TABLES capacity"))));
+            return Err(DataplaneError::Io(std::io::Error::other(format!(
+                "table {id} is beyond TABLES capacity"
+            ))));
         }
         for (i, backend) in slots.iter().enumerate() {
             // SAFETY: in bounds (checked above); element start is 8-byte aligned.
@@ -359,7 +436,9 @@ impl TableMemory {
     fn read(&self, id: u32, ring_size: u32) -> Result<Vec<u32>, DataplaneError> {
         let start = id as usize * ring_size as usize;
         if start + ring_size as usize > self.entries as usize {
-            return Err(DataplaneError::Io(std::io::Error::other(format!("table {id} is beyond TABLES capacity"))));
+            return Err(DataplaneError::Io(std::io::Error::other(format!(
+                "table {id} is beyond TABLES capacity"
+            ))));
         }
         // SAFETY: in bounds; aligned u32 reads.
         Ok((0..ring_size as usize)
@@ -378,7 +457,10 @@ impl Drop for TableMemory {
 /// Pinning needs bpffs at /sys/fs/bpf; systemd mounts it on most hosts, mount it if not.
 fn ensure_bpffs() -> Result<(), DataplaneError> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
         return Ok(());
     }
     info!("mounting bpffs at /sys/fs/bpf");

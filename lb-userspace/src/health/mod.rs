@@ -111,7 +111,13 @@ pub struct HealthState {
 
 impl HealthState {
     pub fn new(now: Instant) -> HealthState {
-        HealthState { up: true, streak: 0, since: now, up_since: None, last: None }
+        HealthState {
+            up: true,
+            streak: 0,
+            since: now,
+            up_since: None,
+            last: None,
+        }
     }
 
     /// Records a result; returns the new state when it changed. Only *consecutive*
@@ -188,10 +194,16 @@ mod tests {
     use super::*;
 
     fn ok() -> CheckResult {
-        CheckResult { ok: true, reason: "L7OK".into() }
+        CheckResult {
+            ok: true,
+            reason: "L7OK".into(),
+        }
     }
     fn fail() -> CheckResult {
-        CheckResult { ok: false, reason: "L7STS 503".into() }
+        CheckResult {
+            ok: false,
+            reason: "L7STS 503".into(),
+        }
     }
 
     #[test]
@@ -200,9 +212,17 @@ mod tests {
         let mut s = HealthState::new(t0);
         assert_eq!(s.observe(fail(), t0, 2, 3), None);
         assert_eq!(s.observe(fail(), t0, 2, 3), None);
-        assert_eq!(s.observe(fail(), t0 + Duration::from_secs(3), 2, 3), Some(false), "3 consecutive failures");
+        assert_eq!(
+            s.observe(fail(), t0 + Duration::from_secs(3), 2, 3),
+            Some(false),
+            "3 consecutive failures"
+        );
         assert_eq!(s.observe(ok(), t0, 2, 3), None);
-        assert_eq!(s.observe(ok(), t0 + Duration::from_secs(5), 2, 3), Some(true), "2 consecutive successes");
+        assert_eq!(
+            s.observe(ok(), t0 + Duration::from_secs(5), 2, 3),
+            Some(true),
+            "2 consecutive successes"
+        );
         assert_eq!(s.up_since, Some(t0 + Duration::from_secs(5)));
     }
 
@@ -244,7 +264,10 @@ mod tests {
 
     #[test]
     fn slow_start_ramps_in_steps_over_the_window() {
-        let cfg = HealthConfig { slowstart: Duration::from_secs(10), ..HealthConfig::default() };
+        let cfg = HealthConfig {
+            slowstart: Duration::from_secs(10),
+            ..HealthConfig::default()
+        };
         let t0 = Instant::now();
         let mut s = HealthState::new(t0);
         s.mark_down("x".into(), t0);
@@ -260,7 +283,10 @@ mod tests {
         let mut rng = 0x1234_5678u64;
         for _ in 0..1000 {
             let d = jittered(Duration::from_secs(1), 10, &mut rng);
-            assert!(d >= Duration::from_millis(899) && d <= Duration::from_millis(1101), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(899) && d <= Duration::from_millis(1101),
+                "{d:?}"
+            );
         }
     }
 

@@ -11,7 +11,10 @@ use tokio::{
 use super::{CheckKind, CheckResult, HealthConfig};
 
 fn result(ok: bool, reason: impl Into<String>) -> CheckResult {
-    CheckResult { ok, reason: reason.into() }
+    CheckResult {
+        ok,
+        reason: reason.into(),
+    }
 }
 
 pub async fn probe(cfg: &HealthConfig, backend: SocketAddr) -> CheckResult {
@@ -45,7 +48,10 @@ async fn http(cfg: &HealthConfig, target: SocketAddr) -> CheckResult {
         Err(r) => return r,
     };
     let host = cfg.host.clone().unwrap_or_else(|| target.to_string());
-    let req = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veer-check\r\nConnection: close\r\n\r\n", cfg.path);
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: veer-check\r\nConnection: close\r\n\r\n",
+        cfg.path
+    );
     let left = cfg.timeout.saturating_sub(started.elapsed());
     let exchange = async {
         s.write_all(req.as_bytes()).await?;
@@ -75,8 +81,14 @@ async fn http(cfg: &HealthConfig, target: SocketAddr) -> CheckResult {
 }
 
 async fn udp(cfg: &HealthConfig, target: SocketAddr) -> CheckResult {
-    let bind: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let Ok(sock) = UdpSocket::bind(bind).await else { return result(false, "L4CON") };
+    let bind: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let Ok(sock) = UdpSocket::bind(bind).await else {
+        return result(false, "L4CON");
+    };
     if sock.send_to(cfg.payload.as_bytes(), target).await.is_err() {
         return result(false, "L4CON");
     }

@@ -89,9 +89,14 @@ async fn wanted_checks(core: &Shared) -> BTreeMap<String, (String, SocketAddr, H
     let mut out = BTreeMap::new();
     for v in &c.desired.config.vips {
         for p in &v.pools {
-            let Some(cfg) = p.health.as_ref().or(v.health.as_ref()) else { continue };
+            let Some(cfg) = p.health.as_ref().or(v.health.as_ref()) else {
+                continue;
+            };
             for b in &p.backends {
-                out.insert(backend_key(&v.name, b.address), (v.name.clone(), b.address, cfg.clone()));
+                out.insert(
+                    backend_key(&v.name, b.address),
+                    (v.name.clone(), b.address, cfg.clone()),
+                );
             }
         }
     }
@@ -136,7 +141,9 @@ fn passive_look(c: &mut crate::agent::Core) {
     let mut marked = Vec::new();
     for (key, h) in c.health.iter_mut() {
         let Some(&id) = ids.get(key) else { continue };
-        let Ok(counters) = c.dp.backend_counters(id) else { continue };
+        let Ok(counters) = c.dp.backend_counters(id) else {
+            continue;
+        };
         let current = (counters.backend_resets, counters.new_flows, counters.answered_flows);
         if let Some((r0, n0, a0)) = h.passive
             && h.cfg.observe

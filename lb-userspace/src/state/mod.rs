@@ -11,9 +11,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, BACKEND_UNSET, Backend, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, PROTO_UDP, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT,
-    VIP_FILTER_WORDS, VipInfo, VipKey,
+    BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, BACKEND_UNSET, Backend, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
     vip_filter_slot,
 };
@@ -134,11 +133,20 @@ pub struct Observed {
 
 impl Desired {
     pub fn new(config: Config) -> Desired {
-        Desired { config, admin: BTreeMap::new(), deploy: BTreeMap::new(), observed: Observed::default() }
+        Desired {
+            config,
+            admin: BTreeMap::new(),
+            deploy: BTreeMap::new(),
+            observed: Observed::default(),
+        }
     }
 
     pub fn admin(&self, vip: &str, addr: SocketAddr) -> AdminState {
-        self.admin.get(vip).and_then(|m| m.get(&addr)).copied().unwrap_or_default()
+        self.admin
+            .get(vip)
+            .and_then(|m| m.get(&addr))
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn vip(&self, name: &str) -> Option<&VipConfig> {
@@ -179,24 +187,43 @@ pub fn pool_key(vip: &str, pool: &str) -> String {
 pub enum Op {
     Config(lb_common::Config),
     /// Backend slot value; a fresh backend also gets its next-hop cache cleared.
-    Backend { id: u32, value: Backend, fresh: bool },
-    Table { id: u32, slots: Vec<u32> },
+    Backend {
+        id: u32,
+        value: Backend,
+        fresh: bool,
+    },
+    Table {
+        id: u32,
+        slots: Vec<u32>,
+    },
     Vip(VipKey, VipInfo),
     RemoveVip(VipKey),
     /// (word index, new value) of VIP_FILTER.
     Filter(u32, u64),
     /// Insert (true) or remove (false) an A/B rule: LPM prefix length and data.
-    AbRule { prefix_len: u32, key: lb_common::AbKey, insert: bool },
+    AbRule {
+        prefix_len: u32,
+        key: lb_common::AbKey,
+        insert: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
     #[error("VIP {vip:?} is {family} but the balancer has no {family} SNAT address: set agent.snat_{suffix}")]
-    NoSnat { vip: String, family: &'static str, suffix: &'static str },
+    NoSnat {
+        vip: String,
+        family: &'static str,
+        suffix: &'static str,
+    },
     #[error("VIP {vip:?}: {message}")]
     Deploy { vip: String, message: String },
     #[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
-    Exhausted { what: &'static str, capacity: u32, setting: &'static str },
+    Exhausted {
+        what: &'static str,
+        capacity: u32,
+        setting: &'static str,
+    },
 }
 
 /// Capacities fixed when the maps were created.
@@ -220,8 +247,21 @@ struct IdAllocator {
 }
 
 impl IdAllocator {
-    fn new(used: impl IntoIterator<Item = u32>, first: u32, capacity: u32, what: &'static str, setting: &'static str) -> Self {
-        IdAllocator { used: used.into_iter().collect(), next: first, first, capacity, what, setting }
+    fn new(
+        used: impl IntoIterator<Item = u32>,
+        first: u32,
+        capacity: u32,
+        what: &'static str,
+        setting: &'static str,
+    ) -> Self {
+        IdAllocator {
+            used: used.into_iter().collect(),
+            next: first,
+            first,
+            capacity,
+            what,
+            setting,
+        }
     }
 
     fn alloc(&mut self) -> Result<u32, StateError> {
@@ -231,7 +271,11 @@ impl IdAllocator {
         if self.next >= self.capacity {
             // ids freed below the cursor are reused only when the top is exhausted
             let free = (self.first..self.capacity).find(|i| !self.used.contains(i));
-            let id = free.ok_or(StateError::Exhausted { what: self.what, capacity: self.capacity, setting: self.setting })?;
+            let id = free.ok_or(StateError::Exhausted {
+                what: self.what,
+                capacity: self.capacity,
+                setting: self.setting,
+            })?;
             self.used.insert(id);
             return Ok(id);
         }
@@ -277,7 +321,11 @@ impl Reconciler {
 
     /// A reconciler that knows the ids and table contents already in the (adopted) maps.
     pub fn adopt(limits: Limits, ids: Ids, tables: BTreeMap<u32, Vec<u32>>) -> Reconciler {
-        Reconciler { ids, tables, ..Reconciler::new(limits) }
+        Reconciler {
+            ids,
+            tables,
+            ..Reconciler::new(limits)
+        }
     }
 
     /// Computes the writes that take the maps from what they hold to `desired`, and
@@ -294,8 +342,12 @@ impl Reconciler {
         Ok(ops)
     }
 
-
-    fn plan(&mut self, desired: &Desired, snat_v4: Option<Ipv4Addr>, snat_v6: Option<Ipv6Addr>) -> Result<Vec<Op>, StateError> {
+    fn plan(
+        &mut self,
+        desired: &Desired,
+        snat_v4: Option<Ipv4Addr>,
+        snat_v6: Option<Ipv6Addr>,
+    ) -> Result<Vec<Op>, StateError> {
         let m = self.limits.ring_size;
         let mut raise = Vec::new(); // backends becoming (more) available: before tables
         let mut table_ops = Vec::new();
@@ -313,20 +365,50 @@ impl Reconciler {
             self.config = Some(cfg);
         }
 
-        let mut filter_addrs: Vec<[u32; 4]> = snat_v4.map(|a| addr_be(a.into())).into_iter().chain(snat_v6.map(|a| addr_be(a.into()))).collect();
-        let mut vip_ids = IdAllocator::new(self.ids.vips.values().copied(), 0, self.limits.max_vips, "VIP", "max_vips");
-        let mut backend_ids = IdAllocator::new(self.ids.backends.values().copied(), 1, self.limits.max_backends, "backend", "max_backends");
-        let mut table_ids = IdAllocator::new(self.tables.keys().copied(), 1, self.limits.max_tables, "table", "max_tables");
+        let mut filter_addrs: Vec<[u32; 4]> = snat_v4
+            .map(|a| addr_be(a.into()))
+            .into_iter()
+            .chain(snat_v6.map(|a| addr_be(a.into())))
+            .collect();
+        let mut vip_ids = IdAllocator::new(
+            self.ids.vips.values().copied(),
+            0,
+            self.limits.max_vips,
+            "VIP",
+            "max_vips",
+        );
+        let mut backend_ids = IdAllocator::new(
+            self.ids.backends.values().copied(),
+            1,
+            self.limits.max_backends,
+            "backend",
+            "max_backends",
+        );
+        let mut table_ids = IdAllocator::new(
+            self.tables.keys().copied(),
+            1,
+            self.limits.max_tables,
+            "table",
+            "max_tables",
+        );
         let mut live_vips = BTreeSet::new();
         let mut ab_wanted: BTreeSet<(u32, [u32; 5])> = BTreeSet::new();
         let mut live_backends = BTreeSet::new();
         let mut live_tables = BTreeSet::new();
         for v in &desired.config.vips {
             if v.family_is_v4() && snat_v4.is_none() {
-                return Err(StateError::NoSnat { vip: v.name.clone(), family: "IPv4", suffix: "v4" });
+                return Err(StateError::NoSnat {
+                    vip: v.name.clone(),
+                    family: "IPv4",
+                    suffix: "v4",
+                });
             }
             if !v.family_is_v4() && snat_v6.is_none() {
-                return Err(StateError::NoSnat { vip: v.name.clone(), family: "IPv6", suffix: "v6" });
+                return Err(StateError::NoSnat {
+                    vip: v.name.clone(),
+                    family: "IPv6",
+                    suffix: "v6",
+                });
             }
             let vip_id = match self.ids.vips.get(&v.name) {
                 Some(&id) => id,
@@ -341,7 +423,13 @@ impl Reconciler {
             let deploy = desired.deploy.get(&v.name).cloned().unwrap_or_default();
             let next_pool = match (&deploy.split, &deploy.ab) {
                 (Some(s), Some(a)) if s.pool != a.pool => {
-                    return Err(StateError::Deploy { vip: v.name.clone(), message: format!("split goes to {:?} and A/B rules to {:?}: one next pool at a time", s.pool, a.pool) });
+                    return Err(StateError::Deploy {
+                        vip: v.name.clone(),
+                        message: format!(
+                            "split goes to {:?} and A/B rules to {:?}: one next pool at a time",
+                            s.pool, a.pool
+                        ),
+                    });
                 }
                 (Some(s), _) => Some(s.pool.clone()),
                 (None, Some(a)) => Some(a.pool.clone()),
@@ -349,10 +437,16 @@ impl Reconciler {
             };
             if let Some(np) = &next_pool {
                 if *np == v.active {
-                    return Err(StateError::Deploy { vip: v.name.clone(), message: format!("{np:?} is already the active pool") });
+                    return Err(StateError::Deploy {
+                        vip: v.name.clone(),
+                        message: format!("{np:?} is already the active pool"),
+                    });
                 }
                 if !v.pools.iter().any(|p| p.name == *np) {
-                    return Err(StateError::Deploy { vip: v.name.clone(), message: format!("no pool named {np:?}") });
+                    return Err(StateError::Deploy {
+                        vip: v.name.clone(),
+                        message: format!("no pool named {np:?}"),
+                    });
                 }
             }
             let mut next_table = 0;
@@ -391,18 +485,41 @@ impl Reconciler {
                         addr_be: addr_be(b.address.ip()),
                         port_be: b.address.port().to_be(),
                         family: family(b.address.ip()),
-                        state: if health_down { BACKEND_DOWN } else { backend_state(b.weight, admin) },
+                        state: if health_down {
+                            BACKEND_DOWN
+                        } else {
+                            backend_state(b.weight, admin)
+                        },
                         vip_id,
                     };
-                    let pct = desired.observed.weight_pct.get(&bkey).copied().unwrap_or(100).clamp(1, 100);
+                    let pct = desired
+                        .observed
+                        .weight_pct
+                        .get(&bkey)
+                        .copied()
+                        .unwrap_or(100)
+                        .clamp(1, 100);
                     // Weights are scaled by 100 so that slow start can ramp even a weight of 1.
-                    let effective = if value.state == BACKEND_READY { b.weight * pct } else { 0 };
-                    members.push(TableBackend { id, addr_be: value.addr_be, port_be: value.port_be, weight: effective });
+                    let effective = if value.state == BACKEND_READY {
+                        b.weight * pct
+                    } else {
+                        0
+                    };
+                    members.push(TableBackend {
+                        id,
+                        addr_be: value.addr_be,
+                        port_be: value.port_be,
+                        weight: effective,
+                    });
                     let old = self.backends.get(&id).copied();
                     if old != Some(value) {
                         let fresh = old.is_none_or(|o| o.addr_be != value.addr_be || o.port_be != value.port_be);
                         let op = Op::Backend { id, value, fresh };
-                        if value.state == BACKEND_READY { raise.push(op) } else { lower.push(op) }
+                        if value.state == BACKEND_READY {
+                            raise.push(op)
+                        } else {
+                            lower.push(op)
+                        }
                         self.backends.insert(id, value);
                     }
                 }
@@ -420,7 +537,10 @@ impl Reconciler {
                         _ => {
                             // A table in use is never rewritten: build in a free id, then flip.
                             let id = table_ids.alloc()?;
-                            table_ops.push(Op::Table { id, slots: slots.clone() });
+                            table_ops.push(Op::Table {
+                                id,
+                                slots: slots.clone(),
+                            });
                             self.tables.insert(id, slots);
                             id
                         }
@@ -442,14 +562,21 @@ impl Reconciler {
                 }
             }
             let key = vip_key(v);
-            let mut flags = if v.scheduler == Scheduler::SourceHash { VIP_F_HASH_SOURCE } else { 0 };
+            let mut flags = if v.scheduler == Scheduler::SourceHash {
+                VIP_F_HASH_SOURCE
+            } else {
+                0
+            };
             if deploy.split.as_ref().is_some_and(|s| s.by == SplitBy::Client) {
                 flags |= VIP_F_SPLIT_BY_CLIENT;
             }
             if let Some(ab) = &deploy.ab {
                 for (net, len) in &ab.networks {
                     if net.is_ipv4() != v.family_is_v4() {
-                        return Err(StateError::Deploy { vip: v.name.clone(), message: format!("{net}/{len} is not the VIP's address family") });
+                        return Err(StateError::Deploy {
+                            vip: v.name.clone(),
+                            message: format!("{net}/{len} is not the VIP's address family"),
+                        });
                     }
                     let a = addr_be(*net);
                     ab_wanted.insert((32 + *len as u32, [vip_id.to_be(), a[0], a[1], a[2], a[3]]));
@@ -485,11 +612,24 @@ impl Reconciler {
             }
             self.ids.vips.remove(&name);
         }
-        let gone_backends: Vec<String> = self.ids.backends.keys().filter(|k| !live_backends.contains(*k)).cloned().collect();
+        let gone_backends: Vec<String> = self
+            .ids
+            .backends
+            .keys()
+            .filter(|k| !live_backends.contains(*k))
+            .cloned()
+            .collect();
         for key in gone_backends {
             if let Some(id) = self.ids.backends.remove(&key) {
                 self.backends.remove(&id);
-                lower.push(Op::Backend { id, value: Backend { state: BACKEND_UNSET, ..Default::default() }, fresh: true });
+                lower.push(Op::Backend {
+                    id,
+                    value: Backend {
+                        state: BACKEND_UNSET,
+                        ..Default::default()
+                    },
+                    fresh: true,
+                });
             }
         }
         self.ids.tables.retain(|_, id| live_tables.contains(id));
@@ -517,9 +657,38 @@ impl Reconciler {
         }
         self.filter = filter;
 
-        let ab_key = |(len, d): &(u32, [u32; 5])| (*len, lb_common::AbKey { vip_id_be: d[0], addr_be: [d[1], d[2], d[3], d[4]] });
-        let ab_add: Vec<Op> = ab_wanted.difference(&self.ab_rules).map(|r| { let (prefix_len, key) = ab_key(r); Op::AbRule { prefix_len, key, insert: true } }).collect();
-        let ab_del: Vec<Op> = self.ab_rules.difference(&ab_wanted).map(|r| { let (prefix_len, key) = ab_key(r); Op::AbRule { prefix_len, key, insert: false } }).collect();
+        let ab_key = |(len, d): &(u32, [u32; 5])| {
+            (
+                *len,
+                lb_common::AbKey {
+                    vip_id_be: d[0],
+                    addr_be: [d[1], d[2], d[3], d[4]],
+                },
+            )
+        };
+        let ab_add: Vec<Op> = ab_wanted
+            .difference(&self.ab_rules)
+            .map(|r| {
+                let (prefix_len, key) = ab_key(r);
+                Op::AbRule {
+                    prefix_len,
+                    key,
+                    insert: true,
+                }
+            })
+            .collect();
+        let ab_del: Vec<Op> = self
+            .ab_rules
+            .difference(&ab_wanted)
+            .map(|r| {
+                let (prefix_len, key) = ab_key(r);
+                Op::AbRule {
+                    prefix_len,
+                    key,
+                    insert: false,
+                }
+            })
+            .collect();
         self.ab_rules = ab_wanted;
 
         let mut ops = config_op;
@@ -568,7 +737,10 @@ impl Reconciler {
 /// intervals of constant decisions.
 pub fn moved_share(old: &Selection, new: &Selection, ring_size: u32) -> f64 {
     let scale = lb_common::SPLIT_SCALE;
-    let (lo, hi) = (old.split_bp.min(new.split_bp).min(scale), old.split_bp.max(new.split_bp).min(scale));
+    let (lo, hi) = (
+        old.split_bp.min(new.split_bp).min(scale),
+        old.split_bp.max(new.split_bp).min(scale),
+    );
     let at = |t: Option<&[u32]>, i: usize| t.and_then(|t| t.get(i)).copied().unwrap_or(0);
     let mut moved = 0.0;
     for (start, end) in [(0, lo), (lo, hi), (hi, scale)] {
@@ -625,7 +797,12 @@ name = "empty"
 "#;
 
     fn limits() -> Limits {
-        Limits { ring_size: 251, max_backends: 64, max_tables: 16, max_vips: 8 }
+        Limits {
+            ring_size: 251,
+            max_backends: 64,
+            max_tables: 16,
+            max_vips: 8,
+        }
     }
 
     fn desired(text: &str) -> Desired {
@@ -653,7 +830,10 @@ name = "empty"
         let blue = r.ids.tables[&pool_key("web", "blue")];
         assert_eq!(info.table_current, blue);
         let slots = &r.tables[&blue];
-        let heavy = slots.iter().filter(|&&id| id == r.ids.backends[&backend_key("web", "10.0.1.2:80".parse().unwrap())]).count();
+        let heavy = slots
+            .iter()
+            .filter(|&&id| id == r.ids.backends[&backend_key("web", "10.0.1.2:80".parse().unwrap())])
+            .count();
         assert_eq!(heavy, (251.0f64 * 0.75).round() as usize, "weights 100:300");
         assert!(!r.ids.tables.contains_key(&pool_key("web", "empty")));
     }
@@ -671,8 +851,12 @@ name = "empty"
         let mut r = Reconciler::new(limits());
         r.reconcile(&desired(CFG), snat(), None).unwrap();
         let old_id = r.vip_info("web").unwrap().1.table_current;
-        let ops = r.reconcile(&desired(&CFG.replace("weight = 300", "weight = 100")), snat(), None).unwrap();
-        let Some(Op::Table { id: new_id, .. }) = ops.iter().find(|o| matches!(o, Op::Table { .. })) else { panic!("{ops:?}") };
+        let ops = r
+            .reconcile(&desired(&CFG.replace("weight = 300", "weight = 100")), snat(), None)
+            .unwrap();
+        let Some(Op::Table { id: new_id, .. }) = ops.iter().find(|o| matches!(o, Op::Table { .. })) else {
+            panic!("{ops:?}")
+        };
         assert_ne!(*new_id, old_id, "the table in use is never rewritten");
         let flip = position(&ops, |o| matches!(o, Op::Vip(_, info) if info.table_current == *new_id));
         assert!(position(&ops, |o| matches!(o, Op::Table { .. })) < flip);
@@ -689,13 +873,19 @@ name = "empty"
         for (admin, state) in [(AdminState::Drain, BACKEND_DRAIN), (AdminState::Maint, BACKEND_DOWN)] {
             d.admin.entry("web".into()).or_default().insert(addr, admin);
             let ops = r.reconcile(&d, snat(), None).unwrap();
-            let state_op = position(&ops, |o| matches!(o, Op::Backend { id: i, value, .. } if *i == id && value.state == state));
+            let state_op = position(
+                &ops,
+                |o| matches!(o, Op::Backend { id: i, value, .. } if *i == id && value.state == state),
+            );
             if admin == AdminState::Drain {
                 let flip = position(&ops, |o| matches!(o, Op::Vip(..)));
                 assert!(flip < state_op, "{ops:?}");
             }
             let table = r.vip_info("web").unwrap().1.table_current;
-            assert!(r.tables[&table].iter().all(|&s| s != id), "{admin:?} backend takes no new flows");
+            assert!(
+                r.tables[&table].iter().all(|&s| s != id),
+                "{admin:?} backend takes no new flows"
+            );
         }
     }
 
@@ -703,11 +893,18 @@ name = "empty"
     fn weight_zero_drains_and_removing_a_backend_unsets_it_last() {
         let mut r = Reconciler::new(limits());
         r.reconcile(&desired(CFG), snat(), None).unwrap();
-        let ops = r.reconcile(&desired(&CFG.replace("weight = 300", "weight = 0")), snat(), None).unwrap();
-        assert!(ops.iter().any(|o| matches!(o, Op::Backend { value, .. } if value.state == BACKEND_DRAIN)));
+        let ops = r
+            .reconcile(&desired(&CFG.replace("weight = 300", "weight = 0")), snat(), None)
+            .unwrap();
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::Backend { value, .. } if value.state == BACKEND_DRAIN))
+        );
         let removed = CFG.replace(", { address = \"10.0.1.2:80\", weight = 300 }", "");
         let ops = r.reconcile(&desired(&removed), snat(), None).unwrap();
-        let Some(Op::Backend { value, .. }) = ops.last() else { panic!("{ops:?}") };
+        let Some(Op::Backend { value, .. }) = ops.last() else {
+            panic!("{ops:?}")
+        };
         assert_eq!(value.state, BACKEND_UNSET);
     }
 
@@ -716,7 +913,10 @@ name = "empty"
         let mut r = Reconciler::new(limits());
         r.reconcile(&desired(CFG), snat(), None).unwrap();
         let before = r.ids.backends.clone();
-        let added = CFG.replace("{ address = \"10.0.2.1:80\" }", "{ address = \"10.0.2.1:80\" }, { address = \"10.0.2.2:80\" }");
+        let added = CFG.replace(
+            "{ address = \"10.0.2.1:80\" }",
+            "{ address = \"10.0.2.1:80\" }, { address = \"10.0.2.2:80\" }",
+        );
         r.reconcile(&desired(&added), snat(), None).unwrap();
         for (k, id) in &before {
             assert_eq!(r.ids.backends[k], *id, "{k} keeps its id");
@@ -731,17 +931,26 @@ name = "empty"
         r.reconcile(&d, snat(), None).unwrap();
         let a: SocketAddr = "10.0.1.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.1.2:80".parse().unwrap();
-        let (ida, idb) = (r.ids.backends[&backend_key("web", a)], r.ids.backends[&backend_key("web", b)]);
+        let (ida, idb) = (
+            r.ids.backends[&backend_key("web", a)],
+            r.ids.backends[&backend_key("web", b)],
+        );
         d.observed.down.insert(backend_key("web", a));
         r.reconcile(&d, snat(), None).unwrap();
         let t = r.vip_info("web").unwrap().1.table_current;
-        assert!(r.tables[&t].iter().all(|&s| s == idb), "a down backend leaves the table");
+        assert!(
+            r.tables[&t].iter().all(|&s| s == idb),
+            "a down backend leaves the table"
+        );
         assert_eq!(r.backend(ida).unwrap().state, BACKEND_DOWN, "its flows are re-chosen");
         d.observed.down.insert(backend_key("web", b));
         r.reconcile(&d, snat(), None).unwrap();
         assert!(r.fail_open.contains(&pool_key("web", "blue")));
         let t = r.vip_info("web").unwrap().1.table_current;
-        assert!(r.tables[&t].contains(&ida) && r.tables[&t].contains(&idb), "all down: the pool keeps its set");
+        assert!(
+            r.tables[&t].contains(&ida) && r.tables[&t].contains(&idb),
+            "all down: the pool keeps its set"
+        );
         assert_eq!(r.backend(ida).unwrap().state, BACKEND_READY);
     }
 
@@ -755,7 +964,10 @@ name = "empty"
         let id = r.ids.backends[&backend_key("web", b)];
         let t = r.vip_info("web").unwrap().1.table_current;
         let share = r.tables[&t].iter().filter(|&&s| s == id).count() as f64 / 251.0;
-        assert!((share - 30.0 / 130.0).abs() < 0.01, "weight 300 at 10% = 30 against 100: {share}");
+        assert!(
+            (share - 30.0 / 130.0).abs() < 0.01,
+            "weight 300 at 10% = 30 against 100: {share}"
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ fn main() -> anyhow::Result<()> {
     // Ctrl-C finishes the current bounded step, then everything is torn down.
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let mut lab = Lab::new(&LabOptions { weights: WEIGHTS.to_vec() })?;
+    let mut lab = Lab::new(&LabOptions {
+        weights: WEIGHTS.to_vec(),
+    })?;
     let config = lab.write_config(&WEIGHTS)?;
     lab.start_agent(&config)?;
     let total: u32 = WEIGHTS.iter().sum();
@@ -49,8 +51,17 @@ fn main() -> anyhow::Result<()> {
         let o = lab.http_load(vip, opts.requests)?;
         let s = shares(&o);
         if !opts.json {
-            println!("\nVIP {vip}: {} requests, {} ok, {} failed, {:.0} req/s", opts.requests, o.ok, o.failed, o.ok as f64 / o.elapsed.as_secs_f64());
-            println!("  {:<8} {:>6} {:>9} {:>14}", "backend", "weight", "requests", "share (want)");
+            println!(
+                "\nVIP {vip}: {} requests, {} ok, {} failed, {:.0} req/s",
+                opts.requests,
+                o.ok,
+                o.failed,
+                o.ok as f64 / o.elapsed.as_secs_f64()
+            );
+            println!(
+                "  {:<8} {:>6} {:>9} {:>14}",
+                "backend", "weight", "requests", "share (want)"
+            );
         }
         let mut rows = Vec::new();
         for (i, w) in WEIGHTS.iter().enumerate() {
@@ -60,7 +71,9 @@ fn main() -> anyhow::Result<()> {
             if !opts.json {
                 println!("  {name:<8} {w:>6} {n:>9} {pct:>6.1}% ({want:.0}%)");
             }
-            rows.push(serde_json::json!({"backend": name, "weight": w, "requests": n, "share_pct": pct, "want_pct": want}));
+            rows.push(
+                serde_json::json!({"backend": name, "weight": w, "requests": n, "share_pct": pct, "want_pct": want}),
+            );
         }
         report.push(serde_json::json!({"vip": vip.to_string(), "ok": o.ok, "failed": o.failed, "backends": rows}));
     }

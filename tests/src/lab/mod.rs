@@ -20,7 +20,9 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
 pub use servers::Servers;
-pub use traffic::{Outcome, http_get, http_get_from, keepalive_get, run_http_load, udp_request, without_counters};
+pub use traffic::{
+    Outcome, http_get, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request, without_counters,
+};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
@@ -174,7 +176,8 @@ impl Lab {
         }
         lab.wire()?;
         for (i, ns) in lab.backends.iter().enumerate() {
-            lab.servers.push(Servers::start(ns, &backend_name(i), HTTP_PORT, UDP_PORT)?);
+            lab.servers
+                .push(Servers::start(ns, &backend_name(i), HTTP_PORT, UDP_PORT)?);
         }
         Ok(lab)
     }
@@ -186,15 +189,25 @@ impl Lab {
         run_cmd(&["ip", "-n", &br, "link", "add", "name", "br0", "type", "bridge"])?;
         run_cmd(&["ip", "-n", &br, "link", "set", "dev", "br0", "up"])?;
         let mut hosts: Vec<(&Netns, String, Vec<String>)> = vec![
-            (&self.client, "p-cl".into(), vec![format!("{CLIENT4}/24"), format!("{CLIENT6}/64")]),
+            (
+                &self.client,
+                "p-cl".into(),
+                vec![format!("{CLIENT4}/24"), format!("{CLIENT6}/64")],
+            ),
             (&self.lb, "p-lb".into(), vec![format!("{LB4}/24"), format!("{LB6}/64")]),
         ];
         for (i, ns) in self.backends.iter().enumerate() {
-            hosts.push((ns, format!("p-b{}", i + 1), vec![format!("{}/24", backend4(i)), format!("{}/64", backend6(i))]));
+            hosts.push((
+                ns,
+                format!("p-b{}", i + 1),
+                vec![format!("{}/24", backend4(i)), format!("{}/64", backend6(i))],
+            ));
         }
         for (ns, peer, addrs) in &hosts {
             let n = ns.name.as_str();
-            run_cmd(&["ip", "-n", &br, "link", "add", "name", "eth0", "type", "veth", "peer", "name", peer])?;
+            run_cmd(&[
+                "ip", "-n", &br, "link", "add", "name", "eth0", "type", "veth", "peer", "name", peer,
+            ])?;
             run_cmd(&["ip", "-n", &br, "link", "set", "dev", "eth0", "netns", n])?;
             run_cmd(&["ip", "-n", &br, "link", "set", "dev", peer, "master", "br0", "up"])?;
             run_cmd(&["ip", "-n", n, "link", "set", "dev", "lo", "up"])?;
@@ -210,8 +223,27 @@ impl Lab {
             run_cmd(&["ip", "netns", "exec", n, "ethtool", "-K", "eth0", "tx", "off"])?;
         }
         let cl = self.client.name.as_str();
-        run_cmd(&["ip", "-n", cl, "route", "add", &format!("{VIP4}/32"), "via", &LB4.to_string()])?;
-        run_cmd(&["ip", "-n", cl, "-6", "route", "add", &format!("{VIP6}/128"), "via", &LB6.to_string()])?;
+        run_cmd(&[
+            "ip",
+            "-n",
+            cl,
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &LB4.to_string(),
+        ])?;
+        run_cmd(&[
+            "ip",
+            "-n",
+            cl,
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            &LB6.to_string(),
+        ])?;
         let lb = self.lb.name.as_str();
         for s in [
             "net.ipv4.ip_forward=1",
@@ -227,9 +259,13 @@ impl Lab {
         }
         let pass = self.bridge.run(|| -> anyhow::Result<aya::Ebpf> {
             let mut ebpf = aya::Ebpf::load(veer::dataplane::PASS_OBJECT).context("load the XDP_PASS object")?;
-            let prog: &mut aya::programs::Xdp = ebpf.program_mut(lb_common::PROG_PASS).context("veer_pass")?.try_into()?;
+            let prog: &mut aya::programs::Xdp = ebpf
+                .program_mut(lb_common::PROG_PASS)
+                .context("veer_pass")?
+                .try_into()?;
             prog.load()?;
-            prog.attach("p-lb", aya::programs::XdpMode::Driver).context("attach veer_pass to p-lb")?;
+            prog.attach("p-lb", aya::programs::XdpMode::Driver)
+                .context("attach veer_pass to p-lb")?;
             Ok(ebpf)
         })??;
         self._pass = Some(pass);
@@ -244,7 +280,11 @@ impl Lab {
                 .iter()
                 .enumerate()
                 .map(|(i, w)| {
-                    let addr = if v6 { format!("[{}]:{port}", backend6(i)) } else { format!("{}:{port}", backend4(i)) };
+                    let addr = if v6 {
+                        format!("[{}]:{port}", backend6(i))
+                    } else {
+                        format!("{}:{port}", backend4(i))
+                    };
                     format!("{{ address = \"{addr}\", weight = {w} }}")
                 })
                 .collect::<Vec<_>>()
@@ -281,7 +321,10 @@ impl Lab {
             .stderr(out)
             .spawn()
             .with_context(|| format!("failed to run {} agent", veer.display()))?;
-        let mut agent = Agent { child: Some(child), log };
+        let mut agent = Agent {
+            child: Some(child),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if agent.log_text().contains("veer agent ready") {
@@ -290,7 +333,10 @@ impl Lab {
             if let Some(c) = agent.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                bail!("veer agent exited ({status}) before it was ready:\n{}", agent.log_text());
+                bail!(
+                    "veer agent exited ({status}) before it was ready:\n{}",
+                    agent.log_text()
+                );
             }
             if Instant::now() > deadline {
                 bail!("veer agent not ready after 20 s:\n{}", agent.log_text());
@@ -333,7 +379,16 @@ impl Lab {
         let mut out = Vec::new();
         for i in 0..n {
             let a = Ipv4Addr::new(10, 77, 0, 150 + i as u8);
-            run_cmd(&["ip", "-n", &self.client.name, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+            run_cmd(&[
+                "ip",
+                "-n",
+                &self.client.name,
+                "addr",
+                "add",
+                &format!("{a}/24"),
+                "dev",
+                "eth0",
+            ])?;
             out.push(a.into());
         }
         Ok(out)
@@ -377,34 +432,15 @@ impl Lab {
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
         max: usize,
     ) -> anyhow::Result<std::thread::JoinHandle<Outcome>> {
-        self.client.spawn(move || {
-            let start = Instant::now();
-            let mut out = Outcome::default();
-            for _ in 0..max {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                match http_get(vip, Duration::from_secs(3)) {
-                    Ok(name) => {
-                        out.ok += 1;
-                        *out.by_backend.entry(name).or_default() += 1;
-                    }
-                    Err(e) => {
-                        out.failed += 1;
-                        if out.errors.len() < 5 {
-                            out.errors.push(format!("{e:#}"));
-                        }
-                    }
-                }
-            }
-            out.elapsed = start.elapsed();
-            out
-        })
+        self.client
+            .spawn(move || run_http_load_until(vip, max, Duration::from_secs(3), &stop))
     }
 
     /// A TCP connection to `vip` opened from the client namespace (usable from any thread).
     pub fn connect(&self, vip: SocketAddr) -> anyhow::Result<std::net::TcpStream> {
-        self.client.run(move || std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3)))?.context("connect")
+        self.client
+            .run(move || std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3)))?
+            .context("connect")
     }
 
     /// `n` new-connection HTTP GETs from the client to `vip` (bounded: each has a timeout).
@@ -428,7 +464,8 @@ impl Lab {
     }
 
     pub fn udp(&self, vip: SocketAddr, payload: &'static [u8]) -> anyhow::Result<String> {
-        self.client.run(move || udp_request(vip, payload, Duration::from_secs(2)))?
+        self.client
+            .run(move || udp_request(vip, payload, Duration::from_secs(2)))?
     }
 
     /// Names of every namespace of this lab.
@@ -492,12 +529,20 @@ impl Drop for ChildGuard {
 /// Requests per backend name, and the share in percent.
 pub fn shares(outcome: &Outcome) -> BTreeMap<String, (usize, f64)> {
     let total = outcome.by_backend.values().sum::<usize>().max(1);
-    outcome.by_backend.iter().map(|(k, &n)| (k.clone(), (n, n as f64 * 100.0 / total as f64))).collect()
+    outcome
+        .by_backend
+        .iter()
+        .map(|(k, &n)| (k.clone(), (n, n as f64 * 100.0 / total as f64)))
+        .collect()
 }
 
 /// Names of namespaces that still exist with this prefix.
 pub fn leftover_namespaces(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
     String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.split_whitespace().next())

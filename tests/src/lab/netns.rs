@@ -6,7 +6,10 @@ use anyhow::{Context as _, bail};
 
 /// Runs a command; fails with its stderr.
 pub fn run_cmd(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("failed to run {args:?}"))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("failed to run {args:?}"))?;
     if !out.status.success() {
         bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -39,7 +42,8 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<std::thread::JoinHandle<T>> {
-        let file = File::open(format!("/run/netns/{}", self.name)).with_context(|| format!("open netns {}", self.name))?;
+        let file =
+            File::open(format!("/run/netns/{}", self.name)).with_context(|| format!("open netns {}", self.name))?;
         Ok(std::thread::spawn(move || {
             // SAFETY: valid fd of a network namespace; affects only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };

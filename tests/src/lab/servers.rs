@@ -36,7 +36,10 @@ impl Servers {
     pub fn start(ns: &Netns, name: &str, http_port: u16, udp_port: u16) -> anyhow::Result<Servers> {
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicU64::new(0));
-        let health = Health { status: Arc::new(AtomicU16::new(200)), delay_ms: Arc::new(AtomicU64::new(0)) };
+        let health = Health {
+            status: Arc::new(AtomicU16::new(200)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+        };
         let http = {
             let (stop, requests, name, health) = (stop.clone(), requests.clone(), name.to_string(), health.clone());
             let listener = ns.run(move || TcpListener::bind(SocketAddr::from(([0u16; 8], http_port))))??;
@@ -56,7 +59,13 @@ impl Servers {
                 }
             })
         };
-        Ok(Servers { stop, threads: vec![http, udp], requests, health_status: health.status, health_delay_ms: health.delay_ms })
+        Ok(Servers {
+            stop,
+            threads: vec![http, udp],
+            requests,
+            health_status: health.status,
+            health_delay_ms: health.delay_ms,
+        })
     }
 
     pub fn stop(&mut self) {

@@ -29,10 +29,16 @@ pub fn http_get(vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
 
 /// Like [`http_get`], from a chosen source address (a client alias).
 pub fn http_get_from(src: std::net::IpAddr, vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
-    let domain = if vip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let domain = if vip.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(src, 0).into()).with_context(|| format!("bind {src}"))?;
-    sock.connect_timeout(&vip.into(), timeout).with_context(|| format!("connect {vip} from {src}"))?;
+    sock.bind(&SocketAddr::new(src, 0).into())
+        .with_context(|| format!("bind {src}"))?;
+    sock.connect_timeout(&vip.into(), timeout)
+        .with_context(|| format!("connect {vip} from {src}"))?;
     get_on(sock.into(), vip, timeout)
 }
 
@@ -55,9 +61,22 @@ fn get_on(mut s: TcpStream, vip: SocketAddr, timeout: Duration) -> anyhow::Resul
 
 /// `n` sequential new-connection GETs.
 pub fn run_http_load(vip: SocketAddr, n: usize, timeout: Duration) -> Outcome {
+    run_http_load_until(vip, n, timeout, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// Sequential new-connection GETs until `stop` is set or `max` were sent.
+pub fn run_http_load_until(
+    vip: SocketAddr,
+    max: usize,
+    timeout: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Outcome {
     let start = Instant::now();
     let mut out = Outcome::default();
-    for _ in 0..n {
+    for _ in 0..max {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         match http_get(vip, timeout) {
             Ok(name) => {
                 out.ok += 1;
@@ -77,7 +96,11 @@ pub fn run_http_load(vip: SocketAddr, n: usize, timeout: Duration) -> Outcome {
 
 /// One UDP datagram to `vip`; returns the reply as text.
 pub fn udp_request(vip: SocketAddr, payload: &[u8], timeout: Duration) -> anyhow::Result<String> {
-    let bind: SocketAddr = if vip.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let bind: SocketAddr = if vip.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
     // A few tries: the first datagram may be spent resolving neighbours.
@@ -110,7 +133,11 @@ pub fn keepalive_get(s: &mut TcpStream) -> anyhow::Result<String> {
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if body.len() >= len {
                 return Ok(body[..len].trim().to_string());
@@ -123,9 +150,12 @@ pub fn keepalive_get(s: &mut TcpStream) -> anyhow::Result<String> {
 /// not change across an agent restart.
 pub fn without_counters(v: &serde_json::Value) -> serde_json::Value {
     match v {
-        serde_json::Value::Object(m) => {
-            serde_json::Value::Object(m.iter().filter(|(k, _)| *k != "counters" && *k != "check").map(|(k, v)| (k.clone(), without_counters(v))).collect())
-        }
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "counters" && *k != "check")
+                .map(|(k, v)| (k.clone(), without_counters(v)))
+                .collect(),
+        ),
         serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(without_counters).collect()),
         other => other.clone(),
     }

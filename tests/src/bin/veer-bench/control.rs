@@ -33,7 +33,17 @@ pub fn run() -> anyhow::Result<Report> {
     let (build_fresh_ms, build_rebuild_ms) = table_build();
     let (api_ms, flips, late_flips, first_conn_ms) = api_flip()?;
     let (rss_mb, rss_tables_mb, startup_ms) = idle_memory()?;
-    Ok(Report { build_fresh_ms, build_rebuild_ms, api_ms, flips, late_flips, first_conn_ms, rss_mb, rss_tables_mb, startup_ms })
+    Ok(Report {
+        build_fresh_ms,
+        build_rebuild_ms,
+        api_ms,
+        flips,
+        late_flips,
+        first_conn_ms,
+        rss_mb,
+        rss_tables_mb,
+        startup_ms,
+    })
 }
 
 /// 1000 backends, M = 65537: from scratch, and after one weight change (with the previous
@@ -41,7 +51,12 @@ pub fn run() -> anyhow::Result<Report> {
 fn table_build() -> (f64, f64) {
     let m = 65537;
     let mut backends: Vec<TableBackend> = (0..1000u32)
-        .map(|i| TableBackend { id: i + 1, addr_be: [u32::from_ne_bytes([10, 1, (i >> 8) as u8, i as u8]), 0, 0, 0], port_be: 80u16.to_be(), weight: 100 })
+        .map(|i| TableBackend {
+            id: i + 1,
+            addr_be: [u32::from_ne_bytes([10, 1, (i >> 8) as u8, i as u8]), 0, 0, 0],
+            port_be: 80u16.to_be(),
+            weight: 100,
+        })
         .collect();
     let mut fresh = Vec::new();
     let mut rebuild = Vec::new();
@@ -61,14 +76,33 @@ fn table_build() -> (f64, f64) {
 /// After 1:0:0 is answered, the very next new connection must reach b1.
 fn api_flip() -> anyhow::Result<(f64, usize, usize, f64)> {
     let weights = [1, 1, 2];
-    let mut lab = Lab::new(&LabOptions { weights: weights.to_vec() })?;
+    let mut lab = Lab::new(&LabOptions {
+        weights: weights.to_vec(),
+    })?;
     let config = lab.write_config(&weights)?;
     lab.start_agent(&config)?;
     let vip = SocketAddr::new(VIP4.into(), 80);
     lab.wait_for_vip(vip)?;
     let text = std::fs::read_to_string(&config)?;
-    let only_b1 = text.replacen(&format!("{}:{HTTP_PORT}\", weight = 1 }}, {{ address = \"{}:{HTTP_PORT}\", weight = 1", backend4(0), backend4(1)), &format!("{}:{HTTP_PORT}\", weight = 1 }}, {{ address = \"{}:{HTTP_PORT}\", weight = 0", backend4(0), backend4(1)), 1)
-        .replacen(&format!("{}:{HTTP_PORT}\", weight = 2", backend4(2)), &format!("{}:{HTTP_PORT}\", weight = 0", backend4(2)), 1);
+    let only_b1 = text
+        .replacen(
+            &format!(
+                "{}:{HTTP_PORT}\", weight = 1 }}, {{ address = \"{}:{HTTP_PORT}\", weight = 1",
+                backend4(0),
+                backend4(1)
+            ),
+            &format!(
+                "{}:{HTTP_PORT}\", weight = 1 }}, {{ address = \"{}:{HTTP_PORT}\", weight = 0",
+                backend4(0),
+                backend4(1)
+            ),
+            1,
+        )
+        .replacen(
+            &format!("{}:{HTTP_PORT}\", weight = 2", backend4(2)),
+            &format!("{}:{HTTP_PORT}\", weight = 0", backend4(2)),
+            1,
+        );
     ensure!(only_b1 != text, "could not derive the 1:0:0 config");
     let socket = lab.socket();
     let mut api = Vec::new();
@@ -103,7 +137,16 @@ fn idle_memory() -> anyhow::Result<(f64, f64, f64)> {
         lab.dir.join("state.json").display()
     );
     for v in 0..100u32 {
-        let backends: Vec<String> = (0..100u32).map(|b| format!("{{ address = \"10.{}.{}.{}:8080\" }}", 100 + v / 50, (v % 50) * 4 + b / 250, b % 250 + 1)).collect();
+        let backends: Vec<String> = (0..100u32)
+            .map(|b| {
+                format!(
+                    "{{ address = \"10.{}.{}.{}:8080\" }}",
+                    100 + v / 50,
+                    (v % 50) * 4 + b / 250,
+                    b % 250 + 1
+                )
+            })
+            .collect();
         text.push_str(&format!(
             "\n[[vip]]\nname = \"v{v}\"\naddress = \"10.200.{}.{}:80\"\nactive = \"p\"\n[[vip.pool]]\nname = \"p\"\nbackends = [ {} ]\n",
             v / 250,
@@ -120,10 +163,19 @@ fn idle_memory() -> anyhow::Result<(f64, f64, f64)> {
     let pid = lab.agent.as_ref().and_then(|a| a.pid()).context("agent pid")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = |key: &str| -> f64 {
-        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     // Pages of the kernel's Maglev tables mapped into the agent count as file/shmem RSS.
-    Ok((kb("VmRSS:") / 1024.0, (kb("RssFile:") + kb("RssShmem:")) / 1024.0, startup_ms))
+    Ok((
+        kb("VmRSS:") / 1024.0,
+        (kb("RssFile:") + kb("RssShmem:")) / 1024.0,
+        startup_ms,
+    ))
 }
 
 impl Report {
@@ -141,7 +193,10 @@ impl Report {
             return;
         }
         println!("\ncontrol plane");
-        println!("  Maglev table, 1000 backends, M=65537: {:.2} ms from scratch, {:.2} ms rebuild after a weight change (target < 2 ms)", self.build_fresh_ms, self.build_rebuild_ms);
+        println!(
+            "  Maglev table, 1000 backends, M=65537: {:.2} ms from scratch, {:.2} ms rebuild after a weight change (target < 2 ms)",
+            self.build_fresh_ms, self.build_rebuild_ms
+        );
         println!(
             "  API call to flip: {:.2} ms median per `apply` answered; {} of {} flips not yet visible to the first new connection after the answer (that connection took {:.2} ms)",
             self.api_ms, self.late_flips, self.flips, self.first_conn_ms

@@ -17,8 +17,7 @@ use aya::{
 };
 use clap::Parser;
 use lb_common::{
-    BenchPacket, MAP_BENCH_PACKET, MAP_BENCH_PROGS, PROG_BALANCER, PROG_BENCH_FLOOR,
-    PROG_BENCH_HARNESS, Reason,
+    BenchPacket, MAP_BENCH_PACKET, MAP_BENCH_PROGS, PROG_BALANCER, PROG_BENCH_FLOOR, PROG_BENCH_HARNESS, Reason,
 };
 use veer_tests::{
     fixture::*,
@@ -77,8 +76,14 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench loads BPF programs into the kernel: run it as root (cargo xtask bench)");
     }
-    let control = if opts.data_path_only || opts.only.is_some() { None } else { Some(control::run()?) };
-    let data = std::thread::spawn(move || data_path(opts)).join().map_err(|_| anyhow::anyhow!("data-path bench panicked"))??;
+    let control = if opts.data_path_only || opts.only.is_some() {
+        None
+    } else {
+        Some(control::run()?)
+    };
+    let data = std::thread::spawn(move || data_path(opts))
+        .join()
+        .map_err(|_| anyhow::anyhow!("data-path bench panicked"))??;
     if let Some(c) = control {
         c.print(data);
     }
@@ -86,7 +91,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn data_path(opts: Options) -> anyhow::Result<bool> {
-    ensure!(opts.repeat >= 1 && opts.rounds >= 1, "--repeat and --rounds must be positive");
+    ensure!(
+        opts.repeat >= 1 && opts.rounds >= 1,
+        "--repeat and --rounds must be positive"
+    );
     // A full connection table: every new flow evicts an old one, as on a busy balancer. It
     // also keeps the NAT port space (65536 ports per backend and SNAT address) from running out.
     let mut fx = Fixture::new(FLOW_CAPACITY);
@@ -101,9 +109,20 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
     let syn4 = Spec::tcp_syn((CLIENT4.into(), 40000), (VIP4.into(), 80));
     let syn4_wide = Spec::tcp_syn((CLIENT4.into(), 40000), (VIP4.into(), WIDE_PORT));
     let syn6 = Spec::tcp_syn((CLIENT6.into(), 40000), (VIP6.into(), 80));
-    let mut ack4 = Spec { l4: L4::Tcp { syn: false, ack: true, seq: 1001 }, ..syn4.clone() };
+    let mut ack4 = Spec {
+        l4: L4::Tcp {
+            syn: false,
+            ack: true,
+            seq: 1001,
+        },
+        ..syn4.clone()
+    };
     ack4.payload = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n".to_vec();
-    let ack6 = Spec { payload: ack4.payload.clone(), l4: ack4.l4, ..syn6.clone() };
+    let ack6 = Spec {
+        payload: ack4.payload.clone(),
+        l4: ack4.l4,
+        ..syn6.clone()
+    };
     let (v, fwd4) = fx.run(&syn4.build(), ingress);
     ensure!(v == XDP_TX, "setup SYN not forwarded (verdict {v})");
     let (v, _) = fx.run(&syn6.build(), ingress);
@@ -112,35 +131,109 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
     let other = Spec::tcp_syn((CLIENT4.into(), 40000), ("10.9.0.77".parse()?, 80));
 
     let paths = [
-        Path { name: "non-VIP pass", packet: other.build(), harness: false, vary: None, verdict: XDP_PASS, proof: Reason::PassNotVip, new_flows_per_run: 0, target: Some(2.0) , warmup: None },
-        Path { name: "new TCP flow (IPv4)", packet: syn4_wide.build(), harness: true, vary: Some((26, 34)), verdict: XDP_TX, proof: Reason::Tx, new_flows_per_run: 1, target: Some(13.0) , warmup: None },
-        Path { name: "established TCP flow (IPv4)", packet: ack4.build(), harness: true, vary: None, verdict: XDP_TX, proof: Reason::Tx, new_flows_per_run: 0, target: Some(6.0) , warmup: Some(ack4.build()) },
-        Path { name: "NAT reply (IPv4)", packet: reply4.build(), harness: true, vary: None, verdict: XDP_TX, proof: Reason::TxReply, new_flows_per_run: 0, target: None , warmup: Some(syn4.build()) },
-        Path { name: "established TCP flow (IPv6)", packet: ack6.build(), harness: true, vary: None, verdict: XDP_TX, proof: Reason::Tx, new_flows_per_run: 0, target: None , warmup: Some(ack6.build()) },
+        Path {
+            name: "non-VIP pass",
+            packet: other.build(),
+            harness: false,
+            vary: None,
+            verdict: XDP_PASS,
+            proof: Reason::PassNotVip,
+            new_flows_per_run: 0,
+            target: Some(2.0),
+            warmup: None,
+        },
+        Path {
+            name: "new TCP flow (IPv4)",
+            packet: syn4_wide.build(),
+            harness: true,
+            vary: Some((26, 34)),
+            verdict: XDP_TX,
+            proof: Reason::Tx,
+            new_flows_per_run: 1,
+            target: Some(13.0),
+            warmup: None,
+        },
+        Path {
+            name: "established TCP flow (IPv4)",
+            packet: ack4.build(),
+            harness: true,
+            vary: None,
+            verdict: XDP_TX,
+            proof: Reason::Tx,
+            new_flows_per_run: 0,
+            target: Some(6.0),
+            warmup: Some(ack4.build()),
+        },
+        Path {
+            name: "NAT reply (IPv4)",
+            packet: reply4.build(),
+            harness: true,
+            vary: None,
+            verdict: XDP_TX,
+            proof: Reason::TxReply,
+            new_flows_per_run: 0,
+            target: None,
+            warmup: Some(syn4.build()),
+        },
+        Path {
+            name: "established TCP flow (IPv6)",
+            packet: ack6.build(),
+            harness: true,
+            vary: None,
+            verdict: XDP_TX,
+            proof: Reason::Tx,
+            new_flows_per_run: 0,
+            target: None,
+            warmup: Some(ack6.build()),
+        },
     ];
 
-    let paths: Vec<Path> = paths.into_iter().filter(|p| opts.only.as_ref().is_none_or(|o| p.name.contains(o.as_str()))).collect();
+    let paths: Vec<Path> = paths
+        .into_iter()
+        .filter(|p| opts.only.as_ref().is_none_or(|o| p.name.contains(o.as_str())))
+        .collect();
     let floor_pkt = syn4.build();
     let mut floor = Vec::new();
     let mut per_path: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut harness_cost: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut new_flow_shortfall = 0u64;
     for round in 0..opts.rounds {
-        floor.push(ns(fx.run_program(PROG_BENCH_FLOOR, &floor_pkt, ingress, opts.repeat).2, opts.repeat));
+        floor.push(ns(
+            fx.run_program(PROG_BENCH_FLOOR, &floor_pkt, ingress, opts.repeat).2,
+            opts.repeat,
+        ));
         for (i, path) in paths.iter().enumerate() {
             if !path.harness {
                 let before = fx.reason(path.proof);
                 let (v, _, d) = fx.run_program(PROG_BALANCER, &path.packet, ingress, opts.repeat);
-                ensure!(v == path.verdict, "{}: verdict {v}, expected {}", path.name, path.verdict);
-                ensure!(fx.reason(path.proof) - before == opts.repeat as u64, "{}: {} did not count every run", path.name, path.proof.name());
+                ensure!(
+                    v == path.verdict,
+                    "{}: verdict {v}, expected {}",
+                    path.name,
+                    path.verdict
+                );
+                ensure!(
+                    fx.reason(path.proof) - before == opts.repeat as u64,
+                    "{}: {} did not count every run",
+                    path.name,
+                    path.proof.name()
+                );
                 per_path[i].push(ns(d, opts.repeat));
                 continue;
             }
-            set_bench_packet(&mut fx, &path.packet, path.vary, round.wrapping_mul(opts.repeat).wrapping_mul(2))?;
+            set_bench_packet(
+                &mut fx,
+                &path.packet,
+                path.vary,
+                round.wrapping_mul(opts.repeat).wrapping_mul(2),
+            )?;
             set_tail(&mut fx, PROG_BENCH_FLOOR)?;
             let (v, _, d_floor_via_harness) = fx.run_program(PROG_BENCH_HARNESS, &path.packet, ingress, opts.repeat);
             ensure!(v == XDP_TX, "harness -> floor verdict {v}");
-            let floor_now = ns(fx.run_program(PROG_BENCH_FLOOR, &path.packet, ingress, opts.repeat).2, opts.repeat);
+            let floor_now = ns(
+                fx.run_program(PROG_BENCH_FLOOR, &path.packet, ingress, opts.repeat).2,
+                opts.repeat,
+            );
             harness_cost[i].push(ns(d_floor_via_harness, opts.repeat) - floor_now);
 
             set_tail(&mut fx, PROG_BALANCER)?;
@@ -158,14 +251,33 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             let counted = fx.reason(path.proof) - before;
             let new_flows = fx.vip_counters(vip_of(&path.packet)).new_flows - flows_before;
             if path.new_flows_per_run == 0 {
-                ensure!(v == path.verdict, "{}: verdict {v}, expected {}; reasons: {}", path.name, path.verdict, reasons(&fx));
-                ensure!(counted == opts.repeat as u64, "{}: {} counted {counted} of {} runs: wrong path measured", path.name, path.proof.name(), opts.repeat);
-                ensure!(new_flows == 0, "{}: {new_flows} new flows on an established path", path.name);
+                ensure!(
+                    v == path.verdict,
+                    "{}: verdict {v}, expected {}; reasons: {}",
+                    path.name,
+                    path.verdict,
+                    reasons(&fx)
+                );
+                ensure!(
+                    counted == opts.repeat as u64,
+                    "{}: {} counted {counted} of {} runs: wrong path measured",
+                    path.name,
+                    path.proof.name(),
+                    opts.repeat
+                );
+                ensure!(
+                    new_flows == 0,
+                    "{}: {new_flows} new flows on an established path",
+                    path.name
+                );
             } else {
                 // A NAT source-port collision can still drop a rare SYN: it must stay rare.
                 ensure!(
                     new_flows == counted && counted * 1000 >= opts.repeat as u64 * 999,
-                    "{}: only {counted} of {} runs were new flows forwarded; reasons: {}", path.name, opts.repeat, reasons(&fx)
+                    "{}: only {counted} of {} runs were new flows forwarded; reasons: {}",
+                    path.name,
+                    opts.repeat,
+                    reasons(&fx)
                 );
                 new_flow_shortfall += opts.repeat as u64 - counted;
             }
@@ -182,19 +294,44 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             let proof = format!(
                 "{} {} per round{}{}",
                 p.proof.name(),
-                if p.new_flows_per_run > 0 { "~".to_string() + &opts.repeat.to_string() } else { "+".to_string() + &opts.repeat.to_string() },
                 if p.new_flows_per_run > 0 {
-                    format!(", new_flows = forwarded; {new_flow_shortfall} of {} SYNs dropped (NAT port taken)", opts.repeat as u64 * opts.rounds as u64)
+                    "~".to_string() + &opts.repeat.to_string()
+                } else {
+                    "+".to_string() + &opts.repeat.to_string()
+                },
+                if p.new_flows_per_run > 0 {
+                    format!(
+                        ", new_flows = forwarded; {new_flow_shortfall} of {} SYNs dropped (NAT port taken)",
+                        opts.repeat as u64 * opts.rounds as u64
+                    )
                 } else {
                     String::new()
                 },
-                if p.harness { format!(", harness {:.1} ns subtracted", median(h)) } else { String::new() },
+                if p.harness {
+                    format!(", harness {:.1} ns subtracted", median(h))
+                } else {
+                    String::new()
+                },
             );
-            Result { name: p.name, ns, ratio: ns / floor_ns, target: p.target, proof }
+            Result {
+                name: p.name,
+                ns,
+                ratio: ns / floor_ns,
+                target: p.target,
+                proof,
+            }
         })
         .collect();
-    let v4 = results.iter().find(|r| r.name == "established TCP flow (IPv4)").map(|r| r.ns).unwrap_or(1.0);
-    let v6 = results.iter().find(|r| r.name == "established TCP flow (IPv6)").map(|r| r.ns).unwrap_or(0.0);
+    let v4 = results
+        .iter()
+        .find(|r| r.name == "established TCP flow (IPv4)")
+        .map(|r| r.ns)
+        .unwrap_or(1.0);
+    let v6 = results
+        .iter()
+        .find(|r| r.name == "established TCP flow (IPv6)")
+        .map(|r| r.ns)
+        .unwrap_or(0.0);
     if opts.json {
         let rows: Vec<_> = results
             .iter()
@@ -206,12 +343,18 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        println!("XDP data path, BPF_PROG_TEST_RUN x{} per measurement, median of {} rounds", opts.repeat, opts.rounds);
+        println!(
+            "XDP data path, BPF_PROG_TEST_RUN x{} per measurement, median of {} rounds",
+            opts.repeat, opts.rounds
+        );
         println!("floor (XDP_TX-only program): {floor_ns:.1} ns/packet\n");
         println!("{:<30} {:>9} {:>8} {:>8}  proof", "path", "ns/pkt", "x floor", "target");
         for r in &results {
             let target = r.target.map(|t| format!("<= {t}x")).unwrap_or_else(|| "-".into());
-            println!("{:<30} {:>9.1} {:>7.2}x {:>8}  {}", r.name, r.ns, r.ratio, target, r.proof);
+            println!(
+                "{:<30} {:>9.1} {:>7.2}x {:>8}  {}",
+                r.name, r.ns, r.ratio, target, r.proof
+            );
         }
         println!("\nIPv6 / IPv4 established: {:.2} (target <= 1.2)", v6 / v4);
     }
@@ -235,14 +378,23 @@ fn reply_to(request: &Spec, forwarded: &[u8]) -> anyhow::Result<Spec> {
         sport: 8080,
         dst: SNAT4.into(),
         dport: u16::from_be_bytes([forwarded[34], forwarded[35]]),
-        l4: L4::Tcp { syn: false, ack: true, seq: 5000 },
+        l4: L4::Tcp {
+            syn: false,
+            ack: true,
+            seq: 5000,
+        },
         payload: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
         ..request.clone()
     })
 }
 
 fn reasons(fx: &Fixture) -> String {
-    Reason::ALL.iter().map(|r| format!("{}={}", r.name(), fx.reason(*r))).filter(|s| !s.ends_with("=0")).collect::<Vec<_>>().join(" ")
+    Reason::ALL
+        .iter()
+        .map(|r| format!("{}={}", r.name(), fx.reason(*r)))
+        .filter(|s| !s.ends_with("=0"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -269,16 +421,43 @@ const WIDE_VIP_ID: u32 = 5;
 /// measure port exhaustion instead of the data path.
 fn add_wide_pool(fx: &mut Fixture) {
     let backends: Vec<(u32, std::net::SocketAddr, u32)> = (0..16u8)
-        .map(|i| (100 + i as u32, std::net::SocketAddr::new(std::net::Ipv4Addr::new(10, 9, 0, 200 + i).into(), 8080), 1))
+        .map(|i| {
+            (
+                100 + i as u32,
+                std::net::SocketAddr::new(std::net::Ipv4Addr::new(10, 9, 0, 200 + i).into(), 8080),
+                1,
+            )
+        })
         .collect();
     for &(id, addr, _) in &backends {
         fx.set_backend(id, addr, WIDE_VIP_ID, lb_common::BACKEND_READY);
-        run_cmd(&["ip", "-n", &fx.ns.0, "neigh", "replace", &addr.ip().to_string(), "lladdr", "02:00:00:00:02:00", "dev", "fx0", "nud", "permanent"]);
+        run_cmd(&[
+            "ip",
+            "-n",
+            &fx.ns.0,
+            "neigh",
+            "replace",
+            &addr.ip().to_string(),
+            "lladdr",
+            "02:00:00:00:02:00",
+            "dev",
+            "fx0",
+            "nud",
+            "permanent",
+        ]);
     }
     let pool = Pool { table: 6, backends };
     fx.write_table(&pool);
-    let info = lb_common::VipInfo { vip_id: WIDE_VIP_ID, table_current: 6, ..Default::default() };
-    fx.set_vip(std::net::SocketAddr::new(VIP4.into(), WIDE_PORT), lb_common::PROTO_TCP, info);
+    let info = lb_common::VipInfo {
+        vip_id: WIDE_VIP_ID,
+        table_current: 6,
+        ..Default::default()
+    };
+    fx.set_vip(
+        std::net::SocketAddr::new(VIP4.into(), WIDE_PORT),
+        lb_common::PROTO_TCP,
+        info,
+    );
 }
 
 /// Sets the harness packet; `counter` continues across rounds so no flow repeats.
@@ -287,7 +466,13 @@ fn set_bench_packet(fx: &mut Fixture, pkt: &[u8], vary: Option<(u32, u32)>, coun
     let mut data = [0u8; 128];
     data[..pkt.len()].copy_from_slice(pkt);
     let (vary_offset, vary_port_offset) = vary.unwrap_or((0, 0));
-    let value = BenchPacket { len: pkt.len() as u32, vary_offset, counter, vary_port_offset, data };
+    let value = BenchPacket {
+        len: pkt.len() as u32,
+        vary_offset,
+        counter,
+        vary_port_offset,
+        data,
+    };
     let mut m: Array<_, BenchPacket> = fx.ebpf.map_mut(MAP_BENCH_PACKET).context("bench map")?.try_into()?;
     m.set(0, value, 0)?;
     Ok(())
