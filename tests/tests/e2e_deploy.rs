@@ -59,6 +59,49 @@ fn veer_ok(lab: &Lab, args: &[&str]) -> String {
     out
 }
 
+/// Continuous new-connection and keep-alive load for the duration of a scenario.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handles: Option<[std::thread::JoinHandle<Outcome>; 2]>,
+}
+
+impl Load {
+    fn start(lab: &Lab) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = lab.mixed_load(vip(), stop.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        Load {
+            stop,
+            handles: Some(handles),
+        }
+    }
+
+    /// Stops the load and asserts that no request failed; returns the request count.
+    fn finish(mut self, lab: &Lab, what: &str) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for h in self.handles.take().unwrap() {
+            let o = h.join().unwrap();
+            assert_eq!(
+                o.failed,
+                0,
+                "{what}: requests failed under load: {:?}\n{}",
+                o.errors,
+                lab.agent_log()
+            );
+            total += o.ok;
+        }
+        println!("{what}: {total} requests under continuous load (new + keep-alive), 0 failed");
+        total
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 fn green_share(o: &Outcome) -> f64 {
     let green: usize = GREEN.iter().map(|g| o.by_backend.get(*g).copied().unwrap_or(0)).sum();
     green as f64 * 100.0 / (o.ok.max(1)) as f64
@@ -70,9 +113,7 @@ fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() 
     let mut stream = lab.connect(vip()).unwrap();
     let stream_backend = keepalive_get(&mut stream).unwrap();
     assert!(BLUE.contains(&stream_backend.as_str()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let load = Load::start(&lab);
     // the switch, waiting for blue to drain, in its own process
     let mut wait = std::process::Command::new(veer_bin().unwrap())
         .args([
@@ -124,20 +165,11 @@ fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() 
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(code, Some(0), "--wait exits 0 once blue has no live flow");
-    stop.store(true, Ordering::Relaxed);
-    let during = load.join().unwrap();
-    assert_eq!(
-        during.failed,
-        0,
-        "requests failed across the switch: {:?}\n{}",
-        during.errors,
-        lab.agent_log()
-    );
     println!(
-        "switch: {} requests during, 0 failed; --wait returned {:?} after the stream closed",
-        during.ok,
+        "switch: --wait returned {:?} after the blue stream closed",
         closed_at.elapsed()
     );
+    load.finish(&lab, "switch blue -> green");
 }
 
 #[test]
@@ -155,6 +187,7 @@ fn drain_timeout_exits_3_with_the_flows_left() {
 #[test]
 fn split_ten_percent_by_flow_sends_ten_percent_of_new_connections() {
     let Some(lab) = lab() else { return };
+    let load = Load::start(&lab);
     veer_ok(&lab, &["split", "web", "green", "10%"]);
     let o = lab.http_load(vip(), 2500).unwrap();
     assert_eq!(o.failed, 0, "{:?}", o.errors);
@@ -166,11 +199,13 @@ fn split_ten_percent_by_flow_sends_ten_percent_of_new_connections() {
     veer_ok(&lab, &["rollback", "web"]);
     let o = lab.http_load(vip(), 300).unwrap();
     assert_eq!(green_share(&o), 0.0, "after rollback no new connection goes to green");
+    load.finish(&lab, "split 10% by flow");
 }
 
 #[test]
 fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
     let Some(lab) = lab() else { return };
+    let load = Load::start(&lab);
     let clients = lab.add_client_aliases(24).unwrap();
     let pools_seen = |lab: &Lab| -> BTreeMap<std::net::IpAddr, BTreeSet<&'static str>> {
         let clients = clients.clone();
@@ -222,11 +257,13 @@ fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
         green10.len(),
         green30.len()
     );
+    load.finish(&lab, "split by client");
 }
 
 #[test]
 fn clients_inside_an_ab_network_always_reach_the_variant() {
     let Some(lab) = lab() else { return };
+    let load = Load::start(&lab);
     let clients = lab.add_client_aliases(24).unwrap();
     // 10.77.0.160/28 = .160-.175: aliases 10..23 inside, 0..9 outside
     veer_ok(&lab, &["ab", "web", "green", "--cidr", "10.77.0.160/28"]);
@@ -256,11 +293,13 @@ fn clients_inside_an_ab_network_always_reach_the_variant() {
             );
         }
     }
+    load.finish(&lab, "A/B CIDR rule");
 }
 
 #[test]
 fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
     let Some(lab) = lab() else { return };
+    let load = Load::start(&lab);
     let (code, out, err) = lab
         .veer(&["--json", "split", "web", "green", "25", "--dry-run"])
         .unwrap();
@@ -284,13 +323,13 @@ fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
         (share - predicted).abs() <= 3.0,
         "measured {share:.1}% vs predicted {predicted:.1}%"
     );
+    load.finish(&lab, "dry run then split");
 }
 
 #[test]
 fn canary_into_a_healthy_pool_reaches_100_percent_and_becomes_a_switch() {
     let Some(lab) = lab_checked() else { return };
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
+    let load = Load::start(&lab);
     let (code, _, err) = lab
         .veer(&[
             "canary",
@@ -304,15 +343,12 @@ fn canary_into_a_healthy_pool_reaches_100_percent_and_becomes_a_switch() {
         ])
         .unwrap();
     assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
-    stop.store(true, Ordering::Relaxed);
-    let during = load.join().unwrap();
-    assert_eq!(during.failed, 0, "{:?}", during.errors);
     let v = &lab.status().unwrap()["vips"][0];
     assert_eq!(v["active"], "green", "{v}");
     assert_eq!(v["previous_active"], "blue");
     assert_eq!(v["canary"]["outcome"]["state"], "done");
     assert_eq!(green_share(&lab.http_load(vip(), 200).unwrap()), 100.0);
-    println!("canary: {} requests during the ramp, 0 failed", during.ok);
+    load.finish(&lab, "canary to 100%");
 }
 
 #[test]
@@ -321,6 +357,7 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
     for i in 2..4 {
         lab.servers[i].health_status.store(503, Ordering::Relaxed);
     }
+    let load = Load::start(&lab);
     let (code, out, err) = lab
         .veer(&[
             "--json",
@@ -347,6 +384,7 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
         "{v}"
     );
     assert_eq!(green_share(&lab.http_load(vip(), 300).unwrap()), 0.0);
+    load.finish(&lab, "canary rolled back");
 }
 
 #[test]
@@ -375,8 +413,7 @@ fn a_canary_resumes_after_an_agent_restart() {
 fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
     let Some(lab) = lab_checked() else { return };
     let hooks = lab.dir.join("hooks.log");
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = lab.background_load(vip(), stop.clone(), 30_000).unwrap();
+    let load = Load::start(&lab);
     let exec = format!("echo {{addr}} >> {}", hooks.display());
     let (code, _, err) = lab
         .veer(&[
@@ -393,9 +430,7 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
         ])
         .unwrap();
     assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
-    stop.store(true, Ordering::Relaxed);
-    let during = load.join().unwrap();
-    assert_eq!(during.failed, 0, "{:?}", during.errors);
+    load.finish(&lab, "rollout over blue");
     let ran = std::fs::read_to_string(&hooks).unwrap();
     for i in 0..2 {
         assert!(
@@ -408,7 +443,6 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
     for b in v["pools"][0]["backends"].as_array().unwrap() {
         assert_eq!(b["admin"], "ready", "{b}");
     }
-    println!("rollout: {} requests during, 0 failed", during.ok);
 }
 
 #[test]

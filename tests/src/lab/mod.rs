@@ -436,6 +436,21 @@ impl Lab {
             .spawn(move || run_http_load_until(vip, max, Duration::from_secs(3), &stop))
     }
 
+    /// Continuous mixed load: new connections and keep-alive connections (reopened every
+    /// 20 requests), until `stop`. Join both handles for the outcomes.
+    pub fn mixed_load(
+        &self,
+        vip: SocketAddr,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> anyhow::Result<[std::thread::JoinHandle<Outcome>; 2]> {
+        let keepalive_stop = stop.clone();
+        Ok([
+            self.background_load(vip, stop, 50_000)?,
+            self.client
+                .spawn(move || traffic::run_keepalive_load(vip, 20, 50_000, &keepalive_stop))?,
+        ])
+    }
+
     /// A TCP connection to `vip` opened from the client namespace (usable from any thread).
     pub fn connect(&self, vip: SocketAddr) -> anyhow::Result<std::net::TcpStream> {
         self.client

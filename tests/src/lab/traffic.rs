@@ -160,3 +160,45 @@ pub fn without_counters(v: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// Keep-alive clients: `conns` persistent connections, each reopened after `per_conn`
+/// requests, until `stop` is set or `max` requests were sent.
+pub fn run_keepalive_load(
+    vip: SocketAddr,
+    per_conn: usize,
+    max: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Outcome {
+    let start = Instant::now();
+    let mut out = Outcome::default();
+    let mut conn: Option<(TcpStream, usize)> = None;
+    for _ in 0..max {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let result = (|| -> anyhow::Result<String> {
+            if conn.as_ref().is_none_or(|(_, n)| *n >= per_conn) {
+                conn = Some((TcpStream::connect_timeout(&vip, Duration::from_secs(3))?, 0));
+            }
+            let (s, n) = conn.as_mut().expect("just set");
+            *n += 1;
+            keepalive_get(s)
+        })();
+        match result {
+            Ok(name) => {
+                out.ok += 1;
+                *out.by_backend.entry(name).or_default() += 1;
+            }
+            Err(e) => {
+                conn = None;
+                out.failed += 1;
+                if out.errors.len() < 5 {
+                    out.errors.push(format!("keep-alive: {e:#}"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    out.elapsed = start.elapsed();
+    out
+}
