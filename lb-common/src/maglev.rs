@@ -83,7 +83,10 @@ pub fn build_table(backends: &[TableBackend], m: u32, previous: Option<&[u32]>) 
         skip.push(hash_addr(&b.addr_be, b.port_be as u32, SEED_SKIP) % (m - 1) + 1);
     }
     let mut hungry: Vec<usize> = (0..n).filter(|&i| count[i] < quota[i]).collect();
-    while filled < m {
+    // Permutation walks get long once the table is nearly full (coupon collector); the last
+    // 10% of slots go to the still-hungry backends in slot order instead, round robin.
+    let tail = m / 10;
+    while filled < m - tail {
         hungry.retain(|&i| {
             let mut p = pos[i];
             while table[p as usize] != 0 {
@@ -96,6 +99,17 @@ pub fn build_table(backends: &[TableBackend], m: u32, previous: Option<&[u32]>) 
             pos[i] = p;
             count[i] += 1;
             filled += 1;
+            count[i] < quota[i]
+        });
+    }
+    let free_slots: Vec<usize> = (0..m as usize).filter(|&s| table[s] == 0).collect();
+    let mut free = free_slots.into_iter();
+    while !hungry.is_empty() {
+        hungry.retain(|&i| {
+            if let Some(slot) = free.next() {
+                table[slot] = backends[i].id;
+                count[i] += 1;
+            }
             count[i] < quota[i]
         });
     }
