@@ -524,13 +524,7 @@ async fn flows(
         .dp
         .flows(id, q.limit.unwrap_or(100))
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let by_id: BTreeMap<u32, &str> = core
-        .reconciler
-        .ids
-        .backends
-        .iter()
-        .map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or("")))
-        .collect();
+    let by_id = backend_addresses(&core);
     let rows: Vec<Value> = entries
         .iter()
         .map(|(k, f)| {
@@ -543,6 +537,16 @@ async fn flows(
         })
         .collect();
     Ok(Json(json!({ "vip": vip, "total": total, "flows": rows })))
+}
+
+/// Backend id -> address, for answers that name backends.
+fn backend_addresses(core: &Core) -> BTreeMap<u32, &str> {
+    core.reconciler
+        .ids
+        .backends
+        .iter()
+        .map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or("")))
+        .collect()
 }
 
 fn key_src(k: &FlowKey) -> SocketAddr {
@@ -587,13 +591,7 @@ async fn trace(
         family: family(src.ip()),
         _pad: [0; 2],
     };
-    let by_id: BTreeMap<u32, &str> = core
-        .reconciler
-        .ids
-        .backends
-        .iter()
-        .map(|(k, id)| (*id, k.split('|').nth(1).unwrap_or("")))
-        .collect();
+    let by_id = backend_addresses(&core);
     if let Ok(Some(flow)) = core.dp.flow(&key) {
         return Ok(Json(json!({
             "vip": vip, "source": src.to_string(), "existing_flow": true,

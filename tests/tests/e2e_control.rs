@@ -16,16 +16,7 @@ use veer_tests::lab::*;
 const WEIGHTS: [u32; 3] = [1, 1, 2];
 
 fn lab() -> Option<Lab> {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
-        return None;
-    }
-    let mut lab = Lab::new(&LabOptions {
-        weights: WEIGHTS.to_vec(),
-    })
-    .expect("build the lab");
-    let config = lab.write_config(&WEIGHTS).expect("write config");
-    lab.start_agent(&config).expect("start the agent");
+    let lab = Lab::with_agent(&WEIGHTS)?;
     lab.wait_for_vip(vip()).expect("VIP answers");
     Some(lab)
 }

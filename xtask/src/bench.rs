@@ -3,12 +3,8 @@
 
 use crate::{build::build_veer, setup, util};
 
-#[derive(clap::Args)]
-pub struct Options {
-    /// Arguments for the bench binary (after `--`), e.g. `-- --repeat 2000000 --json`.
-    #[arg(last = true)]
-    pub args: Vec<String>,
-}
+/// Arguments for the bench binary, e.g. `-- --repeat 2000000 --json`.
+pub type Options = util::PassThrough;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let linker = setup::run(&setup::Options::default())?;

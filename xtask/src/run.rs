@@ -3,12 +3,8 @@
 
 use crate::{build::build_veer, setup, util};
 
-#[derive(clap::Args)]
-pub struct Options {
-    /// Arguments for `veer agent` (after `--`), e.g. `-- --iface eth0 --config veer.toml`.
-    #[arg(last = true)]
-    pub args: Vec<String>,
-}
+/// Arguments for `veer agent`, e.g. `-- --iface eth0 --config veer.toml`.
+pub type Options = util::PassThrough;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let linker = setup::run(&setup::Options::default())?;

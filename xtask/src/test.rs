@@ -4,12 +4,8 @@
 
 use crate::{build::build_veer, setup, util};
 
-#[derive(clap::Args)]
-pub struct Options {
-    /// Extra arguments for `cargo test` (after `--`).
-    #[arg(last = true)]
-    pub args: Vec<String>,
-}
+/// Extra arguments for `cargo test`.
+pub type Options = util::PassThrough;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     let linker = setup::run(&setup::Options::default())?;

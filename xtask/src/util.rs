@@ -75,3 +75,10 @@ pub fn cargo(linker_dir: &std::path::Path) -> anyhow::Result<Command> {
 pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
+
+/// Arguments passed through after `--`.
+#[derive(clap::Args)]
+pub struct PassThrough {
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}

@@ -358,6 +358,23 @@ impl Lab {
         Ok(())
     }
 
+    /// The common start of an end-to-end test: a lab with backends weighted `weights`, the
+    /// lab's standard config and the agent running; None (with a printed reason) when not
+    /// root.
+    pub fn with_agent(weights: &[u32]) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+            return None;
+        }
+        let mut lab = Lab::new(&LabOptions {
+            weights: weights.to_vec(),
+        })
+        .expect("build the lab");
+        let config = lab.write_config(weights).expect("write config");
+        lab.start_agent(&config).expect("start the agent");
+        Some(lab)
+    }
+
     /// Writes `text` as a config file in the lab directory.
     pub fn write_config_text(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(name);
