@@ -26,7 +26,7 @@ pub fn valid_ring_size(m: u32) -> bool {
     m >= 3
         && (2..)
             .take_while(|d: &u32| (*d as u64) * (*d as u64) <= m as u64)
-            .all(|d| m % d != 0)
+            .all(|d| !m.is_multiple_of(d))
 }
 
 /// Slots per backend, proportional to weight; zero-weight backends get none.

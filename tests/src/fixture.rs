@@ -4,10 +4,7 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
-    process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -65,42 +62,12 @@ pub fn addr_be(ip: IpAddr) -> [u32; 4] {
     }
 }
 
+/// Runs a setup command; a fixture cannot go on without it.
 pub fn run_cmd(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("failed to run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::lab::run_cmd(args).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// A network namespace deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("veer-fx-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        run_cmd(&["ip", "netns", "add", &name]);
-        Netns(name)
-    }
-
-    pub fn enter_this_thread(&self) {
-        let f = File::open(format!("/run/netns/{}", self.0)).expect("open netns");
-        // SAFETY: plain syscall on a valid fd; affects only the calling thread.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+pub use crate::lab::Netns;
 
 /// One VIP's backends: (id, address, weight).
 pub struct Pool {
@@ -135,8 +102,10 @@ pub fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
 impl Fixture {
     /// `flow_capacity` sizes the connection and reverse-NAT tables.
     pub fn new(flow_capacity: u32) -> Self {
-        let ns = Netns::new();
-        let n = ns.0.as_str();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("veer-fx-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let ns = Netns::new(&name).expect("create the fixture namespace");
+        let n = ns.name.as_str();
         run_cmd(&[
             "ip",
             "-n",
@@ -189,7 +158,7 @@ impl Fixture {
                 "permanent",
             ]);
         }
-        ns.enter_this_thread();
+        ns.enter_this_thread().expect("enter the fixture namespace");
         let ifindex = nix_ifindex("fx0");
         let ebpf = EbpfLoader::new()
             .map_max_entries(MAP_TABLES, 8 * M)

@@ -74,9 +74,9 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
             }
             first = false;
             for (key, (_, addr, cfg)) in wanted {
-                if !probes.contains_key(&key) {
-                    let handle = tokio::spawn(probe_loop(core.clone(), sem.clone(), key.clone(), addr, cfg.clone()));
-                    probes.insert(key, (handle, cfg));
+                if let std::collections::hash_map::Entry::Vacant(slot) = probes.entry(key.clone()) {
+                    let handle = tokio::spawn(probe_loop(core.clone(), sem.clone(), key, addr, cfg.clone()));
+                    slot.insert((handle, cfg));
                 }
             }
         }

@@ -27,6 +27,17 @@ impl Netns {
         Ok(Netns { name: name.to_string() })
     }
 
+    /// Moves the calling thread into this namespace (setns is per thread).
+    pub fn enter_this_thread(&self) -> anyhow::Result<()> {
+        let file =
+            File::open(format!("/run/netns/{}", self.name)).with_context(|| format!("open netns {}", self.name))?;
+        // SAFETY: valid fd of a network namespace; affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {}: {}", self.name, std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a new thread that has entered this namespace (setns is per thread), and
     /// waits for it. A panic inside is re-raised here.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {

@@ -434,7 +434,7 @@ fn add_wide_pool(fx: &mut Fixture) {
         run_cmd(&[
             "ip",
             "-n",
-            &fx.ns.0,
+            &fx.ns.name,
             "neigh",
             "replace",
             &addr.ip().to_string(),
