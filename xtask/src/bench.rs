@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: the data-path bench (BPF_PROG_TEST_RUN, ratios to an XDP_TX floor
-//! measured in the same run).
+//! measured in the same run) and the control-plane figures, which drive a release `veer`.
 
 use crate::{build::build_veer, setup, util};
 
@@ -7,7 +7,7 @@ use crate::{build::build_veer, setup, util};
 pub type Options = util::PassThrough;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let linker = setup::run(&setup::Options::default())?;
+    let linker = setup::prepare(setup::System::Require)?;
     build_veer(&linker, true)?;
     let veer = util::target_dir()?.join("release/veer");
     let mut cmd = util::cargo(&linker)?;
@@ -23,5 +23,5 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     ])
     .args(&opts.args)
     .env("VEER_BIN", &veer);
-    util::run(&mut cmd)
+    Err(util::exec(&mut cmd))
 }

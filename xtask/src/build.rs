@@ -1,5 +1,7 @@
 //! `cargo xtask build`: the `veer` binary with its embedded XDP objects.
 
+use std::path::Path;
+
 use crate::{setup, util};
 
 #[derive(clap::Args)]
@@ -10,11 +12,13 @@ pub struct Options {
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let linker = setup::run(&setup::Options { no_apt: true })?;
+    let linker = setup::prepare(setup::System::Skip)?;
     build_veer(&linker, opts.release)
 }
 
-pub fn build_veer(linker: &std::path::Path, release: bool) -> anyhow::Result<()> {
+/// `cargo build -p lb-userspace --bins` with bpf-linker on PATH (lb-userspace's build script
+/// builds the XDP program with it).
+pub fn build_veer(linker: &Path, release: bool) -> anyhow::Result<()> {
     let mut cmd = util::cargo(linker)?;
     cmd.args(["build", "-p", "lb-userspace", "--bins"]);
     if release {

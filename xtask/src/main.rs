@@ -32,7 +32,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Setup(o) => setup::run(&o).map(|_| ()),
+        Command::Setup(o) => setup::run(&o),
         Command::Build(o) => build::run(&o),
         Command::Test(o) => test::run(&o),
         Command::Bench(o) => bench::run(&o),

@@ -7,14 +7,16 @@ use crate::{build::build_veer, setup, util};
 pub type Options = util::PassThrough;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let linker = setup::run(&setup::Options::default())?;
+    let linker = setup::prepare(setup::System::Require)?;
     build_veer(&linker, true)?;
     let veer = util::target_dir()?.join("release/veer");
     if opts.args.is_empty() {
         let mut cmd = util::cargo(&linker)?;
         cmd.args(["run", "--release", "-q", "-p", "veer-tests", "--bin", "veer-lab"])
             .env("VEER_BIN", &veer);
-        return util::run(&mut cmd);
+        return Err(util::exec(&mut cmd));
     }
-    util::run(std::process::Command::new(&veer).arg("agent").args(&opts.args))
+    Err(util::exec(
+        std::process::Command::new(&veer).arg("agent").args(&opts.args),
+    ))
 }

@@ -4,16 +4,17 @@
 
 use crate::{build::build_veer, setup, util};
 
-/// Extra arguments for `cargo test`.
+/// Extra arguments for `cargo test`, e.g. `-- e2e_deploy` or `-- -- --nocapture`.
 pub type Options = util::PassThrough;
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let linker = setup::run(&setup::Options::default())?;
+    let linker = setup::prepare(setup::System::BestEffort)?;
     build_veer(&linker, false)?;
     let veer = util::target_dir()?.join("debug/veer");
     let mut cmd = util::cargo(&linker)?;
-    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"])
+    // --no-fail-fast: one run reports every failing suite, not just the first.
+    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"])
         .args(&opts.args)
         .env("VEER_BIN", &veer);
-    util::run(&mut cmd)
+    Err(util::exec(&mut cmd))
 }

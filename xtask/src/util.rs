@@ -16,6 +16,14 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces this process with `cmd`: the last step of a task, so Ctrl-C reaches that
+/// command alone (the lab and the agent clean up on SIGINT) and its exit code is ours.
+pub fn exec(cmd: &mut Command) -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+    let err = cmd.exec();
+    anyhow::Error::new(err).context(format!("failed to run {cmd:?}"))
+}
+
 /// Runs `cmd` and returns its stdout; fails with stderr on a non-zero exit.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
@@ -30,14 +38,6 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Does `cmd` run and exit 0 (output discarded)?
-pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -72,8 +72,14 @@ pub fn cargo(linker_dir: &std::path::Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// Effective uid 0, read from /proc (no libc dependency for one call).
 pub fn is_root() -> bool {
-    output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
 }
 
 /// Arguments passed through after `--`.
