@@ -5,6 +5,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod conntrack;
 pub mod csum;
 pub mod hash;
 #[cfg(feature = "user")]

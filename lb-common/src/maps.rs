@@ -10,8 +10,10 @@ use core::mem::size_of;
 pub const MAP_VIPS: &str = "VIPS_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 pub const MAP_TABLES: &str = "TABLES_V2";
-pub const MAP_FLOWS: &str = "FLOWS_V1";
-pub const MAP_NAT_REV: &str = "NAT_REV_V1";
+pub const MAP_FLOWS: &str = "FLOWS_V2";
+pub const MAP_NAT_REV: &str = "NAT_REV_V2";
+/// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
+pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
 pub const MAP_REASONS: &str = "REASONS_V1";
@@ -357,4 +359,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}
+    unsafe impl aya::Pod for crate::conntrack::FlowBucket {}
+    unsafe impl aya::Pod for crate::conntrack::RevBucket {}
 }

@@ -7,36 +7,44 @@
 //! at once when the neighbour is not resolved. A neighbour's new MAC is picked up within
 //! that second.
 
-use core::mem::{size_of, zeroed};
+use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
-    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{FAMILY_V4, NextHop, Reason};
 
-use crate::{Verdict, maps::TX_PORTS, parse::ptr_at};
+use crate::{
+    Verdict,
+    maps::{TX_PORTS, scratch},
+    parse::ptr_at,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Sends the rewritten packet towards `dst` using (and refreshing) the cached `hop`.
+/// The rewritten packet's addresses, as the FIB lookup needs them.
+pub struct Path<'a> {
+    pub family: u8,
+    pub src: &'a [u32; 4],
+    pub dst: &'a [u32; 4],
+    pub ip_len: u16,
+    /// A NAT reply (counted under the reply reasons).
+    pub reply: bool,
+}
+
+/// Sends the rewritten packet towards `path.dst` using (and refreshing) the cached `hop`.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    hop: &mut NextHop,
-    family: u8,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-    ip_len: u16,
-    reply: bool,
-) -> Verdict {
-    // SAFETY: helper without arguments.
-    let now = (unsafe { bpf_ktime_get_coarse_ns() } >> 30) as u32;
+pub fn forward(ctx: &XdpContext, hop: &mut NextHop, path: &Path, now_ns: u64) -> Verdict {
+    let (family, src, dst, ip_len, reply) = (path.family, path.src, path.dst, path.ip_len, path.reply);
+    let now = (now_ns >> 30) as u32;
     if hop.ifindex == 0 || hop.stamp != now {
-        if let Err(v) = lookup(ctx, hop, family, src, dst, ip_len) {
-            return v;
+        match lookup(ctx, hop, src, dst, family, ip_len) {
+            0 => {}
+            r if r == Reason::PassNoNeigh as u32 => return Verdict::Pass(Reason::PassNoNeigh),
+            _ => return Verdict::Drop(Reason::DropFib),
         }
         hop.stamp = now;
     }
@@ -56,16 +64,13 @@ pub fn forward(
 }
 
 #[inline(always)]
-fn lookup(
-    ctx: &XdpContext,
-    hop: &mut NextHop,
-    family: u8,
-    src: &[u32; 4],
-    dst: &[u32; 4],
-    ip_len: u16,
-) -> Result<(), Verdict> {
+fn lookup(ctx: &XdpContext, hop: &mut NextHop, src: &[u32; 4], dst: &[u32; 4], family: u8, ip_len: u16) -> u32 {
+    let Some(scratch) = scratch() else {
+        return Reason::DropFib as u32;
+    };
+    let p: &mut FibParams = &mut scratch.fib;
     // SAFETY: plain C struct, all-zero is a valid value.
-    let mut p: FibParams = unsafe { zeroed() };
+    unsafe { core::ptr::write_bytes(p as *mut FibParams, 0, 1) };
     p.ifindex = ctx.ingress_ifindex() as u32;
     p.__bindgen_anon_1.tot_len = ip_len;
     if family == FAMILY_V4 {
@@ -77,19 +82,19 @@ fn lookup(
         p.__bindgen_anon_3.ipv6_src = *src;
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
-    // SAFETY: helper call with a valid context and a stack buffer of the right size.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p, size_of::<FibParams>() as i32, 0) } as u32;
+    // SAFETY: helper call with a valid context and a parameter block of the right size.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, p, size_of::<FibParams>() as i32, 0) } as u32;
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH {
         // The kernel resolves the neighbour when it forwards this (already rewritten) packet.
         hop.ifindex = 0;
-        return Err(Verdict::Pass(Reason::PassNoNeigh));
+        return Reason::PassNoNeigh as u32;
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         hop.ifindex = 0;
-        return Err(Verdict::Drop(Reason::DropFib));
+        return Reason::DropFib as u32;
     }
     hop.dmac = p.dmac;
     hop.smac = p.smac;
     hop.ifindex = p.ifindex;
-    Ok(())
+    0
 }

@@ -1,24 +1,65 @@
-//! Connection table and NAT source-port allocation.
+//! Connection table and NAT source-port allocation, over the set-associative tables of
+//! lb_common::conntrack.
+//!
+//! Writers on two CPUs may race for one way; an entry is therefore written with its key
+//! invalidated first and stored last, so a reader matches a key only with its value. A
+//! lookup that races the very first packet of the same flow on another CPU can still miss
+//! and schedule the flow itself: it picks the same backend (same table, same hash) and the
+//! same port (same tries), and stores an equal entry.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use core::mem::{align_of, size_of};
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, Backend, Flow, FlowKey, NatRev, Reason,
-    hash::{SEED_SPLIT, hash_flow},
+    conntrack::{FlowBucket, RevEntry, WAYS, bucket_index, find, victim},
+    hash::{SEED_SPLIT, finish, hash_flow},
 };
 
-use crate::maps::{BACKENDS, FLOWS, NAT_REV};
+use crate::maps::{BACKENDS, FLOWS, NAT_REV, conn_mask, scratch};
+
+/// The coarse clock, in nanoseconds (cheap: no clock source read).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The FLOWS bucket of a client 5-tuple.
+#[inline(always)]
+pub fn bucket(key: &FlowKey) -> Option<*mut FlowBucket> {
+    FLOWS.get_ptr_mut(bucket_index(key, conn_mask()))
+}
 
 /// The established flow's backend, unless that backend is gone or down: then the flow is
 /// re-chosen (a `drain` backend keeps its flows).
 #[inline(always)]
-pub fn established(key: &FlowKey) -> Option<(&'static mut Flow, Backend)> {
-    // SAFETY: LRU value pointer, valid for this program run.
-    let flow = unsafe { &mut *FLOWS.get_ptr_mut(key)? };
-    let backend = *BACKENDS.get(flow.backend_id)?;
+pub fn established(bucket: *mut FlowBucket, key: &FlowKey, now: u32) -> Option<(&'static mut Flow, Backend)> {
+    // SAFETY: array value pointer, valid for the program's lifetime.
+    let bucket = unsafe { &mut *bucket };
+    let way = find(&bucket.ways, key)?;
+    let entry = bucket.ways.get_mut(way)?;
+    if entry.stamp != now {
+        entry.stamp = now;
+    }
+    let backend = *BACKENDS.get(entry.flow.backend_id)?;
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
     }
-    Some((flow, backend))
+    Some((&mut entry.flow, backend))
+}
+
+/// The reverse-NAT entry of a reply's 5-tuple.
+#[inline(always)]
+pub fn reverse(key: &FlowKey, now: u32) -> Option<&'static mut RevEntry> {
+    // SAFETY: array value pointer, valid for the program's lifetime.
+    let bucket = unsafe { &mut *NAT_REV.get_ptr_mut(bucket_index(key, conn_mask()))? };
+    let way = find(&bucket.ways, key)?;
+    let entry = bucket.ways.get_mut(way)?;
+    if entry.stamp != now {
+        entry.stamp = now;
+    }
+    Some(entry)
 }
 
 const PORT_TRIES: u32 = 8;
@@ -27,73 +68,133 @@ const PORT_TRIES: u32 = 8;
 /// The client's own port is kept when that (backend, snat address, port) tuple is free:
 /// random ports collide with the backend's TIME_WAIT sockets (see DESIGN.md).
 #[inline(always)]
-pub fn allocate_port(key: &FlowKey, snat: &[u32; 4], backend: &Backend, rev: &NatRev) -> Result<u16, Reason> {
-    let mut reply = FlowKey {
-        src_be: backend.addr_be,
-        dst_be: *snat,
-        sport_be: backend.port_be,
-        dport_be: key.sport_be,
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    };
+pub fn allocate_port(
+    key: &FlowKey,
+    snat: &[u32; 4],
+    backend: &Backend,
+    vip_id: u32,
+    backend_id: u32,
+    now: u32,
+) -> Result<u16, Reason> {
+    let scratch = scratch().ok_or(Reason::DropNoPort)?;
+    let reply = &mut scratch.reply;
+    reply.src_be = backend.addr_be;
+    reply.dst_be = *snat;
+    reply.sport_be = backend.port_be;
+    reply.dport_be = key.sport_be;
+    reply.proto = key.proto;
+    reply.family = key.family;
+    reply._pad = [0; 2];
+    let mask = conn_mask();
+    let seed = hash_flow(key, SEED_SPLIT);
     let mut i = 0;
     while i < PORT_TRIES {
         if i > 0 {
-            let h = hash_flow(key, SEED_SPLIT ^ i);
+            // Further tries: ports spread over 1024..65535 from one hash of the flow.
+            let h = finish(seed ^ i);
             reply.dport_be = ((h % (65536 - 1024)) as u16 + 1024).to_be();
         }
-        if NAT_REV.insert(&reply, rev, BPF_NOEXIST as u64).is_ok() {
-            return Ok(reply.dport_be);
-        }
-        // SAFETY: plain data copied out at once.
-        if let Some(old) = unsafe { NAT_REV.get(&reply) }.copied()
-            && (owned_by(&old, rev) || stale(&old, &reply))
-        {
+        let Some(bucket) = NAT_REV.get_ptr_mut(bucket_index(reply, mask)) else {
+            return Err(Reason::DropNoPort);
+        };
+        // SAFETY: array value pointer, valid for the program's lifetime.
+        let ways = unsafe { &mut (*bucket).ways };
+        let way = match find(ways, reply) {
+            None => victim(ways, now),
             // Our own entry (the flow was evicted or re-chosen), or one whose client flow is
             // gone from the connection table: that connection cannot continue, take the port.
-            let _ = NAT_REV.insert(&reply, rev, 0);
-            return Ok(reply.dport_be);
-        }
-        i += 1;
+            Some(w) if w < WAYS && (owned_by(&ways[w].rev, key) || stale(&ways[w].rev, reply, &mut scratch.client)) => w,
+            Some(_) => {
+                i += 1;
+                continue;
+            }
+        };
+        let Some(entry) = ways.get_mut(way) else {
+            return Err(Reason::DropNoPort);
+        };
+        // Key last (see the module comment).
+        store(&mut entry.key.family, &0);
+        store(&mut entry.rev.client_be, &key.src_be);
+        store(&mut entry.rev.vip_be, &key.dst_be);
+        store(&mut entry.rev.client_port_be, &key.sport_be);
+        store(&mut entry.rev.vip_port_be, &key.dport_be);
+        store(&mut entry.rev.vip_id, &vip_id);
+        store(&mut entry.rev.backend_id, &backend_id);
+        store(&mut entry.rev.hop.ifindex, &0);
+        store(&mut entry.rev.flags, &0);
+        store(&mut entry.stamp, &now);
+        store(&mut entry.key, reply);
+        return Ok(reply.dport_be);
     }
     Err(Reason::DropNoPort)
 }
 
+/// Does this reverse entry belong to the client flow `key`?
 #[inline(always)]
-fn owned_by(old: &NatRev, rev: &NatRev) -> bool {
-    old.client_be == rev.client_be
-        && old.client_port_be == rev.client_port_be
-        && old.vip_port_be == rev.vip_port_be
-        && old.vip_be == rev.vip_be
+fn owned_by(old: &NatRev, key: &FlowKey) -> bool {
+    old.client_be == key.src_be
+        && old.client_port_be == key.sport_be
+        && old.vip_port_be == key.dport_be
+        && old.vip_be == key.dst_be
 }
 
 /// A reverse entry is live only while its client flow still maps to it.
 #[inline(always)]
-fn stale(old: &NatRev, reply: &FlowKey) -> bool {
-    let client = FlowKey {
-        src_be: old.client_be,
-        dst_be: old.vip_be,
-        sport_be: old.client_port_be,
-        dport_be: old.vip_port_be,
-        proto: reply.proto,
-        family: reply.family,
-        _pad: [0; 2],
+fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
+    client.src_be = old.client_be;
+    client.dst_be = old.vip_be;
+    client.sport_be = old.client_port_be;
+    client.dport_be = old.vip_port_be;
+    client.proto = reply.proto;
+    client.family = reply.family;
+    client._pad = [0; 2];
+    let Some(bucket) = bucket(client) else {
+        return true;
     };
-    // SAFETY: plain data copied out at once.
-    match unsafe { FLOWS.get(&client) } {
-        Some(flow) => flow.backend_id != old.backend_id || flow.snat_port_be != reply.dport_be,
+    // SAFETY: array value pointer, valid for the program's lifetime.
+    let ways = unsafe { &(*bucket).ways };
+    match find(ways, client).and_then(|w| ways.get(w)) {
+        Some(e) => e.flow.backend_id != old.backend_id || e.flow.snat_port_be != reply.dport_be,
         None => true,
     }
 }
 
+/// Records the flow in its bucket: over its own old entry (a reused 5-tuple), else in a
+/// free or the least recently used way.
 #[inline(always)]
-pub fn record(key: &FlowKey, backend_id: u32, vip_id: u32, snat_port_be: u16) -> Result<(), Reason> {
-    let flow = Flow {
-        backend_id,
-        vip_id,
-        snat_port_be,
-        flags: 0,
-    };
-    FLOWS.insert(key, &flow, 0).map_err(|_| Reason::DropFlowInsert)
+pub fn record(bucket: *mut FlowBucket, key: &FlowKey, flow: Flow, now: u32) -> Result<(), Reason> {
+    // SAFETY: array value pointer, valid for the program's lifetime.
+    let ways = unsafe { &mut (*bucket).ways };
+    let way = find(ways, key).unwrap_or_else(|| victim(ways, now));
+    let entry = ways.get_mut(way).ok_or(Reason::DropFlowInsert)?;
+    // Key last (see the module comment).
+    store(&mut entry.key.family, &0);
+    store(&mut entry.flow, &flow);
+    store(&mut entry.stamp, &now);
+    store(&mut entry.key, key);
+    Ok(())
+}
+
+/// Copies `src` into map memory with volatile stores, in order, without a stack copy
+/// (LLVM's BPF target has no fences: volatile stores keep the order the module comment
+/// relies on; x86 keeps stores in program order).
+#[inline(always)]
+fn store<T: Copy>(dst: &mut T, src: &T) {
+    let (d, s) = (dst as *mut T, src as *const T);
+    // SAFETY: same type on both sides; word or byte copies within the value.
+    unsafe {
+        if size_of::<T>() % 4 == 0 && align_of::<T>() >= 4 {
+            let mut i = 0;
+            while i < size_of::<T>() / 4 {
+                core::ptr::write_volatile(d.cast::<u32>().add(i), *s.cast::<u32>().add(i));
+                i += 1;
+            }
+        } else {
+            let mut i = 0;
+            while i < size_of::<T>() {
+                core::ptr::write_volatile(d.cast::<u8>().add(i), *s.cast::<u8>().add(i));
+                i += 1;
+            }
+        }
+    }
 }

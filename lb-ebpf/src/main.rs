@@ -13,10 +13,13 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FlowKey, NatRev, Reason, VipInfo, VipKey};
+use lb_common::{
+    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
+    conntrack::{FlowBucket, stamp},
+};
 
 use crate::{
-    maps::{CONFIG, NAT_REV, NEXTHOPS, VIPS},
+    maps::{CONFIG, NEXTHOPS, VIPS},
     nat::{Rewrite, rewrite},
     parse::{Packet, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse},
     stats::Event,
@@ -63,13 +66,16 @@ fn process(ctx: &XdpContext) -> Verdict {
         return Verdict::Pass(Reason::PassNotVip);
     };
     let snat = snat_addr(cfg, pkt.key.family);
+    let now_ns = flow::now_ns();
+    let now = stamp(now_ns);
     if pkt.key.dst_be == snat
-        && let Some(rev) = NAT_REV.get_ptr_mut(&pkt.key)
+        && let Some(rev) = flow::reverse(&pkt.key, now)
     {
-        // SAFETY: LRU value pointer valid for this program run; concurrent writers only
-        // ever store the same next hop.
-        return to_client(ctx, &pkt, unsafe { &mut *rev });
+        return to_client(ctx, &pkt, &mut rev.rev, now_ns);
     }
+    let Some(bucket) = flow::bucket(&pkt.key) else {
+        return Verdict::Pass(Reason::PassNotVip);
+    };
     // Established flows first: they need no VIP lookup (the flow knows its VIP), and a
     // flow outlives neither its backend nor, through it, its VIP.
     // A SYN on the 5-tuple of a flow that was seen closing is a new connection reusing the
@@ -77,7 +83,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
-        && let Some((flow, backend)) = flow::established(&pkt.key)
+        && let Some((flow, backend)) = flow::established(bucket, &pkt.key, now)
         && !reopened(flow)
     {
         let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
@@ -92,16 +98,13 @@ fn process(ctx: &XdpContext) -> Verdict {
             answered: false,
             reset: false,
         };
-        return to_backend(
-            ctx,
-            &pkt,
-            &snat,
-            flow.vip_id,
-            flow.backend_id,
-            &backend,
-            flow.snat_port_be,
-            &event,
-        );
+        let chosen = Chosen {
+            vip_id: flow.vip_id,
+            backend_id: flow.backend_id,
+            backend: &backend,
+            snat_port_be: flow.snat_port_be,
+        };
+        return to_backend(ctx, &pkt, &snat, &chosen, &event, now_ns);
     }
     let vip_key = VipKey {
         addr_be: pkt.key.dst_be,
@@ -113,7 +116,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     match unsafe { VIPS.get(&vip_key) } {
         Some(vip) => {
             let vip = *vip;
-            new_flow(ctx, &pkt, &vip, cfg, &snat)
+            new_flow(ctx, &pkt, &vip, cfg, &snat, bucket, now_ns)
         }
         None => Verdict::Pass(Reason::PassNotVip),
     }
@@ -131,7 +134,15 @@ fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
 /// First packet of a client flow to a VIP: choose the backend, allocate the NAT port,
 /// record both directions, forward.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &[u32; 4]) -> Verdict {
+fn new_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipInfo,
+    cfg: &Config,
+    snat: &[u32; 4],
+    bucket: *mut FlowBucket,
+    now_ns: u64,
+) -> Verdict {
     if pkt.fragment {
         return Verdict::Drop(Reason::DropFragment);
     }
@@ -143,22 +154,18 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &
         Ok(chosen) => chosen,
         Err(r) => return Verdict::Drop(r),
     };
-    let rev = NatRev {
-        client_be: key.src_be,
-        vip_be: key.dst_be,
-        client_port_be: key.sport_be,
-        vip_port_be: key.dport_be,
-        vip_id: vip.vip_id,
-        backend_id: id,
-        hop: Default::default(),
-        flags: 0,
-        _pad: [0; 3],
-    };
-    let port = match flow::allocate_port(key, snat, &backend, &rev) {
+    let now = stamp(now_ns);
+    let port = match flow::allocate_port(key, snat, &backend, vip.vip_id, id, now) {
         Ok(p) => p,
         Err(r) => return Verdict::Drop(r),
     };
-    if let Err(r) = flow::record(key, id, vip.vip_id, port) {
+    let flow = Flow {
+        backend_id: id,
+        vip_id: vip.vip_id,
+        snat_port_be: port,
+        flags: 0,
+    };
+    if let Err(r) = flow::record(bucket, key, flow, now) {
         return Verdict::Drop(r);
     }
     let event = Event {
@@ -169,43 +176,54 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo, cfg: &Config, snat: &
         answered: false,
         reset: false,
     };
-    to_backend(ctx, pkt, snat, vip.vip_id, id, &backend, port, &event)
+    let chosen = Chosen {
+        vip_id: vip.vip_id,
+        backend_id: id,
+        backend: &backend,
+        snat_port_be: port,
+    };
+    to_backend(ctx, pkt, snat, &chosen, &event, now_ns)
+}
+
+/// Where a client packet goes.
+struct Chosen<'a> {
+    vip_id: u32,
+    backend_id: u32,
+    backend: &'a Backend,
+    snat_port_be: u16,
 }
 
 /// Client -> VIP on a chosen backend: DNAT + SNAT, count, forward.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "always inlined: no BPF call arguments")]
-fn to_backend(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    snat: &[u32; 4],
-    vip_id: u32,
-    backend_id: u32,
-    backend: &Backend,
-    snat_port: u16,
-    event: &Event,
-) -> Verdict {
-    stats::count(vip_id, backend_id, event);
+fn to_backend(ctx: &XdpContext, pkt: &Packet, snat: &[u32; 4], to: &Chosen, event: &Event, now_ns: u64) -> Verdict {
+    stats::count(to.vip_id, to.backend_id, event);
     let rw = Rewrite {
         src: snat,
-        sport_be: snat_port,
-        dst: &backend.addr_be,
-        dport_be: backend.port_be,
+        sport_be: to.snat_port_be,
+        dst: &to.backend.addr_be,
+        dport_be: to.backend.port_be,
     };
     if rewrite(ctx, pkt, &rw).is_none() {
         return Verdict::Drop(Reason::DropTruncated);
     }
-    let Some(hop) = NEXTHOPS.get_ptr_mut(backend_id) else {
+    let Some(hop) = NEXTHOPS.get_ptr_mut(to.backend_id) else {
         return Verdict::Drop(Reason::DropNoBackend);
     };
     // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
     let hop = unsafe { &mut *hop };
-    fib::forward(ctx, hop, pkt.key.family, snat, &backend.addr_be, pkt.ip_len, false)
+    let path = fib::Path {
+        family: pkt.key.family,
+        src: snat,
+        dst: &to.backend.addr_be,
+        ip_len: pkt.ip_len,
+        reply: false,
+    };
+    fib::forward(ctx, hop, &path, now_ns)
 }
 
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev) -> Verdict {
+fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> Verdict {
     let answered = rev.flags & FLOW_F_ANSWERED == 0;
     let reset = pkt.tcp_flags & TCP_RST != 0;
     let closed = reset && rev.flags & FLOW_F_CLOSED == 0;
@@ -229,7 +247,14 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev) -> Verdict {
         return Verdict::Drop(Reason::DropTruncated);
     }
     let (vip, client) = (rev.vip_be, rev.client_be);
-    fib::forward(ctx, &mut rev.hop, pkt.key.family, &vip, &client, pkt.ip_len, true)
+    let path = fib::Path {
+        family: pkt.key.family,
+        src: &vip,
+        dst: &client,
+        ip_len: pkt.ip_len,
+        reply: true,
+    };
+    fib::forward(ctx, &mut rev.hop, &path, now_ns)
 }
 
 /// Never reached; the verifier rejects programs that could panic.

@@ -2,14 +2,15 @@
 //! agent overrides at load time.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU},
+    bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     AbKey, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, Flow, FlowKey, MAX_TX_PORTS, NatRev, NextHop,
-    REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS,
+    VipInfo, VipKey,
+    conntrack::{FlowBucket, RevBucket, buckets},
 };
 
 #[map(name = "VIPS_V1")]
@@ -30,11 +31,25 @@ pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 #[map(name = "TABLES_V2")]
 pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_MAX_TABLES * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
-#[map(name = "FLOWS_V1")]
-pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+/// Connection tables (see lb_common::conntrack): set-associative arrays, memory-mappable so
+/// the agent lists flows without a syscall per bucket.
+#[map(name = "FLOWS_V2")]
+pub static FLOWS: Array<FlowBucket> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
-#[map(name = "NAT_REV_V1")]
-pub static NAT_REV: LruHashMap<FlowKey, NatRev> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+#[map(name = "NAT_REV_V2")]
+pub static NAT_REV: Array<RevBucket> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+
+/// Bucket count - 1 of FLOWS and NAT_REV; the agent sets it at load time to match the
+/// sizes it gives those maps (lb_common::GLOBAL_CONN_MASK).
+#[unsafe(no_mangle)]
+static CONN_MASK: u32 = buckets(DEFAULT_MAX_FLOWS) - 1;
+
+#[inline(always)]
+pub fn conn_mask() -> u32 {
+    // SAFETY: a read of a constant the loader may have rewritten; volatile keeps the
+    // compiler from folding the default in.
+    unsafe { core::ptr::read_volatile(&CONN_MASK) }
+}
 
 #[map(name = "CONFIG_V1")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -60,3 +75,21 @@ pub static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_PROGS_V1")]
 pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-CPU room for the data path's larger temporaries (FIB parameters, the keys of the
+/// NAT-port search): the whole program shares one 512-byte stack.
+#[repr(C)]
+pub struct Scratch {
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    pub reply: lb_common::FlowKey,
+    pub client: lb_common::FlowKey,
+}
+
+#[map(name = "SCRATCH_V1")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU value, used by one program run at a time (XDP does not nest).
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}

@@ -160,10 +160,13 @@ impl Fixture {
         }
         ns.enter_this_thread().expect("enter the fixture namespace");
         let ifindex = nix_ifindex("fx0");
+        let buckets = lb_common::conntrack::buckets(flow_capacity);
+        let mask = buckets - 1;
         let ebpf = EbpfLoader::new()
+            .override_global(lb_common::GLOBAL_CONN_MASK, &mask, true)
             .map_max_entries(MAP_TABLES, 8 * M)
-            .map_max_entries(MAP_FLOWS, flow_capacity)
-            .map_max_entries(MAP_NAT_REV, flow_capacity)
+            .map_max_entries(MAP_FLOWS, buckets)
+            .map_max_entries(MAP_NAT_REV, buckets)
             .load(veer::dataplane::BALANCER_OBJECT)
             .expect("load balancer object");
         let mut fx = Fixture {

@@ -16,9 +16,10 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Config, Counters, Flow, FlowKey, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
+    Backend, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
     MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop,
     PROG_BALANCER, Reason, VipInfo, VipKey,
+    conntrack::{self, FlowBucket},
 };
 use tracing::{info, warn};
 
@@ -135,10 +136,13 @@ impl Dataplane {
         std::fs::create_dir_all(pin_dir)?;
         let adopted = pin_dir.join(MAP_VIPS).exists();
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
+        let buckets = conntrack::buckets(sizes.flows);
+        let mask = buckets - 1;
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(MAP_FLOWS, sizes.flows)
-            .map_max_entries(MAP_NAT_REV, sizes.flows)
+            .override_global(GLOBAL_CONN_MASK, &mask, true)
+            .map_max_entries(MAP_FLOWS, buckets)
+            .map_max_entries(MAP_NAT_REV, buckets)
             .map_max_entries(MAP_BACKENDS, sizes.backends)
             .map_max_entries(MAP_NEXTHOPS, sizes.backends)
             .map_max_entries(MAP_BACKEND_STATS, sizes.backends)
@@ -147,6 +151,20 @@ impl Dataplane {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(BALANCER_OBJECT)?;
+        // A pinned table of another size (flow_capacity changed across a restart) would be
+        // indexed with the wrong mask: refuse, and say how to resize.
+        let pinned_buckets = match ebpf.map(MAP_FLOWS) {
+            Some(aya::maps::Map::Array(m)) => m.info().map(|i| i.max_entries()).unwrap_or(buckets),
+            _ => return Err(DataplaneError::StubObject),
+        };
+        if pinned_buckets != buckets {
+            return Err(DataplaneError::Io(std::io::Error::other(format!(
+                "the pinned connection table holds {} flows but agent.flow_capacity asks for {}: \
+                 stop the running data path (veer agent gets SIGTERM) before changing its size",
+                pinned_buckets as usize * conntrack::WAYS,
+                buckets as usize * conntrack::WAYS
+            ))));
+        }
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_BALANCER)
             .ok_or(DataplaneError::StubObject)?
@@ -270,15 +288,18 @@ impl Dataplane {
 
     /// Up to `limit` connection-table entries of VIP `vip_id`, and how many it has in all.
     pub fn flows(&self, vip_id: u32, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), DataplaneError> {
-        let m: HashMap<&MapData, FlowKey, Flow> = self.map(MAP_FLOWS)?;
+        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(MAP_FLOWS) else {
+            return Err(DataplaneError::StubObject);
+        };
+        let buckets = data.info().map_err(map_err(MAP_FLOWS))?.max_entries() as usize;
+        let table = ReadMapping::<FlowBucket>::new(data, buckets)?;
         let mut out = Vec::new();
         let mut total = 0;
-        for entry in m.iter() {
-            let Ok((k, v)) = entry else { continue };
-            if v.vip_id == vip_id {
+        for e in table.entries().iter().flat_map(|b| b.ways.iter()) {
+            if e.key.family != 0 && e.flow.vip_id == vip_id {
                 total += 1;
                 if out.len() < limit {
-                    out.push((k, v));
+                    out.push((e.key, e.flow));
                 }
             }
         }
@@ -287,8 +308,11 @@ impl Dataplane {
 
     /// The connection-table entry of one flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
-        let m: HashMap<&MapData, FlowKey, Flow> = self.map(MAP_FLOWS)?;
-        Ok(m.get(key, 0).ok())
+        let m: Array<&MapData, FlowBucket> = self.map(MAP_FLOWS)?;
+        let bucket = m
+            .get(&conntrack::bucket_index(key, m.len() - 1), 0)
+            .map_err(map_err(MAP_FLOWS))?;
+        Ok(conntrack::find(&bucket.ways, key).map(|w| bucket.ways[w].flow))
     }
 
     /// Detaches from every interface and removes all pins: a clean stop.
@@ -478,5 +502,52 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(DataplaneError::NoInterface(iface.into())),
         i => Ok(i),
+    }
+}
+
+/// A read-only view of a memory-mappable array map, unmapped on drop.
+struct ReadMapping<T> {
+    base: *const T,
+    len: usize,
+    entries: usize,
+}
+
+impl<T: Copy> ReadMapping<T> {
+    fn new(data: &MapData, entries: usize) -> Result<Self, DataplaneError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let len = (entries * std::mem::size_of::<T>()).div_ceil(4096) * 4096;
+        // SAFETY: a shared read-only mapping of a BPF_F_MMAPABLE array of `entries` values.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(ReadMapping {
+            base: base.cast(),
+            len,
+            entries,
+        })
+    }
+
+    /// The values as they are now (the data path keeps writing: entries may change under a
+    /// reader, each is read whole).
+    fn entries(&self) -> &[T] {
+        // SAFETY: `entries` values of T from a page-aligned mapping that lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.base, self.entries) }
+    }
+}
+
+impl<T> Drop for ReadMapping<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.base as *mut _, self.len) };
     }
 }
