@@ -35,12 +35,14 @@ pub struct FlowBucket {
 const _: () = assert!(size_of::<FlowBucket>() == 256);
 
 /// A NAT_REV entry: two cache lines, keyed by the reply's 5-tuple (backend -> balancer).
+/// Key and stamp share the first line: a lookup or a victim search reads only that one.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevEntry {
     pub key: FlowKey,
-    pub rev: NatRev,
     pub stamp: u32,
+    pub _pad: u32,
+    pub rev: NatRev,
 }
 const _: () = assert!(size_of::<RevEntry>() == 128);
 
@@ -97,11 +99,15 @@ impl Entry for RevEntry {
     }
 }
 
-/// Equal 5-tuples, compared as ten words without a branch per field.
+/// Equal 5-tuples, compared as ten words: first the client address's low word and the
+/// ports, which tell most keys apart, then the rest without a branch per field.
 #[inline(always)]
 pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     // SAFETY: FlowKey is repr(C), 40 bytes, 4-byte aligned, no implicit padding.
     let (a, b) = unsafe { (&*(a as *const FlowKey).cast::<[u32; 10]>(), &*(b as *const FlowKey).cast::<[u32; 10]>()) };
+    if a[0] != b[0] || a[8] != b[8] {
+        return false;
+    }
     let mut diff = 0;
     let mut i = 0;
     while i < 10 {

@@ -36,19 +36,38 @@ pub const fn hash_addr(addr_be: &[u32; 4], extra: u32, seed: u32) -> u32 {
     finish(mix(h, extra))
 }
 
-/// Hash of a full 5-tuple.
+/// 64-bit odd multiplier (2^64 / golden ratio).
+const K64: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One round of the flow hash: xor a 64-bit word in, multiply.
+#[inline(always)]
+const fn round64(h: u64, hi: u32, lo: u32) -> u64 {
+    (h ^ ((hi as u64) << 32 | lo as u64)).wrapping_mul(K64)
+}
+
+/// Hash of a full 5-tuple: 64-bit multiply rounds over the key's words, two at a time,
+/// then MurmurHash3's 64-bit finalizer. BPF has 64-bit multiplies but no rotate, so this
+/// costs a fraction of the 32-bit Murmur mix per word. An IPv4 key's address words 1..3
+/// are zero by construction and skipped: two rounds for IPv4, five for IPv6.
 #[inline(always)]
 pub const fn hash_flow(key: &FlowKey, seed: u32) -> u32 {
-    let mut h = mix(seed, key.src_be[0]);
-    h = mix(h, key.src_be[1]);
-    h = mix(h, key.src_be[2]);
-    h = mix(h, key.src_be[3]);
-    h = mix(h, key.dst_be[0]);
-    h = mix(h, key.dst_be[1]);
-    h = mix(h, key.dst_be[2]);
-    h = mix(h, key.dst_be[3]);
-    h = mix(h, (key.sport_be as u32) << 16 | key.dport_be as u32);
-    finish(mix(h, key.proto as u32))
+    let ports = (key.sport_be as u32) << 16 | key.dport_be as u32;
+    let mut h = (seed as u64 | (seed as u64) << 32) ^ K64;
+    if key.family == crate::FAMILY_V4 {
+        h = round64(h, key.src_be[0], key.dst_be[0]);
+    } else {
+        h = round64(h, key.src_be[0], key.src_be[1]);
+        h = round64(h, key.src_be[2], key.src_be[3]);
+        h = round64(h, key.dst_be[0], key.dst_be[1]);
+        h = round64(h, key.dst_be[2], key.dst_be[3]);
+    }
+    h = round64(h, ports, key.proto as u32);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
 }
 
 /// Does this new flow go to the VIP's next pool? `by_client` keys on the client address
@@ -97,7 +116,7 @@ mod tests {
                 ..base
             },
             FlowKey {
-                dst_be: [2, 0, 0, 1],
+                dst_be: [3, 0, 0, 0],
                 ..base
             },
             FlowKey { sport_be: 5, ..base },
@@ -108,6 +127,17 @@ mod tests {
             assert_ne!(hash_flow(&v, SEED_SLOT), h, "{v:?}");
         }
         assert_ne!(hash_flow(&base, SEED_SPLIT), h, "seeds must give independent hashes");
+        // IPv6 keys hash every address word.
+        let v6 = FlowKey { family: 6, ..base };
+        let h6 = hash_flow(&v6, SEED_SLOT);
+        for w in 1..4 {
+            let mut src = v6;
+            src.src_be[w] = 1;
+            let mut dst = v6;
+            dst.dst_be[w] = 1;
+            assert_ne!(hash_flow(&src, SEED_SLOT), h6, "{src:?}");
+            assert_ne!(hash_flow(&dst, SEED_SLOT), h6, "{dst:?}");
+        }
     }
 
     #[test]

@@ -86,11 +86,14 @@ pub fn allocate_port(
     reply.family = key.family;
     reply._pad = [0; 2];
     let mask = conn_mask();
-    let seed = hash_flow(key, SEED_SPLIT);
+    let mut seed = 0;
     let mut i = 0;
     while i < PORT_TRIES {
         if i > 0 {
             // Further tries: ports spread over 1024..65535 from one hash of the flow.
+            if i == 1 {
+                seed = hash_flow(key, SEED_SPLIT);
+            }
             let h = finish(seed ^ i);
             reply.dport_be = ((h % (65536 - 1024)) as u16 + 1024).to_be();
         }
