@@ -1,57 +1,56 @@
 //! The connection tables (FLOWS: client 5-tuple -> backend; NAT_REV: reply 5-tuple -> client)
-//! as set-associative arrays: a bucket of [`WAYS`] entries per hash value, an entry stamped
-//! with its last use, and the least recently used way replaced when a bucket is full.
+//! as set-associative arrays: a bucket of [`WAYS`] entries per hash value, a header line
+//! with a tag and a last-use stamp per way, and the least recently used way replaced when a
+//! bucket is full.
 //!
 //! This replaces kernel LRU hash maps, whose insert (free-list pop, eviction walk, bucket
-//! locks over cold memory) cost about 200 ns each, two per new NAT flow. Here a lookup is
-//! one array access plus [`WAYS`] key compares, and an insert is a plain write of one entry
-//! (see docs/decisions.md). The agent reads the same layout through a memory mapping.
+//! locks over cold memory) cost about 200 ns each, two per new NAT flow. Here a lookup reads
+//! the header line and, on a tag match, that way's line; an insert is a plain write of one
+//! entry (see docs/decisions.md). The agent reads the same layout through a memory mapping.
 
 use core::mem::size_of;
 
-use crate::{Flow, FlowKey, NatRev, hash::hash_flow};
+use crate::{Flow, FlowKey, NatRev, hash::hash_flow64};
 
 /// Entries per bucket.
 pub const WAYS: usize = 4;
 /// Seed of the bucket hash (independent of the split and Maglev slot hashes).
 pub const SEED_CONN: u32 = 0x5eed_0005;
 
-/// A FLOWS entry: one cache line. `key.family == 0` marks a free way.
+/// A bucket: tags and stamps in the first cache line, then the entries. `tags[w] == 0`
+/// marks a free way; a used way's tag is never 0.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket<E> {
+    pub tags: [u32; WAYS],
+    /// Last use, in units of 2^20 ns (about a millisecond), wrapping.
+    pub stamps: [u32; WAYS],
+    pub _pad: [u32; 8],
+    pub ways: [E; WAYS],
+}
+
+/// A FLOWS entry: one cache line.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
     pub key: FlowKey,
     pub flow: Flow,
-    /// Last use, in units of 2^20 ns (about a millisecond), wrapping.
-    pub stamp: u32,
 }
 const _: () = assert!(size_of::<FlowEntry>() == 64);
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowBucket {
-    pub ways: [FlowEntry; WAYS],
-}
-const _: () = assert!(size_of::<FlowBucket>() == 256);
-
-/// A NAT_REV entry: two cache lines, keyed by the reply's 5-tuple (backend -> balancer).
-/// Key and stamp share the first line: a lookup or a victim search reads only that one.
+/// A NAT_REV entry, keyed by the reply's 5-tuple (backend -> balancer): two cache lines.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevEntry {
     pub key: FlowKey,
-    pub stamp: u32,
-    pub _pad: u32,
     pub rev: NatRev,
 }
 const _: () = assert!(size_of::<RevEntry>() == 128);
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RevBucket {
-    pub ways: [RevEntry; WAYS],
-}
-const _: () = assert!(size_of::<RevBucket>() == 512);
+pub type FlowBucket = Bucket<FlowEntry>;
+pub type RevBucket = Bucket<RevEntry>;
+const _: () = assert!(size_of::<FlowBucket>() == 64 + 4 * 64);
+const _: () = assert!(size_of::<RevBucket>() == 64 + 4 * 128);
 
 /// Buckets for a table of `capacity` flows: a power of two, so the index is a mask.
 pub const fn buckets(capacity: u32) -> u32 {
@@ -59,10 +58,20 @@ pub const fn buckets(capacity: u32) -> u32 {
     if b == 0 { 1 } else { b }
 }
 
-/// The bucket of `key` in a table of `mask + 1` buckets.
+/// Where a key lives: its bucket in a table of `mask + 1` buckets, and its tag there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub index: u32,
+    pub tag: u32,
+}
+
 #[inline(always)]
-pub const fn bucket_index(key: &FlowKey, mask: u32) -> u32 {
-    hash_flow(key, SEED_CONN) & mask
+pub const fn slot(key: &FlowKey, mask: u32) -> Slot {
+    let h = hash_flow64(key, SEED_CONN);
+    Slot {
+        index: h as u32 & mask,
+        tag: (h >> 32) as u32 | 1,
+    }
 }
 
 /// Time in stamp units from a nanosecond clock.
@@ -72,30 +81,21 @@ pub const fn stamp(ns: u64) -> u32 {
 }
 
 /// What both entry kinds have.
-pub trait Entry {
+pub trait Keyed {
     fn key(&self) -> &FlowKey;
-    fn stamp(&self) -> u32;
 }
 
-impl Entry for FlowEntry {
+impl Keyed for FlowEntry {
     #[inline(always)]
     fn key(&self) -> &FlowKey {
         &self.key
     }
-    #[inline(always)]
-    fn stamp(&self) -> u32 {
-        self.stamp
-    }
 }
 
-impl Entry for RevEntry {
+impl Keyed for RevEntry {
     #[inline(always)]
     fn key(&self) -> &FlowKey {
         &self.key
-    }
-    #[inline(always)]
-    fn stamp(&self) -> u32 {
-        self.stamp
     }
 }
 
@@ -117,38 +117,45 @@ pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     diff == 0
 }
 
-/// The way holding `key`, if any.
-#[inline(always)]
-pub fn find<E: Entry>(ways: &[E; WAYS], key: &FlowKey) -> Option<usize> {
-    let mut w = 0;
-    while w < WAYS {
-        if same_key(ways[w].key(), key) {
-            return Some(w);
+impl<E: Keyed> Bucket<E> {
+    /// The way holding `key` (whose tag is `tag`), if any.
+    #[inline(always)]
+    pub fn find(&self, key: &FlowKey, tag: u32) -> Option<usize> {
+        let mut w = 0;
+        while w < WAYS {
+            if self.tags[w] == tag && same_key(self.ways[w].key(), key) {
+                return Some(w);
+            }
+            w += 1;
         }
-        w += 1;
+        None
     }
-    None
-}
 
-/// The way a new entry takes: a free one, else the least recently used (ages compared
-/// with wrapping arithmetic, so the stamp's wrap-around after ~50 days is harmless).
-#[inline(always)]
-pub fn victim<E: Entry>(ways: &[E; WAYS], now: u32) -> usize {
-    let mut best = 0;
-    let mut best_age = 0u32;
-    let mut w = 0;
-    while w < WAYS {
-        if ways[w].key().family == 0 {
-            return w;
+    /// The way a new entry takes: a free one, else the least recently used (ages compared
+    /// with wrapping arithmetic, so the stamp's wrap-around after ~50 days is harmless).
+    #[inline(always)]
+    pub fn victim(&self, now: u32) -> usize {
+        let mut best = 0;
+        let mut best_age = 0u32;
+        let mut w = 0;
+        while w < WAYS {
+            if self.tags[w] == 0 {
+                return w;
+            }
+            let age = now.wrapping_sub(self.stamps[w]);
+            if age > best_age {
+                best_age = age;
+                best = w;
+            }
+            w += 1;
         }
-        let age = now.wrapping_sub(ways[w].stamp());
-        if age > best_age {
-            best_age = age;
-            best = w;
-        }
-        w += 1;
+        best
     }
-    best
+
+    /// Used ways and their entries, for readers of the whole table.
+    pub fn used(&self) -> impl Iterator<Item = &E> {
+        self.tags.iter().zip(self.ways.iter()).filter(|(t, _)| **t != 0).map(|(_, e)| e)
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +174,12 @@ mod tests {
         }
     }
 
+    fn put(b: &mut FlowBucket, w: usize, k: FlowKey, stamp: u32) {
+        b.tags[w] = slot(&k, 0).tag;
+        b.stamps[w] = stamp;
+        b.ways[w].key = k;
+    }
+
     #[test]
     fn buckets_cover_the_capacity_as_a_power_of_two() {
         assert_eq!(buckets(1), 1);
@@ -179,46 +192,57 @@ mod tests {
 
     #[test]
     fn find_matches_whole_keys_only() {
-        let mut ways = [FlowEntry::default(); WAYS];
-        ways[2].key = key(5);
-        assert_eq!(find(&ways, &key(5)), Some(2));
-        assert_eq!(find(&ways, &key(6)), None);
+        let mut b = FlowBucket::default();
+        put(&mut b, 2, key(5), 0);
+        assert_eq!(b.find(&key(5), slot(&key(5), 0).tag), Some(2));
+        assert_eq!(b.find(&key(6), slot(&key(6), 0).tag), None);
+        // Same tag, other key: still no match.
+        b.tags[1] = slot(&key(6), 0).tag;
+        b.ways[1].key = key(7);
+        assert_eq!(b.find(&key(6), slot(&key(6), 0).tag), None);
         let mut other = key(5);
         other.proto = 17;
-        assert_eq!(find(&ways, &other), None);
-        other = key(5);
-        other.dst_be[3] = 1;
-        assert_eq!(find(&ways, &other), None);
+        assert_eq!(b.find(&other, slot(&key(5), 0).tag), None);
+        // A freed way (tag 0) never matches, whatever its stale key.
+        b.tags[2] = 0;
+        assert_eq!(b.find(&key(5), slot(&key(5), 0).tag), None);
+        assert_ne!(slot(&key(5), 0).tag, 0);
     }
 
     #[test]
     fn victim_prefers_free_then_least_recently_used() {
-        let mut ways = [FlowEntry::default(); WAYS];
-        for (w, e) in ways.iter_mut().enumerate() {
-            e.key = key(w as u32);
-            e.stamp = 100 + w as u32;
+        let mut b = FlowBucket::default();
+        for w in 0..WAYS {
+            put(&mut b, w, key(w as u32), 100 + w as u32);
         }
-        assert_eq!(victim(&ways, 200), 0, "oldest");
-        ways[0].stamp = 150;
-        assert_eq!(victim(&ways, 200), 1);
-        ways[3].key.family = 0;
-        assert_eq!(victim(&ways, 200), 3, "a free way first");
+        assert_eq!(b.victim(200), 0, "oldest");
+        b.stamps[0] = 150;
+        assert_eq!(b.victim(200), 1);
+        b.tags[3] = 0;
+        assert_eq!(b.victim(200), 3, "a free way first");
         // Across the stamp's wrap-around: u32::MAX - 5 is older than 3.
-        let mut ways = [FlowEntry::default(); WAYS];
-        for (w, e) in ways.iter_mut().enumerate() {
-            e.key = key(w as u32);
-            e.stamp = 3;
+        let mut b = FlowBucket::default();
+        for w in 0..WAYS {
+            put(&mut b, w, key(w as u32), 3);
         }
-        ways[2].stamp = u32::MAX - 5;
-        assert_eq!(victim(&ways, 10), 2);
+        b.stamps[2] = u32::MAX - 5;
+        assert_eq!(b.victim(10), 2);
+        assert_eq!(b.used().count(), WAYS);
     }
 
     #[test]
-    fn bucket_index_spreads_flows_evenly() {
+    fn slots_spread_flows_evenly() {
         let mask = buckets(1 << 16) - 1;
         let mut count = [0u32; 16_384];
         for i in 0..(1u32 << 16) {
-            count[bucket_index(&key(i.wrapping_mul(2_654_435_761)), mask) as usize] += 1;
+            count[slot(&key(i.wrapping_mul(2_654_435_761)), mask).index as usize] += 1;
+        }
+        let max = *count.iter().max().unwrap();
+        assert!(max <= 16, "fullest bucket holds {max} of a mean of 4");
+        // Sequential clients and ports (as a load generator makes them) spread as well.
+        count.fill(0);
+        for i in 0..(1u32 << 16) {
+            count[slot(&key(i), mask).index as usize] += 1;
         }
         let max = *count.iter().max().unwrap();
         assert!(max <= 16, "fullest bucket holds {max} of a mean of 4");

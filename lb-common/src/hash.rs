@@ -51,6 +51,13 @@ const fn round64(h: u64, hi: u32, lo: u32) -> u64 {
 /// are zero by construction and skipped: two rounds for IPv4, five for IPv6.
 #[inline(always)]
 pub const fn hash_flow(key: &FlowKey, seed: u32) -> u32 {
+    hash_flow64(key, seed) as u32
+}
+
+/// [`hash_flow`] with all 64 bits (the connection tables take a bucket from the low bits
+/// and a tag from the high ones).
+#[inline(always)]
+pub const fn hash_flow64(key: &FlowKey, seed: u32) -> u64 {
     let ports = (key.sport_be as u32) << 16 | key.dport_be as u32;
     let mut h = (seed as u64 | (seed as u64) << 32) ^ K64;
     if key.family == crate::FAMILY_V4 {
@@ -66,8 +73,7 @@ pub const fn hash_flow(key: &FlowKey, seed: u32) -> u32 {
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h as u32
+    h ^ (h >> 33)
 }
 
 /// Does this new flow go to the VIP's next pool? `by_client` keys on the client address

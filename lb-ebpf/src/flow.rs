@@ -1,8 +1,8 @@
 //! Connection table and NAT source-port allocation, over the set-associative tables of
 //! lb_common::conntrack.
 //!
-//! Writers on two CPUs may race for one way; an entry is therefore written with its key
-//! invalidated first and stored last, so a reader matches a key only with its value. A
+//! Writers on two CPUs may race for one way; an entry is therefore written with its tag
+//! cleared first and set last, so a reader matches a key only with its value. A
 //! lookup that races the very first packet of the same flow on another CPU can still miss
 //! and schedule the flow itself: it picks the same backend (same table, same hash) and the
 //! same port (same tries), and stores an equal entry.
@@ -12,7 +12,7 @@ use core::mem::{align_of, size_of};
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, Backend, Flow, FlowKey, NatRev, Reason,
-    conntrack::{FlowBucket, RevEntry, WAYS, bucket_index, find, victim},
+    conntrack::{FlowBucket, RevEntry, WAYS, slot},
     hash::{SEED_SPLIT, finish, hash_flow},
 };
 
@@ -25,23 +25,26 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// The FLOWS bucket of a client 5-tuple.
+/// A client 5-tuple's FLOWS bucket and tag.
 #[inline(always)]
-pub fn bucket(key: &FlowKey) -> Option<*mut FlowBucket> {
-    FLOWS.get_ptr_mut(bucket_index(key, conn_mask()))
+pub fn bucket(key: &FlowKey) -> Option<(*mut FlowBucket, u32)> {
+    let slot = slot(key, conn_mask());
+    Some((FLOWS.get_ptr_mut(slot.index)?, slot.tag))
 }
 
 /// The established flow's backend, unless that backend is gone or down: then the flow is
 /// re-chosen (a `drain` backend keeps its flows).
 #[inline(always)]
-pub fn established(bucket: *mut FlowBucket, key: &FlowKey, now: u32) -> Option<(&'static mut Flow, Backend)> {
+pub fn established(
+    (bucket, tag): (*mut FlowBucket, u32),
+    key: &FlowKey,
+    now: u32,
+) -> Option<(&'static mut Flow, Backend)> {
     // SAFETY: array value pointer, valid for the program's lifetime.
     let bucket = unsafe { &mut *bucket };
-    let way = find(&bucket.ways, key)?;
+    let way = bucket.find(key, tag)?;
+    touch(&mut bucket.stamps, way, now);
     let entry = bucket.ways.get_mut(way)?;
-    if entry.stamp != now {
-        entry.stamp = now;
-    }
     let backend = *BACKENDS.get(entry.flow.backend_id)?;
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
@@ -49,17 +52,25 @@ pub fn established(bucket: *mut FlowBucket, key: &FlowKey, now: u32) -> Option<(
     Some((&mut entry.flow, backend))
 }
 
+/// Marks a way used now (written only when the stamp changes: about once a millisecond).
+#[inline(always)]
+fn touch(stamps: &mut [u32; WAYS], way: usize, now: u32) {
+    if let Some(s) = stamps.get_mut(way)
+        && *s != now
+    {
+        *s = now;
+    }
+}
+
 /// The reverse-NAT entry of a reply's 5-tuple.
 #[inline(always)]
 pub fn reverse(key: &FlowKey, now: u32) -> Option<&'static mut RevEntry> {
+    let slot = slot(key, conn_mask());
     // SAFETY: array value pointer, valid for the program's lifetime.
-    let bucket = unsafe { &mut *NAT_REV.get_ptr_mut(bucket_index(key, conn_mask()))? };
-    let way = find(&bucket.ways, key)?;
-    let entry = bucket.ways.get_mut(way)?;
-    if entry.stamp != now {
-        entry.stamp = now;
-    }
-    Some(entry)
+    let bucket = unsafe { &mut *NAT_REV.get_ptr_mut(slot.index)? };
+    let way = bucket.find(key, slot.tag)?;
+    touch(&mut bucket.stamps, way, now);
+    bucket.ways.get_mut(way)
 }
 
 const PORT_TRIES: u32 = 8;
@@ -97,26 +108,33 @@ pub fn allocate_port(
             let h = finish(seed ^ i);
             reply.dport_be = ((h % (65536 - 1024)) as u16 + 1024).to_be();
         }
-        let Some(bucket) = NAT_REV.get_ptr_mut(bucket_index(reply, mask)) else {
+        let slot = slot(reply, mask);
+        let Some(bucket) = NAT_REV.get_ptr_mut(slot.index) else {
             return Err(Reason::DropNoPort);
         };
         // SAFETY: array value pointer, valid for the program's lifetime.
-        let ways = unsafe { &mut (*bucket).ways };
-        let way = match find(ways, reply) {
-            None => victim(ways, now),
+        let bucket = unsafe { &mut *bucket };
+        let way = match bucket.find(reply, slot.tag) {
+            None => bucket.victim(now),
             // Our own entry (the flow was evicted or re-chosen), or one whose client flow is
             // gone from the connection table: that connection cannot continue, take the port.
-            Some(w) if w < WAYS && (owned_by(&ways[w].rev, key) || stale(&ways[w].rev, reply, &mut scratch.client)) => w,
+            Some(w)
+                if w < WAYS
+                    && (owned_by(&bucket.ways[w].rev, key) || stale(&bucket.ways[w].rev, reply, &mut scratch.client)) =>
+            {
+                w
+            }
             Some(_) => {
                 i += 1;
                 continue;
             }
         };
-        let Some(entry) = ways.get_mut(way) else {
+        if way >= WAYS {
             return Err(Reason::DropNoPort);
-        };
-        // Key last (see the module comment).
-        store(&mut entry.key.family, &0);
+        }
+        // Tag last (see the module comment).
+        store(&mut bucket.tags[way], &0);
+        let entry = &mut bucket.ways[way];
         store(&mut entry.rev.client_be, &key.src_be);
         store(&mut entry.rev.vip_be, &key.dst_be);
         store(&mut entry.rev.client_port_be, &key.sport_be);
@@ -125,8 +143,9 @@ pub fn allocate_port(
         store(&mut entry.rev.backend_id, &backend_id);
         store(&mut entry.rev.hop.ifindex, &0);
         store(&mut entry.rev.flags, &0);
-        store(&mut entry.stamp, &now);
         store(&mut entry.key, reply);
+        store(&mut bucket.stamps[way], &now);
+        store(&mut bucket.tags[way], &slot.tag);
         return Ok(reply.dport_be);
     }
     Err(Reason::DropNoPort)
@@ -151,12 +170,12 @@ fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
     client.proto = reply.proto;
     client.family = reply.family;
     client._pad = [0; 2];
-    let Some(bucket) = bucket(client) else {
+    let Some((bucket, tag)) = bucket(client) else {
         return true;
     };
     // SAFETY: array value pointer, valid for the program's lifetime.
-    let ways = unsafe { &(*bucket).ways };
-    match find(ways, client).and_then(|w| ways.get(w)) {
+    let bucket = unsafe { &*bucket };
+    match bucket.find(client, tag).and_then(|w| bucket.ways.get(w)) {
         Some(e) => e.flow.backend_id != old.backend_id || e.flow.snat_port_be != reply.dport_be,
         None => true,
     }
@@ -165,16 +184,19 @@ fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
 /// Records the flow in its bucket: over its own old entry (a reused 5-tuple), else in a
 /// free or the least recently used way.
 #[inline(always)]
-pub fn record(bucket: *mut FlowBucket, key: &FlowKey, flow: Flow, now: u32) -> Result<(), Reason> {
+pub fn record((bucket, tag): (*mut FlowBucket, u32), key: &FlowKey, flow: Flow, now: u32) -> Result<(), Reason> {
     // SAFETY: array value pointer, valid for the program's lifetime.
-    let ways = unsafe { &mut (*bucket).ways };
-    let way = find(ways, key).unwrap_or_else(|| victim(ways, now));
-    let entry = ways.get_mut(way).ok_or(Reason::DropFlowInsert)?;
-    // Key last (see the module comment).
-    store(&mut entry.key.family, &0);
-    store(&mut entry.flow, &flow);
-    store(&mut entry.stamp, &now);
-    store(&mut entry.key, key);
+    let bucket = unsafe { &mut *bucket };
+    let way = bucket.find(key, tag).unwrap_or_else(|| bucket.victim(now));
+    if way >= WAYS {
+        return Err(Reason::DropFlowInsert);
+    }
+    // Tag last (see the module comment).
+    store(&mut bucket.tags[way], &0);
+    store(&mut bucket.ways[way].flow, &flow);
+    store(&mut bucket.ways[way].key, key);
+    store(&mut bucket.stamps[way], &now);
+    store(&mut bucket.tags[way], &tag);
     Ok(())
 }
 

@@ -140,7 +140,7 @@ fn new_flow(
     vip: &VipInfo,
     cfg: &Config,
     snat: &[u32; 4],
-    bucket: *mut FlowBucket,
+    bucket: (*mut FlowBucket, u32),
     now_ns: u64,
 ) -> Verdict {
     if pkt.fragment {

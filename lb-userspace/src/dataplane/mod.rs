@@ -295,8 +295,8 @@ impl Dataplane {
         let table = ReadMapping::<FlowBucket>::new(data, buckets)?;
         let mut out = Vec::new();
         let mut total = 0;
-        for e in table.entries().iter().flat_map(|b| b.ways.iter()) {
-            if e.key.family != 0 && e.flow.vip_id == vip_id {
+        for e in table.entries().iter().flat_map(|b| b.used()) {
+            if e.flow.vip_id == vip_id {
                 total += 1;
                 if out.len() < limit {
                     out.push((e.key, e.flow));
@@ -309,10 +309,9 @@ impl Dataplane {
     /// The connection-table entry of one flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
         let m: Array<&MapData, FlowBucket> = self.map(MAP_FLOWS)?;
-        let bucket = m
-            .get(&conntrack::bucket_index(key, m.len() - 1), 0)
-            .map_err(map_err(MAP_FLOWS))?;
-        Ok(conntrack::find(&bucket.ways, key).map(|w| bucket.ways[w].flow))
+        let slot = conntrack::slot(key, m.len() - 1);
+        let bucket = m.get(&slot.index, 0).map_err(map_err(MAP_FLOWS))?;
+        Ok(bucket.find(key, slot.tag).map(|w| bucket.ways[w].flow))
     }
 
     /// Detaches from every interface and removes all pins: a clean stop.
