@@ -52,8 +52,16 @@ pub fn forward(ctx: &XdpContext, hop: &mut NextHop, path: &Path, now_ns: u64) ->
         return Verdict::Drop(Reason::DropTruncated);
     };
     // SAFETY: bounds checked by ptr_at; NextHop starts with dmac then smac, 12 bytes,
-    // 4-byte aligned: six 16-bit stores instead of twelve byte stores.
-    unsafe { *eth = *(hop as *const NextHop as *const [u16; 6]) };
+    // 4-byte aligned: six 16-bit stores instead of twelve byte stores. Volatile, so LLVM
+    // does not fold them into a call to the (byte-looping) memmove subprogram.
+    unsafe {
+        let (dst, src) = (eth.cast::<u16>(), (hop as *const NextHop).cast::<u16>());
+        let mut i = 0;
+        while i < 6 {
+            core::ptr::write_volatile(dst.add(i), *src.add(i));
+            i += 1;
+        }
+    }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Verdict::Tx(if reply { Reason::TxReply } else { Reason::Tx });
     }

@@ -163,13 +163,14 @@ fn owned_by(old: &NatRev, key: &FlowKey) -> bool {
 /// A reverse entry is live only while its client flow still maps to it.
 #[inline(always)]
 fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
-    client.src_be = old.client_be;
-    client.dst_be = old.vip_be;
-    client.sport_be = old.client_port_be;
-    client.dport_be = old.vip_port_be;
-    client.proto = reply.proto;
-    client.family = reply.family;
-    client._pad = [0; 2];
+    // Word stores: a plain copy between two map values becomes a memmove call.
+    store(&mut client.src_be, &old.client_be);
+    store(&mut client.dst_be, &old.vip_be);
+    store(&mut client.sport_be, &old.client_port_be);
+    store(&mut client.dport_be, &old.vip_port_be);
+    store(&mut client.proto, &reply.proto);
+    store(&mut client.family, &reply.family);
+    store(&mut client._pad, &[0; 2]);
     let Some((bucket, tag)) = bucket(client) else {
         return true;
     };
