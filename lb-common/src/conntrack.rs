@@ -1,12 +1,12 @@
 //! The connection tables (FLOWS: client 5-tuple -> backend; NAT_REV: reply 5-tuple -> client)
-//! as set-associative arrays: a bucket of [`WAYS`] entries per hash value, a header line
+//! as set-associative arrays: a bucket of [`WAYS`] entries per hash value, a compact header
 //! with a tag and a last-use stamp per way, and the least recently used way replaced when a
 //! bucket is full.
 //!
 //! This replaces kernel LRU hash maps, whose insert (free-list pop, eviction walk, bucket
 //! locks over cold memory) cost about 200 ns each, two per new NAT flow. Here a lookup reads
-//! the header line and, on a tag match, that way's line; an insert is a plain write of one
-//! entry (see docs/decisions.md). The agent reads the same layout through a memory mapping.
+//! the bucket's header and, on a tag match, that way's line; an insert is a plain write of
+//! one entry (see docs/decisions.md). The agent reads the same layout through a memory mapping.
 
 use core::mem::size_of;
 
@@ -17,15 +17,23 @@ pub const WAYS: usize = 4;
 /// Seed of the bucket hash (independent of the split and Maglev slot hashes).
 pub const SEED_CONN: u32 = 0x5eed_0005;
 
-/// A bucket: tags and stamps in the first cache line, then the entries. `tags[w] == 0`
-/// marks a free way; a used way's tag is never 0.
-#[repr(C, align(64))]
+/// A bucket's header, in an array of its own (FLOW_HEADS, REV_HEADS): a tag and a last-use
+/// stamp per way, 32 bytes, two buckets per cache line. A miss or a victim search reads
+/// only this compact array; the entries (FLOWS, NAT_REV) are read on a tag match and
+/// written on an insert. `tags[w] == 0` marks a free way; a used way's tag is never 0.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bucket<E> {
+pub struct Heads {
     pub tags: [u32; WAYS],
     /// Last use, in units of 2^20 ns (about a millisecond), wrapping.
     pub stamps: [u32; WAYS],
-    pub _pad: [u32; 8],
+}
+const _: () = assert!(size_of::<Heads>() == 32);
+
+/// A bucket's entries.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ways<E> {
     pub ways: [E; WAYS],
 }
 
@@ -47,10 +55,10 @@ pub struct RevEntry {
 }
 const _: () = assert!(size_of::<RevEntry>() == 128);
 
-pub type FlowBucket = Bucket<FlowEntry>;
-pub type RevBucket = Bucket<RevEntry>;
-const _: () = assert!(size_of::<FlowBucket>() == 64 + 4 * 64);
-const _: () = assert!(size_of::<RevBucket>() == 64 + 4 * 128);
+pub type FlowWays = Ways<FlowEntry>;
+pub type RevWays = Ways<RevEntry>;
+const _: () = assert!(size_of::<FlowWays>() == 4 * 64);
+const _: () = assert!(size_of::<RevWays>() == 4 * 128);
 
 /// Buckets for a table of `capacity` flows: a power of two, so the index is a mask.
 pub const fn buckets(capacity: u32) -> u32 {
@@ -104,7 +112,12 @@ impl Keyed for RevEntry {
 #[inline(always)]
 pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     // SAFETY: FlowKey is repr(C), 40 bytes, 4-byte aligned, no implicit padding.
-    let (a, b) = unsafe { (&*(a as *const FlowKey).cast::<[u32; 10]>(), &*(b as *const FlowKey).cast::<[u32; 10]>()) };
+    let (a, b) = unsafe {
+        (
+            &*(a as *const FlowKey).cast::<[u32; 10]>(),
+            &*(b as *const FlowKey).cast::<[u32; 10]>(),
+        )
+    };
     if a[0] != b[0] || a[8] != b[8] {
         return false;
     }
@@ -117,13 +130,13 @@ pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     diff == 0
 }
 
-impl<E: Keyed> Bucket<E> {
+impl Heads {
     /// The way holding `key` (whose tag is `tag`), if any.
     #[inline(always)]
-    pub fn find(&self, key: &FlowKey, tag: u32) -> Option<usize> {
+    pub fn find<E: Keyed>(&self, ways: &Ways<E>, key: &FlowKey, tag: u32) -> Option<usize> {
         let mut w = 0;
         while w < WAYS {
-            if self.tags[w] == tag && same_key(self.ways[w].key(), key) {
+            if self.tags[w] == tag && same_key(ways.ways[w].key(), key) {
                 return Some(w);
             }
             w += 1;
@@ -152,9 +165,13 @@ impl<E: Keyed> Bucket<E> {
         best
     }
 
-    /// Used ways and their entries, for readers of the whole table.
-    pub fn used(&self) -> impl Iterator<Item = &E> {
-        self.tags.iter().zip(self.ways.iter()).filter(|(t, _)| **t != 0).map(|(_, e)| e)
+    /// Used ways' entries, for readers of the whole table.
+    pub fn used<'a, E>(&'a self, ways: &'a Ways<E>) -> impl Iterator<Item = &'a E> {
+        self.tags
+            .iter()
+            .zip(ways.ways.iter())
+            .filter(|(t, _)| **t != 0)
+            .map(|(_, e)| e)
     }
 }
 
@@ -174,10 +191,22 @@ mod tests {
         }
     }
 
-    fn put(b: &mut FlowBucket, w: usize, k: FlowKey, stamp: u32) {
-        b.tags[w] = slot(&k, 0).tag;
-        b.stamps[w] = stamp;
-        b.ways[w].key = k;
+    #[derive(Default)]
+    struct Bucket {
+        head: Heads,
+        ways: FlowWays,
+    }
+
+    impl Bucket {
+        fn find(&self, k: &FlowKey, tag: u32) -> Option<usize> {
+            self.head.find(&self.ways, k, tag)
+        }
+    }
+
+    fn put(b: &mut Bucket, w: usize, k: FlowKey, stamp: u32) {
+        b.head.tags[w] = slot(&k, 0).tag;
+        b.head.stamps[w] = stamp;
+        b.ways.ways[w].key = k;
     }
 
     #[test]
@@ -192,42 +221,42 @@ mod tests {
 
     #[test]
     fn find_matches_whole_keys_only() {
-        let mut b = FlowBucket::default();
+        let mut b = Bucket::default();
         put(&mut b, 2, key(5), 0);
         assert_eq!(b.find(&key(5), slot(&key(5), 0).tag), Some(2));
         assert_eq!(b.find(&key(6), slot(&key(6), 0).tag), None);
         // Same tag, other key: still no match.
-        b.tags[1] = slot(&key(6), 0).tag;
-        b.ways[1].key = key(7);
+        b.head.tags[1] = slot(&key(6), 0).tag;
+        b.ways.ways[1].key = key(7);
         assert_eq!(b.find(&key(6), slot(&key(6), 0).tag), None);
         let mut other = key(5);
         other.proto = 17;
         assert_eq!(b.find(&other, slot(&key(5), 0).tag), None);
         // A freed way (tag 0) never matches, whatever its stale key.
-        b.tags[2] = 0;
+        b.head.tags[2] = 0;
         assert_eq!(b.find(&key(5), slot(&key(5), 0).tag), None);
         assert_ne!(slot(&key(5), 0).tag, 0);
     }
 
     #[test]
     fn victim_prefers_free_then_least_recently_used() {
-        let mut b = FlowBucket::default();
+        let mut b = Bucket::default();
         for w in 0..WAYS {
             put(&mut b, w, key(w as u32), 100 + w as u32);
         }
-        assert_eq!(b.victim(200), 0, "oldest");
-        b.stamps[0] = 150;
-        assert_eq!(b.victim(200), 1);
-        b.tags[3] = 0;
-        assert_eq!(b.victim(200), 3, "a free way first");
+        assert_eq!(b.head.victim(200), 0, "oldest");
+        b.head.stamps[0] = 150;
+        assert_eq!(b.head.victim(200), 1);
+        b.head.tags[3] = 0;
+        assert_eq!(b.head.victim(200), 3, "a free way first");
+        assert_eq!(b.head.used(&b.ways).count(), WAYS - 1);
         // Across the stamp's wrap-around: u32::MAX - 5 is older than 3.
-        let mut b = FlowBucket::default();
+        let mut b = Bucket::default();
         for w in 0..WAYS {
             put(&mut b, w, key(w as u32), 3);
         }
-        b.stamps[2] = u32::MAX - 5;
-        assert_eq!(b.victim(10), 2);
-        assert_eq!(b.used().count(), WAYS);
+        b.head.stamps[2] = u32::MAX - 5;
+        assert_eq!(b.head.victim(10), 2);
     }
 
     #[test]

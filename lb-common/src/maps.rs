@@ -12,6 +12,9 @@ pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 pub const MAP_TABLES: &str = "TABLES_V2";
 pub const MAP_FLOWS: &str = "FLOWS_V2";
 pub const MAP_NAT_REV: &str = "NAT_REV_V2";
+/// Bucket headers of FLOWS and NAT_REV (lb_common::conntrack::Heads).
+pub const MAP_FLOW_HEADS: &str = "FLOW_HEADS_V1";
+pub const MAP_REV_HEADS: &str = "REV_HEADS_V1";
 /// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
@@ -359,6 +362,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}
-    unsafe impl aya::Pod for crate::conntrack::FlowBucket {}
-    unsafe impl aya::Pod for crate::conntrack::RevBucket {}
+    unsafe impl aya::Pod for crate::conntrack::Heads {}
+    unsafe impl aya::Pod for crate::conntrack::FlowWays {}
+    unsafe impl aya::Pod for crate::conntrack::RevWays {}
 }

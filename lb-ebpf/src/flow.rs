@@ -9,14 +9,14 @@
 
 use core::mem::{align_of, size_of};
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::Array};
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, Backend, Flow, FlowKey, NatRev, Reason,
-    conntrack::{FlowBucket, RevEntry, WAYS, slot},
+    conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, slot},
     hash::{SEED_SPLIT, finish, hash_flow},
 };
 
-use crate::maps::{BACKENDS, FLOWS, NAT_REV, conn_mask, scratch};
+use crate::maps::{BACKENDS, FLOW_HEADS, FLOWS, NAT_REV, REV_HEADS, conn_mask, scratch};
 
 /// The coarse clock, in nanoseconds (cheap: no clock source read).
 #[inline(always)]
@@ -25,31 +25,54 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// A client 5-tuple's FLOWS bucket and tag.
+/// A bucket of FLOWS or NAT_REV: its header, its entries, and the key's tag there.
+pub struct Bucket<E: 'static> {
+    pub head: &'static mut Heads,
+    pub ways: &'static mut Ways<E>,
+    pub tag: u32,
+}
+
+impl<E: Keyed> Bucket<E> {
+    #[inline(always)]
+    fn find(&self, key: &FlowKey) -> Option<usize> {
+        self.head.find(self.ways, key, self.tag)
+    }
+}
+
+/// A client 5-tuple's FLOWS bucket.
 #[inline(always)]
-pub fn bucket(key: &FlowKey) -> Option<(*mut FlowBucket, u32)> {
+pub fn bucket(key: &FlowKey) -> Option<Bucket<FlowEntry>> {
+    locate(&FLOW_HEADS, &FLOWS, key)
+}
+
+#[inline(always)]
+fn locate<E>(heads: &Array<Heads>, ways: &Array<Ways<E>>, key: &FlowKey) -> Option<Bucket<E>> {
     let slot = slot(key, conn_mask());
-    Some((FLOWS.get_ptr_mut(slot.index)?, slot.tag))
+    let (head, ways) = (heads.get_ptr_mut(slot.index)?, ways.get_ptr_mut(slot.index)?);
+    // SAFETY: array value pointers, valid for the program's lifetime.
+    Some(unsafe {
+        Bucket {
+            head: &mut *head,
+            ways: &mut *ways,
+            tag: slot.tag,
+        }
+    })
 }
 
 /// The established flow's backend, unless that backend is gone or down: then the flow is
 /// re-chosen (a `drain` backend keeps its flows).
 #[inline(always)]
-pub fn established(
-    (bucket, tag): (*mut FlowBucket, u32),
-    key: &FlowKey,
-    now: u32,
-) -> Option<(&'static mut Flow, Backend)> {
-    // SAFETY: array value pointer, valid for the program's lifetime.
-    let bucket = unsafe { &mut *bucket };
-    let way = bucket.find(key, tag)?;
-    touch(&mut bucket.stamps, way, now);
-    let entry = bucket.ways.get_mut(way)?;
+pub fn established(bucket: &mut Bucket<FlowEntry>, key: &FlowKey, now: u32) -> Option<(&'static mut Flow, Backend)> {
+    let way = bucket.find(key)?;
+    touch(&mut bucket.head.stamps, way, now);
+    let entry = bucket.ways.ways.get_mut(way)?;
     let backend = *BACKENDS.get(entry.flow.backend_id)?;
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
     }
-    Some((&mut entry.flow, backend))
+    let flow = &raw mut entry.flow;
+    // SAFETY: the entry lives in the map for the program's lifetime.
+    Some((unsafe { &mut *flow }, backend))
 }
 
 /// Marks a way used now (written only when the stamp changes: about once a millisecond).
@@ -65,12 +88,10 @@ fn touch(stamps: &mut [u32; WAYS], way: usize, now: u32) {
 /// The reverse-NAT entry of a reply's 5-tuple.
 #[inline(always)]
 pub fn reverse(key: &FlowKey, now: u32) -> Option<&'static mut RevEntry> {
-    let slot = slot(key, conn_mask());
-    // SAFETY: array value pointer, valid for the program's lifetime.
-    let bucket = unsafe { &mut *NAT_REV.get_ptr_mut(slot.index)? };
-    let way = bucket.find(key, slot.tag)?;
-    touch(&mut bucket.stamps, way, now);
-    bucket.ways.get_mut(way)
+    let b = locate(&REV_HEADS, &NAT_REV, key)?;
+    let way = b.find(key)?;
+    touch(&mut b.head.stamps, way, now);
+    b.ways.ways.get_mut(way)
 }
 
 const PORT_TRIES: u32 = 8;
@@ -96,7 +117,6 @@ pub fn allocate_port(
     reply.proto = key.proto;
     reply.family = key.family;
     reply._pad = [0; 2];
-    let mask = conn_mask();
     let mut seed = 0;
     let mut i = 0;
     while i < PORT_TRIES {
@@ -108,19 +128,17 @@ pub fn allocate_port(
             let h = finish(seed ^ i);
             reply.dport_be = ((h % (65536 - 1024)) as u16 + 1024).to_be();
         }
-        let slot = slot(reply, mask);
-        let Some(bucket) = NAT_REV.get_ptr_mut(slot.index) else {
+        let Some(bucket) = locate(&REV_HEADS, &NAT_REV, reply) else {
             return Err(Reason::DropNoPort);
         };
-        // SAFETY: array value pointer, valid for the program's lifetime.
-        let bucket = unsafe { &mut *bucket };
-        let way = match bucket.find(reply, slot.tag) {
-            None => bucket.victim(now),
+        let way = match bucket.find(reply) {
+            None => bucket.head.victim(now),
             // Our own entry (the flow was evicted or re-chosen), or one whose client flow is
             // gone from the connection table: that connection cannot continue, take the port.
             Some(w)
                 if w < WAYS
-                    && (owned_by(&bucket.ways[w].rev, key) || stale(&bucket.ways[w].rev, reply, &mut scratch.client)) =>
+                    && (owned_by(&bucket.ways.ways[w].rev, key)
+                        || stale(&bucket.ways.ways[w].rev, reply, &mut scratch.client)) =>
             {
                 w
             }
@@ -133,8 +151,8 @@ pub fn allocate_port(
             return Err(Reason::DropNoPort);
         }
         // Tag last (see the module comment).
-        store(&mut bucket.tags[way], &0);
-        let entry = &mut bucket.ways[way];
+        store(&mut bucket.head.tags[way], &0);
+        let entry = &mut bucket.ways.ways[way];
         store(&mut entry.rev.client_be, &key.src_be);
         store(&mut entry.rev.vip_be, &key.dst_be);
         store(&mut entry.rev.client_port_be, &key.sport_be);
@@ -144,8 +162,8 @@ pub fn allocate_port(
         store(&mut entry.rev.hop.ifindex, &0);
         store(&mut entry.rev.flags, &0);
         store(&mut entry.key, reply);
-        store(&mut bucket.stamps[way], &now);
-        store(&mut bucket.tags[way], &slot.tag);
+        store(&mut bucket.head.stamps[way], &now);
+        store(&mut bucket.head.tags[way], &bucket.tag);
         return Ok(reply.dport_be);
     }
     Err(Reason::DropNoPort)
@@ -171,12 +189,10 @@ fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
     store(&mut client.proto, &reply.proto);
     store(&mut client.family, &reply.family);
     store(&mut client._pad, &[0; 2]);
-    let Some((bucket, tag)) = bucket(client) else {
+    let Some(bucket) = bucket(client) else {
         return true;
     };
-    // SAFETY: array value pointer, valid for the program's lifetime.
-    let bucket = unsafe { &*bucket };
-    match bucket.find(client, tag).and_then(|w| bucket.ways.get(w)) {
+    match bucket.find(client).and_then(|w| bucket.ways.ways.get(w)) {
         Some(e) => e.flow.backend_id != old.backend_id || e.flow.snat_port_be != reply.dport_be,
         None => true,
     }
@@ -185,19 +201,17 @@ fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
 /// Records the flow in its bucket: over its own old entry (a reused 5-tuple), else in a
 /// free or the least recently used way.
 #[inline(always)]
-pub fn record((bucket, tag): (*mut FlowBucket, u32), key: &FlowKey, flow: Flow, now: u32) -> Result<(), Reason> {
-    // SAFETY: array value pointer, valid for the program's lifetime.
-    let bucket = unsafe { &mut *bucket };
-    let way = bucket.find(key, tag).unwrap_or_else(|| bucket.victim(now));
+pub fn record(bucket: &mut Bucket<FlowEntry>, key: &FlowKey, flow: Flow, now: u32) -> Result<(), Reason> {
+    let way = bucket.find(key).unwrap_or_else(|| bucket.head.victim(now));
     if way >= WAYS {
         return Err(Reason::DropFlowInsert);
     }
     // Tag last (see the module comment).
-    store(&mut bucket.tags[way], &0);
-    store(&mut bucket.ways[way].flow, &flow);
-    store(&mut bucket.ways[way].key, key);
-    store(&mut bucket.stamps[way], &now);
-    store(&mut bucket.tags[way], &tag);
+    store(&mut bucket.head.tags[way], &0);
+    store(&mut bucket.ways.ways[way].flow, &flow);
+    store(&mut bucket.ways.ways[way].key, key);
+    store(&mut bucket.head.stamps[way], &now);
+    store(&mut bucket.head.tags[way], &bucket.tag);
     Ok(())
 }
 
@@ -209,7 +223,7 @@ fn store<T: Copy>(dst: &mut T, src: &T) {
     let (d, s) = (dst as *mut T, src as *const T);
     // SAFETY: same type on both sides; word or byte copies within the value.
     unsafe {
-        if size_of::<T>() % 4 == 0 && align_of::<T>() >= 4 {
+        if size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4 {
             let mut i = 0;
             while i < size_of::<T>() / 4 {
                 core::ptr::write_volatile(d.cast::<u32>().add(i), *s.cast::<u32>().add(i));

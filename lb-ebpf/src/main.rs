@@ -15,7 +15,7 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
-    conntrack::{FlowBucket, stamp},
+    conntrack::{FlowEntry, stamp},
 };
 
 use crate::{
@@ -73,7 +73,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     {
         return to_client(ctx, &pkt, &mut rev.rev, now_ns);
     }
-    let Some(bucket) = flow::bucket(&pkt.key) else {
+    let Some(mut bucket) = flow::bucket(&pkt.key) else {
         return Verdict::Pass(Reason::PassNotVip);
     };
     // Established flows first: they need no VIP lookup (the flow knows its VIP), and a
@@ -83,7 +83,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
-        && let Some((flow, backend)) = flow::established(bucket, &pkt.key, now)
+        && let Some((flow, backend)) = flow::established(&mut bucket, &pkt.key, now)
         && !reopened(flow)
     {
         let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
@@ -113,7 +113,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         family: pkt.key.family,
     };
     // SAFETY: plain data copied out at once.
-    match unsafe { VIPS.get(&vip_key) } {
+    match unsafe { VIPS.get(vip_key) } {
         Some(vip) => {
             let vip = *vip;
             new_flow(ctx, &pkt, &vip, cfg, &snat, bucket, now_ns)
@@ -140,7 +140,7 @@ fn new_flow(
     vip: &VipInfo,
     cfg: &Config,
     snat: &[u32; 4],
-    bucket: (*mut FlowBucket, u32),
+    mut bucket: flow::Bucket<FlowEntry>,
     now_ns: u64,
 ) -> Verdict {
     if pkt.fragment {
@@ -165,7 +165,7 @@ fn new_flow(
         snat_port_be: port,
         flags: 0,
     };
-    if let Err(r) = flow::record(bucket, key, flow, now) {
+    if let Err(r) = flow::record(&mut bucket, key, flow, now) {
         return Verdict::Drop(r);
     }
     let event = Event {

@@ -10,7 +10,7 @@ use lb_common::{
     AbKey, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS,
     VipInfo, VipKey,
-    conntrack::{FlowBucket, RevBucket, buckets},
+    conntrack::{FlowWays, Heads, RevWays, buckets},
 };
 
 #[map(name = "VIPS_V1")]
@@ -33,11 +33,17 @@ pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_MAX_TABLES * DEF
 
 /// Connection tables (see lb_common::conntrack): set-associative arrays, memory-mappable so
 /// the agent lists flows without a syscall per bucket.
+#[map(name = "FLOW_HEADS_V1")]
+pub static FLOW_HEADS: Array<Heads> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+
 #[map(name = "FLOWS_V2")]
-pub static FLOWS: Array<FlowBucket> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+pub static FLOWS: Array<FlowWays> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+
+#[map(name = "REV_HEADS_V1")]
+pub static REV_HEADS: Array<Heads> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 #[map(name = "NAT_REV_V2")]
-pub static NAT_REV: Array<RevBucket> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
+pub static NAT_REV: Array<RevWays> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 /// Bucket count - 1 of FLOWS and NAT_REV; the agent sets it at load time to match the
 /// sizes it gives those maps (lb_common::GLOBAL_CONN_MASK).

@@ -166,7 +166,9 @@ impl Fixture {
             .override_global(lb_common::GLOBAL_CONN_MASK, &mask, true)
             .map_max_entries(MAP_TABLES, 8 * M)
             .map_max_entries(MAP_FLOWS, buckets)
+            .map_max_entries(lb_common::MAP_FLOW_HEADS, buckets)
             .map_max_entries(MAP_NAT_REV, buckets)
+            .map_max_entries(lb_common::MAP_REV_HEADS, buckets)
             .load(veer::dataplane::BALANCER_OBJECT)
             .expect("load balancer object");
         let mut fx = Fixture {

@@ -16,10 +16,10 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
-    MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop,
-    PROG_BALANCER, Reason, VipInfo, VipKey,
-    conntrack::{self, FlowBucket},
+    Backend, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_REV_HEADS, MAP_TABLES,
+    MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
+    conntrack::{self, FlowWays, Heads},
 };
 use tracing::{info, warn};
 
@@ -40,7 +40,9 @@ const PINNED: &[&str] = &[
     MAP_NEXTHOPS,
     MAP_TABLES,
     MAP_FLOWS,
+    MAP_FLOW_HEADS,
     MAP_NAT_REV,
+    MAP_REV_HEADS,
     MAP_CONFIG,
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
@@ -142,7 +144,9 @@ impl Dataplane {
         loader
             .override_global(GLOBAL_CONN_MASK, &mask, true)
             .map_max_entries(MAP_FLOWS, buckets)
+            .map_max_entries(MAP_FLOW_HEADS, buckets)
             .map_max_entries(MAP_NAT_REV, buckets)
+            .map_max_entries(MAP_REV_HEADS, buckets)
             .map_max_entries(MAP_BACKENDS, sizes.backends)
             .map_max_entries(MAP_NEXTHOPS, sizes.backends)
             .map_max_entries(MAP_BACKEND_STATS, sizes.backends)
@@ -288,15 +292,12 @@ impl Dataplane {
 
     /// Up to `limit` connection-table entries of VIP `vip_id`, and how many it has in all.
     pub fn flows(&self, vip_id: u32, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), DataplaneError> {
-        let Some(aya::maps::Map::Array(data)) = self.ebpf.map(MAP_FLOWS) else {
-            return Err(DataplaneError::StubObject);
-        };
-        let buckets = data.info().map_err(map_err(MAP_FLOWS))?.max_entries() as usize;
-        let table = ReadMapping::<FlowBucket>::new(data, buckets)?;
+        let heads = ReadMapping::<Heads>::of(&self.ebpf, MAP_FLOW_HEADS)?;
+        let ways = ReadMapping::<FlowWays>::of(&self.ebpf, MAP_FLOWS)?;
         let mut out = Vec::new();
         let mut total = 0;
-        for e in table.entries().iter().flat_map(|b| b.used()) {
-            if e.flow.vip_id == vip_id {
+        for (h, w) in heads.entries().iter().zip(ways.entries()) {
+            for e in h.used(w).filter(|e| e.flow.vip_id == vip_id) {
                 total += 1;
                 if out.len() < limit {
                     out.push((e.key, e.flow));
@@ -308,10 +309,12 @@ impl Dataplane {
 
     /// The connection-table entry of one flow, if any.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, DataplaneError> {
-        let m: Array<&MapData, FlowBucket> = self.map(MAP_FLOWS)?;
-        let slot = conntrack::slot(key, m.len() - 1);
-        let bucket = m.get(&slot.index, 0).map_err(map_err(MAP_FLOWS))?;
-        Ok(bucket.find(key, slot.tag).map(|w| bucket.ways[w].flow))
+        let heads: Array<&MapData, Heads> = self.map(MAP_FLOW_HEADS)?;
+        let ways: Array<&MapData, FlowWays> = self.map(MAP_FLOWS)?;
+        let slot = conntrack::slot(key, heads.len() - 1);
+        let head = heads.get(&slot.index, 0).map_err(map_err(MAP_FLOW_HEADS))?;
+        let ways = ways.get(&slot.index, 0).map_err(map_err(MAP_FLOWS))?;
+        Ok(head.find(&ways, key, slot.tag).map(|w| ways.ways[w].flow))
     }
 
     /// Detaches from every interface and removes all pins: a clean stop.
@@ -512,6 +515,15 @@ struct ReadMapping<T> {
 }
 
 impl<T: Copy> ReadMapping<T> {
+    /// Maps the whole of array map `name`.
+    fn of(ebpf: &Ebpf, name: &'static str) -> Result<Self, DataplaneError> {
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(name) else {
+            return Err(DataplaneError::StubObject);
+        };
+        let entries = data.info().map_err(map_err(name))?.max_entries() as usize;
+        Self::new(data, entries)
+    }
+
     fn new(data: &MapData, entries: usize) -> Result<Self, DataplaneError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let len = (entries * std::mem::size_of::<T>()).div_ceil(4096) * 4096;
