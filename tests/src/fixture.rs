@@ -17,6 +17,7 @@ use lb_common::{
     BACKEND_READY, Backend, Config, Counters, FAMILY_V4, FAMILY_V6, FlowKey, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS,
     MAP_NAT_REV, MAP_REASONS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, PROG_BALANCER,
     PROTO_TCP, PROTO_UDP, Reason, VipInfo, VipKey,
+    conntrack::{FlowWays, Heads},
     hash::table_slot,
     maglev::{TableBackend, build_table},
     vip_filter_slot,
@@ -38,6 +39,8 @@ pub const SNAT4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 100);
 pub const EMPTY_VIP4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 101);
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 50);
+/// A second client (same MAC), for flows that differ only in the client address.
+pub const CLIENT4_B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 51);
 pub const SNAT6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 1);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 0x100);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 0x50);
@@ -85,13 +88,18 @@ pub struct Fixture {
 /// Runs `f` on a fresh thread inside a fresh namespace with the balancer loaded, or skips
 /// with a printed reason when not root.
 pub fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
+    with_fixture_sized(4096, f);
+}
+
+/// [`with_fixture`] with connection tables of `flow_capacity` flows.
+pub fn with_fixture_sized(flow_capacity: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
     // SAFETY: trivial libc call.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: packet fixtures need root (BPF_PROG_TEST_RUN, network namespaces)");
         return;
     }
     let handle = std::thread::spawn(move || {
-        let mut fx = Fixture::new(4096);
+        let mut fx = Fixture::new(flow_capacity);
         f(&mut fx);
     });
     if let Err(panic) = handle.join() {
@@ -137,7 +145,11 @@ impl Fixture {
             "net.ipv6.conf.all.forwarding=1",
         ]);
         let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        let mut neighbours: Vec<(IpAddr, [u8; 6])> = vec![(CLIENT4.into(), CLIENT_MAC), (CLIENT6.into(), CLIENT_MAC)];
+        let mut neighbours: Vec<(IpAddr, [u8; 6])> = vec![
+            (CLIENT4.into(), CLIENT_MAC),
+            (CLIENT4_B.into(), CLIENT_MAC),
+            (CLIENT6.into(), CLIENT_MAC),
+        ];
         for i in 1..=3 {
             neighbours.push((backend4(i).into(), backend_mac(i)));
             neighbours.push((backend6(i).into(), backend_mac(i)));
@@ -311,6 +323,16 @@ impl Fixture {
     /// What userspace predicts for a new flow: the backend id in the VIP's active table.
     pub fn predict(&self, table: u32, key: &FlowKey) -> u32 {
         self.tables[&table][table_slot(key, false, M) as usize]
+    }
+
+    /// Is this client flow in the connection table (FLOW_HEADS + FLOWS, read as the agent
+    /// reads them)?
+    pub fn has_flow(&self, key: &FlowKey) -> bool {
+        let heads: Array<_, Heads> = self.ebpf.map(lb_common::MAP_FLOW_HEADS).unwrap().try_into().unwrap();
+        let ways: Array<_, FlowWays> = self.ebpf.map(MAP_FLOWS).unwrap().try_into().unwrap();
+        let slot = lb_common::conntrack::slot(key, heads.len() - 1);
+        let head = heads.get(&slot.index, 0).unwrap();
+        head.find(&ways.get(&slot.index, 0).unwrap(), key, slot.tag).is_some()
     }
 
     /// A VIP's counters summed over CPUs.

@@ -552,3 +552,111 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
         assert_eq!(out1[0..6], out2[0..6], "a retransmitted SYN stays with its flow");
     });
 }
+
+/// The connection table is set-associative: with room for four flows (one bucket), a fifth
+/// new flow replaces the least recently used one, and every flow used since stays put.
+#[test]
+fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
+    with_fixture_sized(4, |fx| {
+        let syn = |port: u16| Spec::tcp_syn(client4(port), (VIP4.into(), 80));
+        let ack = |port: u16| Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            ..syn(port)
+        };
+        for port in 41001..=41004 {
+            check_forward(fx, &syn(port), 0, 8080);
+        }
+        // The stamps count coarse-clock milliseconds: let time pass, then use every flow but
+        // the second (neither the first nor the last inserted: the choice must follow use).
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        for port in [41001, 41003, 41004] {
+            let (verdict, _) = fx.run(&ack(port).build(), None);
+            assert_eq!(verdict, XDP_REDIRECT);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let new_before = fx.vip_counters(0).new_flows;
+        check_forward(fx, &syn(41005), 0, 8080);
+        assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
+        assert!(
+            !fx.has_flow(&flow_key(&syn(41002))),
+            "the least recently used flow gave way"
+        );
+        for port in [41001, 41003, 41004, 41005] {
+            assert!(fx.has_flow(&flow_key(&syn(port))), "flow from port {port} kept");
+        }
+        // Kept flows are established: their packets open no new flow.
+        for port in [41001, 41003, 41004, 41005] {
+            fx.run(&ack(port).build(), None);
+        }
+        assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
+    });
+}
+
+/// Two clients using the same source port towards the same backend cannot both keep it
+/// (the backend would see one 5-tuple): the second gets another NAT port, and each reply
+/// finds its own client.
+#[test]
+fn clients_sharing_a_source_port_get_distinct_nat_ports_and_their_own_replies() {
+    with_fixture(|fx| {
+        // A port at which both clients' flows land on the same backend.
+        let (port, i) = (30000..31000u16)
+            .find_map(|p| {
+                let a = fx.predict(1, &flow_key(&Spec::tcp_syn(client4(p), (VIP4.into(), 80))));
+                let b = fx.predict(1, &flow_key(&Spec::tcp_syn((CLIENT4_B.into(), p), (VIP4.into(), 80))));
+                (a == b).then(|| (p, backend_of(a, 0)))
+            })
+            .expect("some port maps both clients to one backend");
+        let syn_a = Spec::tcp_syn(client4(port), (VIP4.into(), 80));
+        let syn_b = Spec::tcp_syn((CLIENT4_B.into(), port), (VIP4.into(), 80));
+        assert_eq!(check_forward(fx, &syn_a, 0, 8080), i, "first client keeps its port");
+        let (verdict, out) = fx.run(&syn_b.build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        verify_checksums(&out).expect("checksums valid after rewrite");
+        let nat_port = u16::from_be_bytes([out[14 + 20], out[14 + 21]]);
+        assert_ne!(nat_port, port, "second client must not reuse the taken NAT port");
+        assert!(nat_port >= 1024);
+        let want = Spec {
+            sport: nat_port,
+            ..expected_forward(&syn_b, i, 8080)
+        };
+        assert_eq!(out, want.build(), "second client's SYN rewritten to the other NAT port");
+        // Replies: the original port goes to client A, the new one to client B.
+        check_reply(fx, &syn_a, i, 8080);
+        let reply_b = Spec {
+            src_mac: backend_mac(i),
+            dst_mac: IF_MAC,
+            src: backend4(i).into(),
+            sport: 8080,
+            dst: SNAT4.into(),
+            dport: nat_port,
+            l4: L4::Tcp {
+                syn: true,
+                ack: true,
+                seq: 77,
+            },
+            payload: b"reply".to_vec(),
+            ..syn_b.clone()
+        };
+        let (verdict, out) = fx.run(&reply_b.build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let want = Spec {
+            src_mac: IF_MAC,
+            dst_mac: CLIENT_MAC,
+            src: VIP4.into(),
+            sport: 80,
+            dst: CLIENT4_B.into(),
+            dport: port,
+            ..reply_b
+        };
+        assert_eq!(
+            out,
+            want.build(),
+            "reply to the second NAT port reaches the second client"
+        );
+        verify_checksums(&out).expect("checksums valid after reverse NAT");
+    });
+}
