@@ -51,6 +51,9 @@ const PINNED: &[&str] = &[
     MAP_AB_RULES,
 ];
 
+/// Pinned maps of earlier layouts, removed when a newer agent adopts the data path.
+const RETIRED: &[&str] = &["FLOWS_V1", "NAT_REV_V1"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(
@@ -176,6 +179,14 @@ impl Dataplane {
         prog.load()?;
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
+            for name in RETIRED {
+                let pin = pin_dir.join(name);
+                if pin.exists() {
+                    // The old program keeps its own reference until the link is updated.
+                    warn!(map = name, "removing a pinned map of an older layout: flows it held are re-chosen");
+                    let _ = std::fs::remove_file(pin);
+                }
+            }
         }
         let tables = TableMemory::map(&ebpf, sizes.max_tables * sizes.ring_size)?;
         Ok(Dataplane {
