@@ -1,10 +1,7 @@
 //! `cargo xtask run` with no arguments: a small lab — namespaces, three demo backends
 //! weighted 1:1:2, the real agent — then bounded demo traffic, and how it spread.
 
-use std::{
-    net::SocketAddr,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::{net::SocketAddr, sync::atomic::Ordering};
 
 use anyhow::bail;
 use clap::Parser;
@@ -20,8 +17,6 @@ struct Options {
     json: bool,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
@@ -33,7 +28,9 @@ fn main() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the lab creates network namespaces and loads XDP: run it as root");
     }
-    // Ctrl-C finishes the current bounded step, then everything is torn down.
+    // Ctrl-C stops the traffic within a request's timeout, then everything is torn down and
+    // the lab exits 130. The agent and servers run in process groups of their own, so the
+    // terminal's SIGINT reaches only this process.
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let mut lab = Lab::new(&LabOptions {
@@ -44,11 +41,14 @@ fn main() -> anyhow::Result<()> {
     let total: u32 = WEIGHTS.iter().sum();
     let mut report = Vec::new();
     for vip in [SocketAddr::new(VIP4.into(), 80), SocketAddr::new(VIP6.into(), 80)] {
-        if INTERRUPTED.load(Ordering::Relaxed) {
+        if interrupted() {
             break;
         }
         lab.wait_for_vip(vip)?;
         let o = lab.http_load(vip, opts.requests)?;
+        if interrupted() {
+            break;
+        }
         let s = shares(&o);
         if !opts.json {
             println!(
@@ -77,11 +77,15 @@ fn main() -> anyhow::Result<()> {
         }
         report.push(serde_json::json!({"vip": vip.to_string(), "ok": o.ok, "failed": o.failed, "backends": rows}));
     }
+    drop(lab);
+    if interrupted() {
+        eprintln!("\ninterrupted: lab torn down (namespaces, servers, agent and pinned maps removed)");
+        std::process::exit(130);
+    }
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("\nlab torn down: namespaces, servers, agent and pinned maps removed");
     }
-    drop(lab);
     Ok(())
 }

@@ -475,9 +475,11 @@ impl Lab {
             .context("connect")
     }
 
-    /// `n` new-connection HTTP GETs from the client to `vip` (bounded: each has a timeout).
+    /// `n` new-connection HTTP GETs from the client to `vip` (bounded: each has a timeout),
+    /// fewer when [`INTERRUPTED`] is set.
     pub fn http_load(&self, vip: SocketAddr, n: usize) -> anyhow::Result<Outcome> {
-        self.client.run(move || run_http_load(vip, n, Duration::from_secs(3)))
+        self.client
+            .run(move || traffic::run_http_load_until(vip, n, Duration::from_secs(3), &INTERRUPTED))
     }
 
     /// Waits (bounded) until the VIP answers once: the first packets resolve neighbours.
@@ -487,6 +489,9 @@ impl Lab {
             let ok = self.client.run(move || http_get(vip, Duration::from_secs(1)).is_ok())?;
             if ok {
                 return Ok(());
+            }
+            if interrupted() {
+                bail!("interrupted");
             }
             if Instant::now() > deadline {
                 bail!("VIP {vip} never answered; agent log:\n{}", self.agent_log());
@@ -529,15 +534,26 @@ impl Drop for Lab {
     }
 }
 
+/// Set by a front end's SIGINT handler (the lab binary): load loops stop early and the
+/// front end tears the lab down.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A command that will run inside `ns`'s network namespace. Not `ip netns exec`: that
 /// also makes a mount namespace with a fresh /sys, hiding the host's bpffs where the agent
-/// pins its maps.
+/// pins its maps. The child gets a process group of its own, so a terminal's Ctrl-C reaches
+/// only the lab, which then stops its children in order (the agent would otherwise detach
+/// while traffic still runs).
 pub fn command_in(ns: &Netns, program: &Path) -> anyhow::Result<Command> {
+    use std::os::unix::process::CommandExt as _;
     let fd = File::open(format!("/run/netns/{}", ns.name))?;
     let mut cmd = Command::new(program);
+    cmd.process_group(0);
     // SAFETY: setns is async-signal-safe; the fd stays open until exec.
     unsafe {
-        use std::os::unix::process::CommandExt as _;
         cmd.pre_exec(move || {
             if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
