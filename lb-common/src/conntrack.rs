@@ -28,7 +28,7 @@ pub struct Heads {
     /// Last use, in units of 2^20 ns (about a millisecond), wrapping.
     pub stamps: [u32; WAYS],
 }
-const _: () = assert!(size_of::<Heads>() == 32);
+const _: () = assert!(size_of::<Heads>() == 8 * WAYS);
 
 /// A bucket's entries.
 #[repr(C, align(64))]
@@ -57,8 +57,8 @@ const _: () = assert!(size_of::<RevEntry>() == 128);
 
 pub type FlowWays = Ways<FlowEntry>;
 pub type RevWays = Ways<RevEntry>;
-const _: () = assert!(size_of::<FlowWays>() == 4 * 64);
-const _: () = assert!(size_of::<RevWays>() == 4 * 128);
+const _: () = assert!(size_of::<FlowWays>() == WAYS * 64);
+const _: () = assert!(size_of::<RevWays>() == WAYS * 128);
 
 /// Buckets for a table of `capacity` flows: a power of two, so the index is a mask.
 pub const fn buckets(capacity: u32) -> u32 {
@@ -211,12 +211,16 @@ mod tests {
 
     #[test]
     fn buckets_cover_the_capacity_as_a_power_of_two() {
+        let w = WAYS as u32;
         assert_eq!(buckets(1), 1);
-        assert_eq!(buckets(4), 1);
-        assert_eq!(buckets(5), 2);
-        assert_eq!(buckets(65_536), 16_384);
-        assert_eq!(buckets(1 << 20), 1 << 18);
-        assert_eq!(buckets(100_000), 32_768);
+        assert_eq!(buckets(w), 1);
+        assert_eq!(buckets(w + 1), 2);
+        assert_eq!(buckets(65_536), 65_536 / w);
+        assert_eq!(buckets(1 << 20), (1 << 20) / w);
+        for capacity in [100_000, 3, 1000, 1 << 26] {
+            let b = buckets(capacity);
+            assert!(b.is_power_of_two() && b * w >= capacity && (b / 2) * w < capacity, "{capacity}");
+        }
     }
 
     #[test]
@@ -261,19 +265,20 @@ mod tests {
 
     #[test]
     fn slots_spread_flows_evenly() {
-        let mask = buckets(1 << 16) - 1;
-        let mut count = [0u32; 16_384];
+        // A table filled to its nominal capacity: one flow per way on average.
+        let n = buckets(1 << 16);
+        let mut count = [0u32; 1 << 16];
         for i in 0..(1u32 << 16) {
-            count[slot(&key(i.wrapping_mul(2_654_435_761)), mask).index as usize] += 1;
+            count[slot(&key(i.wrapping_mul(2_654_435_761)), n - 1).index as usize] += 1;
         }
-        let max = *count.iter().max().unwrap();
-        assert!(max <= 16, "fullest bucket holds {max} of a mean of 4");
+        let max = *count.iter().max().unwrap() as usize;
+        assert!(max <= 4 * WAYS, "fullest bucket holds {max} of a mean of {WAYS}");
         // Sequential clients and ports (as a load generator makes them) spread as well.
         count.fill(0);
         for i in 0..(1u32 << 16) {
-            count[slot(&key(i), mask).index as usize] += 1;
+            count[slot(&key(i), n - 1).index as usize] += 1;
         }
-        let max = *count.iter().max().unwrap();
-        assert!(max <= 16, "fullest bucket holds {max} of a mean of 4");
+        let max = *count.iter().max().unwrap() as usize;
+        assert!(max <= 4 * WAYS, "fullest bucket holds {max} of a mean of {WAYS}");
     }
 }

@@ -553,11 +553,12 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
     });
 }
 
-/// The connection table is set-associative: with room for four flows (one bucket), a fifth
+/// The connection table is set-associative: with room for one bucket of flows, one more
 /// new flow replaces the least recently used one, and every flow used since stays put.
 #[test]
 fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
-    with_fixture_sized(4, |fx| {
+    const WAYS: u16 = lb_common::conntrack::WAYS as u16;
+    with_fixture_sized(WAYS as u32, |fx| {
         let syn = |port: u16| Spec::tcp_syn(client4(port), (VIP4.into(), 80));
         let ack = |port: u16| Spec {
             l4: L4::Tcp {
@@ -567,29 +568,31 @@ fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
             },
             ..syn(port)
         };
-        for port in 41001..=41004 {
+        let first = 41001;
+        let ports: Vec<u16> = (first..first + WAYS).collect();
+        for &port in &ports {
             check_forward(fx, &syn(port), 0, 8080);
         }
         // The stamps count coarse-clock milliseconds: let time pass, then use every flow but
         // the second (neither the first nor the last inserted: the choice must follow use).
+        let idle = first + 1;
         std::thread::sleep(std::time::Duration::from_millis(30));
-        for port in [41001, 41003, 41004] {
+        for &port in ports.iter().filter(|p| **p != idle) {
             let (verdict, _) = fx.run(&ack(port).build(), None);
             assert_eq!(verdict, XDP_REDIRECT);
         }
         std::thread::sleep(std::time::Duration::from_millis(30));
         let new_before = fx.vip_counters(0).new_flows;
-        check_forward(fx, &syn(41005), 0, 8080);
+        let newest = first + WAYS;
+        check_forward(fx, &syn(newest), 0, 8080);
         assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
-        assert!(
-            !fx.has_flow(&flow_key(&syn(41002))),
-            "the least recently used flow gave way"
-        );
-        for port in [41001, 41003, 41004, 41005] {
+        assert!(!fx.has_flow(&flow_key(&syn(idle))), "the least recently used flow gave way");
+        let kept: Vec<u16> = ports.iter().copied().filter(|p| *p != idle).chain([newest]).collect();
+        for &port in &kept {
             assert!(fx.has_flow(&flow_key(&syn(port))), "flow from port {port} kept");
         }
         // Kept flows are established: their packets open no new flow.
-        for port in [41001, 41003, 41004, 41005] {
+        for &port in &kept {
             fx.run(&ack(port).build(), None);
         }
         assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
