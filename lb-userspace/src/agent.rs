@@ -189,6 +189,14 @@ pub fn prepare(config_path: &Path, interfaces: &[String]) -> Result<Prepared, Ag
     let (found4, found6) = interface_addresses(&interfaces[0]);
     let snat_v4 = config.agent.snat_v4.or(found4);
     let snat_v6 = config.agent.snat_v6.or(found6);
+    if (config.agent.snat_v4.is_none() && found4.is_some()) || (config.agent.snat_v6.is_none() && found6.is_some()) {
+        tracing::warn!(
+            iface = %interfaces[0],
+            "NAT source defaults to the interface's own address, which the host's connections \
+             (health checks included) also use: a local port can meet a NAT port towards the same \
+             backend. Set agent.snat_v4/snat_v6 to dedicated addresses (see docs/decisions.md)"
+        );
+    }
     // Validate the whole state against fresh limits before anything else happens.
     Reconciler::new(limits(&config))
         .reconcile(&Desired::new(config.clone()), snat_v4, snat_v6)

@@ -586,7 +586,10 @@ fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
         let newest = first + WAYS;
         check_forward(fx, &syn(newest), 0, 8080);
         assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
-        assert!(!fx.has_flow(&flow_key(&syn(idle))), "the least recently used flow gave way");
+        assert!(
+            !fx.has_flow(&flow_key(&syn(idle))),
+            "the least recently used flow gave way"
+        );
         let kept: Vec<u16> = ports.iter().copied().filter(|p| *p != idle).chain([newest]).collect();
         for &port in &kept {
             assert!(fx.has_flow(&flow_key(&syn(port))), "flow from port {port} kept");

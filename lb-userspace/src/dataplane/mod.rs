@@ -183,7 +183,10 @@ impl Dataplane {
                 let pin = pin_dir.join(name);
                 if pin.exists() {
                     // The old program keeps its own reference until the link is updated.
-                    warn!(map = name, "removing a pinned map of an older layout: flows it held are re-chosen");
+                    warn!(
+                        map = name,
+                        "removing a pinned map of an older layout: flows it held are re-chosen"
+                    );
                     let _ = std::fs::remove_file(pin);
                 }
             }

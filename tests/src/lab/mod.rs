@@ -28,6 +28,10 @@ pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
 pub const LB4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+/// The balancer's NAT source addresses: dedicated, never the source of the host's own
+/// connections (health probes use LB4/LB6), so a probe's port can never meet a NAT port.
+pub const SNAT4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+pub const SNAT6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 3);
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x10);
 pub const HTTP_PORT: u16 = 8080;
@@ -194,7 +198,17 @@ impl Lab {
                 "p-cl".into(),
                 vec![format!("{CLIENT4}/24"), format!("{CLIENT6}/64")],
             ),
-            (&self.lb, "p-lb".into(), vec![format!("{LB4}/24"), format!("{LB6}/64")]),
+            (
+                &self.lb,
+                "p-lb".into(),
+                vec![
+                    format!("{LB4}/24"),
+                    format!("{LB6}/64"),
+                    format!("{SNAT4}/24"),
+                    // Deprecated at once: never picked as a source address, still answered.
+                    format!("{SNAT6}/64 preferred_lft 0"),
+                ],
+            ),
         ];
         for (i, ns) in self.backends.iter().enumerate() {
             hosts.push((
@@ -213,11 +227,15 @@ impl Lab {
             run_cmd(&["ip", "-n", n, "link", "set", "dev", "lo", "up"])?;
             run_cmd(&["ip", "-n", n, "link", "set", "dev", "eth0", "up"])?;
             for a in addrs {
+                let mut args = vec!["ip", "-n", n, "addr", "add"];
+                let mut words = a.split(' ');
+                args.push(words.next().unwrap_or_default());
+                args.extend(["dev", "eth0"]);
+                args.extend(words);
                 if a.contains(':') {
-                    run_cmd(&["ip", "-n", n, "addr", "add", a, "dev", "eth0", "nodad"])?;
-                } else {
-                    run_cmd(&["ip", "-n", n, "addr", "add", a, "dev", "eth0"])?;
+                    args.push("nodad");
                 }
+                run_cmd(&args)?;
             }
             // Senders into the XDP program must not leave checksums to offload.
             run_cmd(&["ip", "netns", "exec", n, "ethtool", "-K", "eth0", "tx", "off"])?;
@@ -385,7 +403,7 @@ impl Lab {
     /// The `[agent]` section every lab config uses.
     pub fn agent_section(&self) -> String {
         format!(
-            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nsnat_v6 = \"{LB6}\"\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"127.0.0.1:9477\"\n",
+            "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{SNAT4}\"\nsnat_v6 = \"{SNAT6}\"\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\nmetrics = \"127.0.0.1:9477\"\n",
             self.socket().display(),
             self.dir.join("state.json").display()
         )

@@ -132,7 +132,7 @@ fn api_flip() -> anyhow::Result<(f64, usize, usize, f64)> {
 fn idle_memory() -> anyhow::Result<(f64, f64, f64)> {
     let mut lab = Lab::new(&LabOptions { weights: vec![1] })?;
     let mut text = format!(
-        "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{LB4}\"\nmax_backends = 16384\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\n",
+        "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{SNAT4}\"\nmax_backends = 16384\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\n",
         lab.socket().display(),
         lab.dir.join("state.json").display()
     );
