@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(buckets(1 << 20), (1 << 20) / w);
         for capacity in [100_000, 3, 1000, 1 << 26] {
             let b = buckets(capacity);
-            assert!(b.is_power_of_two() && b * w >= capacity && (b / 2) * w < capacity, "{capacity}");
+            assert!(
+                b.is_power_of_two() && b * w >= capacity && (b / 2) * w < capacity,
+                "{capacity}"
+            );
         }
     }
 

@@ -196,3 +196,50 @@ fn passive_observation_marks_a_resetting_backend_down_before_active_checks_would
     let o = lab.http_load(vip(), 300).unwrap();
     assert_eq!(o.failed, 0);
 }
+
+/// UDP checks: a datagram to each backend, any answer is health. A backend whose UDP
+/// server stopped answers nothing (its ICMP port-unreachable is not an answer): after
+/// `fall` checks it is down and UDP requests through the VIP all reach the others; back
+/// after `rise` checks.
+#[test]
+fn udp_checks_take_a_silent_backend_out_and_bring_it_back() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).expect("build the lab");
+    let backends: Vec<String> = (0..3)
+        .map(|i| format!("{{ address = \"{}:{UDP_PORT}\" }}", backend4(i)))
+        .collect();
+    let text = format!(
+        "{}\n[[vip]]\nname = \"dns\"\naddress = \"{VIP4}:53\"\nprotocol = \"udp\"\nactive = \"main\"\nhealth = {{ kind = \"udp\", payload = \"ping\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\" }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
+        lab.agent_section(),
+        backends.join(", ")
+    );
+    let config = lab.write_config_text("veer.toml", &text).unwrap();
+    lab.start_agent(&config).expect("start the agent");
+    let vip = SocketAddr::new(VIP4.into(), 53);
+    for i in 0..3 {
+        wait_health(&lab, i, "up", Duration::from_secs(5));
+    }
+    lab.stop_backend(0);
+    let window = wait_health(&lab, 0, "down", Duration::from_secs(5));
+    let bound = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
+    assert!(window <= bound, "detection took {window:?}, bound {bound:?}");
+    assert_eq!(backend_status(&lab, 0)["check"]["last"], "L7TOUT");
+    // Every UDP request (a new source port each: a new flow) is answered, never by b1.
+    for n in 0..60 {
+        let who = lab
+            .udp(vip, b"q")
+            .unwrap_or_else(|e| panic!("request {n} unanswered: {e:#}"));
+        assert_ne!(who, "b1", "request {n} went to the silent backend");
+    }
+    lab.start_backend(0).unwrap();
+    let back = wait_health(&lab, 0, "up", Duration::from_secs(5));
+    assert!(
+        back >= Duration::from_millis((RISE - 1) * INTERVAL_MS),
+        "up after {back:?}: needs {RISE} checks"
+    );
+    let answered_by_b1 = (0..150).filter(|_| lab.udp(vip, b"q").is_ok_and(|w| w == "b1")).count();
+    assert!(answered_by_b1 > 20, "b1 takes its share again: {answered_by_b1} of 150");
+}
