@@ -11,7 +11,7 @@ use core::mem::{align_of, size_of};
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::Array};
 use lb_common::{
-    BACKEND_DOWN, BACKEND_UNSET, Backend, Flow, FlowKey, NatRev, Reason,
+    BACKEND_DOWN, BACKEND_UNSET, Backend, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason,
     conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, slot},
     hash::{SEED_SPLIT, finish, hash_flow},
 };
@@ -181,6 +181,16 @@ fn owned_by(old: &NatRev, key: &FlowKey) -> bool {
 /// A reverse entry is live only while its client flow still maps to it.
 #[inline(always)]
 fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
+    match client_flow(old, reply, client) {
+        Some(flow) => flow.backend_id != old.backend_id || flow.snat_port_be != reply.dport_be,
+        None => true,
+    }
+}
+
+/// The connection-table entry of the client flow a reverse entry belongs to; `client` is
+/// room for its key.
+#[inline(always)]
+fn client_flow(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> Option<&'static mut Flow> {
     // Word stores: a plain copy between two map values becomes a memmove call.
     store(&mut client.src_be, &old.client_be);
     store(&mut client.dst_be, &old.vip_be);
@@ -189,12 +199,22 @@ fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
     store(&mut client.proto, &reply.proto);
     store(&mut client.family, &reply.family);
     store(&mut client._pad, &[0; 2]);
-    let Some(bucket) = bucket(client) else {
-        return true;
-    };
-    match bucket.find(client).and_then(|w| bucket.ways.ways.get(w)) {
-        Some(e) => e.flow.backend_id != old.backend_id || e.flow.snat_port_be != reply.dport_be,
-        None => true,
+    let bucket = bucket(client)?;
+    let way = bucket.find(client)?;
+    let flow = &raw mut bucket.ways.ways.get_mut(way)?.flow;
+    // SAFETY: the entry lives in the map for the program's lifetime.
+    Some(unsafe { &mut *flow })
+}
+
+/// The backend reset a NAT flow: its client flow is closed too (it no longer counts as
+/// live, and a new SYN on its 5-tuple is scheduled afresh).
+#[inline(always)]
+pub fn mark_closed(rev: &NatRev, reply: &FlowKey) {
+    if let Some(scratch) = scratch()
+        && let Some(flow) = client_flow(rev, reply, &mut scratch.client)
+        && flow.backend_id == rev.backend_id
+    {
+        flow.flags |= FLOW_F_CLOSED;
     }
 }
 

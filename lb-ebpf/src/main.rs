@@ -228,6 +228,9 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> V
     let reset = pkt.tcp_flags & TCP_RST != 0;
     let closed = reset && rev.flags & FLOW_F_CLOSED == 0;
     rev.flags |= FLOW_F_ANSWERED | if closed { FLOW_F_CLOSED } else { 0 };
+    if closed {
+        flow::mark_closed(rev, &pkt.key);
+    }
     let event = Event {
         bytes: pkt.ip_len,
         reply: true,

@@ -2,7 +2,7 @@
 
 use lb_common::{
     FAMILY_V4, PROTO_TCP,
-    csum::{apply, diff16},
+    csum::{apply, diff_words, diff16},
 };
 
 use crate::parse::{Ipv4Hdr, Ipv6Hdr, Packet, Ports, ptr_at};
@@ -14,18 +14,6 @@ pub struct Rewrite<'a> {
     pub sport_be: u16,
     pub dst: &'a [u32; 4],
     pub dport_be: u16,
-}
-
-#[inline(always)]
-fn diff_addr(mut d: u32, old: &[u16], new: &[u32; 4]) -> u32 {
-    let mut i = 0;
-    while i < old.len() {
-        let word = new[i / 2];
-        let n = if i % 2 == 0 { word as u16 } else { (word >> 16) as u16 };
-        d = diff16(d, old[i], n);
-        i += 1;
-    }
-    d
 }
 
 #[inline(always)]
@@ -42,13 +30,14 @@ fn store_addr(dst: &mut [u16], new: &[u32; 4]) {
 /// parsing already ruled out.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
-    let mut d: u32 = 0;
+    // The packet's addresses as parsed into the key: whole words already in registers or
+    // on the stack, instead of sixteen 16-bit packet loads per IPv6 address.
+    let words = if pkt.key.family == FAMILY_V4 { 1 } else { 4 };
+    let mut d = diff_words(words, &pkt.key.src_be, rw.src) + diff_words(words, &pkt.key.dst_be, rw.dst);
     if pkt.key.family == FAMILY_V4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
-        d = diff_addr(d, &ip.saddr, rw.src);
-        d = diff_addr(d, &ip.daddr, rw.dst);
         ip.check = apply(ip.check, d);
         store_addr(&mut ip.saddr, rw.src);
         store_addr(&mut ip.daddr, rw.dst);
@@ -56,8 +45,6 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
-        d = diff_addr(d, &ip.saddr, rw.src);
-        d = diff_addr(d, &ip.daddr, rw.dst);
         store_addr(&mut ip.saddr, rw.src);
         store_addr(&mut ip.daddr, rw.dst);
     }

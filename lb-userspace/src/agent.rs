@@ -107,6 +107,16 @@ pub struct Core {
 }
 
 impl Core {
+    /// Live flows per backend and VIP, from the connection table (empty if it cannot be
+    /// read: counts then read 0 rather than stale numbers).
+    pub fn live_flows(&self) -> crate::dataplane::LiveFlows {
+        let a = &self.desired.config.agent;
+        self.dp.live_flows(a.tcp_idle, a.udp_idle).unwrap_or_else(|e| {
+            tracing::warn!("reading the connection table: {e}");
+            Default::default()
+        })
+    }
+
     /// Applies `next` as the new desired state: reconcile, write the maps, persist.
     /// Validation errors change nothing.
     pub fn set_desired(&mut self, next: Desired) -> Result<(), api::ApiError> {

@@ -140,12 +140,13 @@ pub fn router(core: Shared) -> Router {
         .with_state(core)
 }
 
-fn counters_json(c: &lb_common::Counters) -> Value {
+/// `live` comes from the connection table (see `Core::live_flows`), not the counters.
+fn counters_json(c: &lb_common::Counters, live: u64) -> Value {
     json!({
         "packets": c.packets,
         "bytes": c.bytes,
         "new_flows": c.new_flows,
-        "live_flows": c.live_flows(),
+        "live_flows": live,
         "closed_flows": c.closed_flows,
         "answered_flows": c.answered_flows,
         "backend_resets": c.backend_resets,
@@ -156,6 +157,7 @@ fn counters_json(c: &lb_common::Counters) -> Value {
 
 /// The status document: configuration and state, with every counter under "counters".
 pub fn status_json(core: &Core) -> Value {
+    let live = core.live_flows();
     let mut vips = Vec::new();
     for v in &core.desired.config.vips {
         let vip_id = core.reconciler.ids.vips.get(&v.name).copied();
@@ -190,7 +192,7 @@ pub fn status_json(core: &Core) -> Value {
                         Some(BACKEND_DOWN) => "down",
                         _ => "unset",
                     },
-                    "counters": counters_json(&counters),
+                    "counters": counters_json(&counters, id.map_or(0, |id| live.backend(id))),
                 }));
             }
             let deploy = core.desired.deploy.get(&v.name).cloned().unwrap_or_default();
@@ -233,7 +235,7 @@ pub fn status_json(core: &Core) -> Value {
                 "interval_ms": c.interval_ms, "max_failing": c.max_failing, "outcome": c.outcome,
             })),
             "pools": pools,
-            "counters": counters_json(&vip_counters),
+            "counters": counters_json(&vip_counters, vip_id.map_or(0, |id| live.vip(id))),
         }));
     }
     let reasons: BTreeMap<&str, u64> = core

@@ -76,6 +76,25 @@ pub struct AgentConfig {
     pub flow_capacity: u32,
     pub ring_size: u32,
     pub max_backends: u32,
+    /// A TCP flow not seen closing counts as live until it has been idle this long.
+    #[serde(default = "default_tcp_idle")]
+    pub tcp_idle: std::time::Duration,
+    /// A UDP flow counts as live until it has been idle this long.
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle: std::time::Duration,
+}
+
+/// IPVS's TCP established timeout.
+pub const DEFAULT_TCP_IDLE: std::time::Duration = std::time::Duration::from_secs(900);
+/// Linux conntrack's UDP timeout.
+pub const DEFAULT_UDP_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn default_tcp_idle() -> std::time::Duration {
+    DEFAULT_TCP_IDLE
+}
+
+fn default_udp_idle() -> std::time::Duration {
+    DEFAULT_UDP_IDLE
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +148,8 @@ struct RawAgent {
     flow_capacity: Option<Spanned<i64>>,
     ring_size: Option<Spanned<i64>>,
     max_backends: Option<Spanned<i64>>,
+    tcp_idle: Option<Spanned<String>>,
+    udp_idle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -417,7 +438,25 @@ impl Validator<'_> {
                 format!("{ring_size} is not prime (Maglev needs a prime table size, e.g. 65537)"),
             );
         }
+        let idle = |v: &Option<Spanned<String>>, field: &str, default| -> Result<std::time::Duration, ConfigError> {
+            let Some(v) = v else { return Ok(default) };
+            match parse_duration(v.get_ref()) {
+                Some(d)
+                    if d >= std::time::Duration::from_millis(100) && d <= std::time::Duration::from_secs(86_400) =>
+                {
+                    Ok(d)
+                }
+                Some(_) => self.err(v.span(), field, "must be between 100ms and 24h"),
+                None => self.err(
+                    v.span(),
+                    field,
+                    format!("{:?} is not a duration (30s, 15m)", v.get_ref()),
+                ),
+            }
+        };
         let agent = AgentConfig {
+            tcp_idle: idle(&a.tcp_idle, "agent.tcp_idle", DEFAULT_TCP_IDLE)?,
+            udp_idle: idle(&a.udp_idle, "agent.udp_idle", DEFAULT_UDP_IDLE)?,
             interfaces: a.interfaces.clone(),
             socket: PathBuf::from(a.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
             state_file: PathBuf::from(a.state_file.clone().unwrap_or_else(|| DEFAULT_STATE_FILE.into())),

@@ -56,7 +56,10 @@ pub fn render(core: &Core) -> String {
         counter("veer_vip_packets_total", "Client-to-backend packets to the VIP."),
         counter("veer_vip_bytes_total", "Client-to-backend IP bytes to the VIP."),
         counter("veer_vip_new_flows_total", "New flows to the VIP."),
-        gauge("veer_vip_live_flows", "Flows open (new minus those seen closing)."),
+        gauge(
+            "veer_vip_live_flows",
+            "Flows in the connection table not seen closing and used within agent.tcp_idle / udp_idle.",
+        ),
         counter("veer_vip_reply_packets_total", "Backend-to-client packets of the VIP."),
     ];
     let mut be_f = [
@@ -76,6 +79,7 @@ pub fn render(core: &Core) -> String {
             "1 if health checks find the backend up (or it is not checked).",
         ),
     ];
+    let live = core.live_flows();
     for v in &core.desired.config.vips {
         let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else {
             continue;
@@ -84,7 +88,7 @@ pub fn render(core: &Core) -> String {
         let l = format!("vip=\"{}\"", esc(&v.name));
         for (f, val) in vip_f
             .iter_mut()
-            .zip([c.packets, c.bytes, c.new_flows, c.live_flows(), c.reply_packets])
+            .zip([c.packets, c.bytes, c.new_flows, live.vip(vid), c.reply_packets])
         {
             f.samples.push((l.clone(), val));
         }
@@ -112,7 +116,7 @@ pub fn render(core: &Core) -> String {
                     c.packets,
                     c.bytes,
                     c.new_flows,
-                    c.live_flows(),
+                    live.backend(id),
                     c.backend_resets,
                     c.answered_flows,
                     b.weight as u64,

@@ -328,11 +328,17 @@ impl Fixture {
     /// Is this client flow in the connection table (FLOW_HEADS + FLOWS, read as the agent
     /// reads them)?
     pub fn has_flow(&self, key: &FlowKey) -> bool {
+        self.flow(key).is_some()
+    }
+
+    /// The connection-table entry of a client flow.
+    pub fn flow(&self, key: &FlowKey) -> Option<lb_common::Flow> {
         let heads: Array<_, Heads> = self.ebpf.map(lb_common::MAP_FLOW_HEADS).unwrap().try_into().unwrap();
         let ways: Array<_, FlowWays> = self.ebpf.map(MAP_FLOWS).unwrap().try_into().unwrap();
         let slot = lb_common::conntrack::slot(key, heads.len() - 1);
         let head = heads.get(&slot.index, 0).unwrap();
-        head.find(&ways.get(&slot.index, 0).unwrap(), key, slot.tag).is_some()
+        let ways = ways.get(&slot.index, 0).unwrap();
+        head.find(&ways, key, slot.tag).map(|w| ways.ways[w].flow)
     }
 
     /// A VIP's counters summed over CPUs.

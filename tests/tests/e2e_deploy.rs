@@ -467,3 +467,107 @@ fn a_failing_rollout_hook_stops_the_rollout_and_leaves_the_rest_untouched() {
     assert_eq!(v["pools"][0]["backends"][0]["admin"], "drain");
     assert_eq!(v["pools"][0]["backends"][1]["admin"], "ready", "the rest untouched");
 }
+
+/// UDP flows never close, so live flows are those used within `agent.udp_idle`: `switch
+/// --wait` on a UDP VIP waits while a client keeps its flow busy and returns once the old
+/// pool's flows have gone idle, and that busy flow stays on its old backend meanwhile.
+#[test]
+fn switch_wait_on_a_udp_vip_returns_once_the_old_pools_flows_go_idle() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1; 4] }).expect("build the lab");
+    let b = |i: usize| format!("{{ address = \"{}:{UDP_PORT}\" }}", backend4(i));
+    let text = format!(
+        "{}udp_idle = \"1s\"\n\n[[vip]]\nname = \"dns\"\naddress = \"{VIP4}:53\"\nprotocol = \"udp\"\nactive = \"blue\"\n\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {}, {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {}, {} ]\n",
+        lab.agent_section(),
+        b(0),
+        b(1),
+        b(2),
+        b(3)
+    );
+    let config = lab.write_config_text("veer.toml", &text).unwrap();
+    lab.start_agent(&config).expect("start the agent");
+    let vip = SocketAddr::new(VIP4.into(), 53);
+    for n in 0..20 {
+        let who = lab.udp(vip, b"q").unwrap_or_else(|e| panic!("request {n}: {e:#}"));
+        assert!(BLUE.contains(&who.as_str()), "request {n} answered by {who}");
+    }
+    // One client keeps a flow busy: a datagram every 100 ms from one socket, for 2.5 s.
+    let stream = lab
+        .client
+        .spawn(move || -> anyhow::Result<Vec<String>> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let mut answers = Vec::new();
+            for _ in 0..25 {
+                s.send_to(b"q", vip)?;
+                let mut buf = [0u8; 64];
+                let (n, _) = s.recv_from(&mut buf)?;
+                answers.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(answers)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let blue_live = lab.status().unwrap()["vips"][0]["pools"][0]["counters"]["live_flows"]
+        .as_u64()
+        .unwrap();
+    assert!(blue_live >= 2, "recent UDP flows count as live: {blue_live}");
+    let started = Instant::now();
+    let mut wait = std::process::Command::new(veer_bin().unwrap())
+        .args([
+            "--socket",
+            lab.socket().to_str().unwrap(),
+            "switch",
+            "dns",
+            "green",
+            "--wait",
+            "--drain-timeout",
+            "20s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for n in 0..20 {
+        let who = lab
+            .udp(vip, b"q")
+            .unwrap_or_else(|e| panic!("request {n} after the switch: {e:#}"));
+        assert!(
+            GREEN.contains(&who.as_str()),
+            "new flow {n} after the switch answered by {who}"
+        );
+    }
+    let answers = stream.join().unwrap().unwrap();
+    let stream_done = Instant::now();
+    assert!(
+        wait.try_wait().unwrap().is_none(),
+        "--wait returned while a blue UDP flow was busy ({:?} after the switch)",
+        started.elapsed()
+    );
+    assert!(
+        answers.iter().all(|a| a == &answers[0]) && BLUE.contains(&answers[0].as_str()),
+        "the busy flow stays on its blue backend: {answers:?}"
+    );
+    let code = loop {
+        if let Some(s) = wait.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            stream_done.elapsed() < Duration::from_secs(8),
+            "--wait did not return after the blue flows went idle"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(0), "--wait exits 0 once blue has no live flow");
+    let after = stream_done.elapsed();
+    assert!(
+        after >= Duration::from_millis(800),
+        "--wait returned {after:?} after the last datagram, before udp_idle (1s) passed"
+    );
+    println!("udp switch: --wait returned {after:?} after the last datagram of the busy flow (udp_idle 1s)");
+}

@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_DRAIN, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_NAT_REV, MAP_REASONS, MAP_TABLES,
-    MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIPS, PROTO_TCP, Reason, VipInfo,
+    BACKEND_DOWN, BACKEND_DRAIN, FLOW_F_CLOSED, MAP_BACKENDS, MAP_CONFIG, MAP_FLOWS, MAP_NAT_REV, MAP_REASONS,
+    MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIPS, PROTO_TCP, Reason, VipInfo,
 };
 use veer_tests::{
     fixture::*,
@@ -411,6 +411,8 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         fx.run(&fin, None);
         let c = fx.backend_counters(id);
         assert_eq!((c.closed_flows, c.live_flows()), (1, 0), "a flow closes once");
+        let closed = |fx: &Fixture, s: &Spec| fx.flow(&flow_key(s)).expect("flow in the table").flags & FLOW_F_CLOSED;
+        assert_ne!(closed(fx, &syn), 0, "the client's FIN marks the flow closed");
         // a second flow that the backend resets
         let syn2 = Spec::tcp_syn(client4(50001), (VIP4.into(), 80));
         let j = check_forward(fx, &syn2, 0, 8080);
@@ -430,8 +432,10 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         }
         .build();
         rst[14 + 20 + 13] |= 0x04;
+        assert_eq!(closed(fx, &syn2), 0);
         let (verdict, _) = fx.run(&rst, None);
         assert_eq!(verdict, XDP_REDIRECT, "the reset still reaches the client");
+        assert_ne!(closed(fx, &syn2), 0, "the backend's RST marks the client flow closed");
         let c = fx.backend_counters(j as u32);
         assert!(c.backend_resets >= 1 && c.live_flows() == c.new_flows - c.closed_flows);
         assert_eq!(fx.vip_counters(0).new_flows, 2);

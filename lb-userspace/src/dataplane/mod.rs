@@ -4,6 +4,7 @@
 use std::{
     ffi::CString,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -331,6 +332,32 @@ impl Dataplane {
         Ok(head.find(&ways, key, slot.tag).map(|w| ways.ways[w].flow))
     }
 
+    /// Live flows per backend id and per VIP id, counted in the connection table: entries not
+    /// seen closing (FIN or RST, either side) and used within `tcp_idle` (TCP) or `udp_idle`
+    /// (UDP). One pass over the bucket headers, and over the entries of used ways.
+    pub fn live_flows(&self, tcp_idle: Duration, udp_idle: Duration) -> Result<LiveFlows, DataplaneError> {
+        let heads = ReadMapping::<Heads>::of(&self.ebpf, MAP_FLOW_HEADS)?;
+        let ways = ReadMapping::<FlowWays>::of(&self.ebpf, MAP_FLOWS)?;
+        let now = conntrack::stamp(coarse_monotonic_ns());
+        let units = |d: Duration| conntrack::stamp(d.as_nanos().min(u64::MAX as u128) as u64);
+        let (tcp, udp) = (units(tcp_idle), units(udp_idle));
+        let mut live = LiveFlows::default();
+        for (h, w) in heads.entries().iter().zip(ways.entries()) {
+            for (way, tag) in h.tags.iter().enumerate() {
+                if *tag == 0 {
+                    continue;
+                }
+                let e = &w.ways[way];
+                let limit = if e.key.proto == lb_common::PROTO_UDP { udp } else { tcp };
+                if e.flow.flags & lb_common::FLOW_F_CLOSED == 0 && now.wrapping_sub(h.stamps[way]) <= limit {
+                    *live.by_backend.entry(e.flow.backend_id).or_default() += 1;
+                    *live.by_vip.entry(e.flow.vip_id).or_default() += 1;
+                }
+            }
+        }
+        Ok(live)
+    }
+
     /// Detaches from every interface and removes all pins: a clean stop.
     pub fn shutdown(mut self) {
         self.remove_on_drop = true;
@@ -519,6 +546,31 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
         0 => Err(DataplaneError::NoInterface(iface.into())),
         i => Ok(i),
     }
+}
+
+/// Live flows counted in the connection table (see [`Dataplane::live_flows`]).
+#[derive(Clone, Debug, Default)]
+pub struct LiveFlows {
+    pub by_backend: std::collections::HashMap<u32, u64>,
+    pub by_vip: std::collections::HashMap<u32, u64>,
+}
+
+impl LiveFlows {
+    pub fn backend(&self, id: u32) -> u64 {
+        self.by_backend.get(&id).copied().unwrap_or(0)
+    }
+
+    pub fn vip(&self, id: u32) -> u64 {
+        self.by_vip.get(&id).copied().unwrap_or(0)
+    }
+}
+
+/// The clock the data path stamps flows with (bpf_ktime_get_coarse_ns).
+fn coarse_monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A read-only view of a memory-mappable array map, unmapped on drop.
