@@ -9,14 +9,24 @@
 
 use core::mem::{align_of, size_of};
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::Array};
+use aya_ebpf::{
+    bindings::{
+        BPF_F_CURRENT_NETNS, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
+    maps::Array,
+    programs::XdpContext,
+};
 use lb_common::{
-    BACKEND_DOWN, BACKEND_UNSET, Backend, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason,
+    BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_CLOSED, Flow, FlowKey, NatRev, PROTO_TCP, Reason,
     conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, slot},
     hash::{SEED_SPLIT, finish, hash_flow},
 };
 
-use crate::maps::{BACKENDS, FLOW_HEADS, FLOWS, NAT_REV, REV_HEADS, conn_mask, scratch};
+use crate::{
+    maps::{BACKENDS, FLOW_HEADS, FLOWS, NAT_REV, REV_HEADS, conn_mask, scratch},
+    parse::{Packet, TCP_RST, TCP_SYN},
+};
 
 /// The coarse clock, in nanoseconds (cheap: no clock source read).
 #[inline(always)]
@@ -85,13 +95,77 @@ fn touch(stamps: &mut [u32; WAYS], way: usize, now: u32) {
     }
 }
 
-/// The reverse-NAT entry of a reply's 5-tuple.
+/// The reverse-NAT entry of a reply's 5-tuple, unless the tuple belongs to a connection of
+/// the host itself (see [`claimed_locally`]): then the entry is dropped and the packet goes
+/// to the stack.
 #[inline(always)]
-pub fn reverse(key: &FlowKey, now: u32) -> Option<&'static mut RevEntry> {
+pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut RevEntry> {
+    let key = &pkt.key;
     let b = locate(&REV_HEADS, &NAT_REV, key)?;
     let way = b.find(key)?;
+    if way >= WAYS {
+        return None;
+    }
+    // Ask the kernel only when a local connection could be starting: a TCP SYN-ACK or RST
+    // (once per NAT flow), or a UDP datagram on an entry idle for a second or more.
+    let suspect = if key.proto == PROTO_TCP {
+        pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0
+    } else {
+        now.wrapping_sub(b.head.stamps[way]) >= LOCAL_CHECK_IDLE
+    };
+    if suspect && claimed_locally(ctx, key) {
+        store(&mut b.head.tags[way], &0);
+        return None;
+    }
     touch(&mut b.head.stamps, way, now);
     b.ways.ways.get_mut(way)
+}
+
+/// About a second, in stamp units.
+const LOCAL_CHECK_IDLE: u32 = 1000;
+
+/// Does a connected socket of the host own this 5-tuple (a health probe, an operator's
+/// ssh to a backend from the SNAT address)? Listening and unconnected sockets do not
+/// count: they own no 5-tuple. The host's connection wins over a NAT entry, which is stale
+/// in all but a true collision, where the NAT flow could not work anyway.
+#[inline(always)]
+fn claimed_locally(ctx: &XdpContext, key: &FlowKey) -> bool {
+    let Some(scratch) = scratch() else {
+        return false;
+    };
+    let t = &mut scratch.tuple;
+    let size = if key.family == FAMILY_V4 {
+        // SAFETY: plain union of integers.
+        let v4 = unsafe { &mut t.__bindgen_anon_1.ipv4 };
+        v4.saddr = key.src_be[0];
+        v4.daddr = key.dst_be[0];
+        v4.sport = key.sport_be;
+        v4.dport = key.dport_be;
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    } else {
+        // SAFETY: plain union of integers.
+        let v6 = unsafe { &mut t.__bindgen_anon_1.ipv6 };
+        store(&mut v6.saddr, &key.src_be);
+        store(&mut v6.daddr, &key.dst_be);
+        v6.sport = key.sport_be;
+        v6.dport = key.dport_be;
+        size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    } as u32;
+    // SAFETY: helper calls with the program's context and a tuple of `size` bytes in map
+    // memory; a socket found is released before return.
+    unsafe {
+        let sk = if key.proto == PROTO_TCP {
+            bpf_sk_lookup_tcp(ctx.ctx.cast(), t, size, BPF_F_CURRENT_NETNS as u64, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx.ctx.cast(), t, size, BPF_F_CURRENT_NETNS as u64, 0)
+        };
+        if sk.is_null() {
+            return false;
+        }
+        let connected = (*sk).dst_port != 0;
+        bpf_sk_release(sk.cast());
+        connected
+    }
 }
 
 const PORT_TRIES: u32 = 8;

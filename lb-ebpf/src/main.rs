@@ -12,7 +12,10 @@ mod parse;
 mod select;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, xdp_md},
+    programs::XdpContext,
+};
 use lb_common::{
     Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
     conntrack::{FlowEntry, stamp},
@@ -33,8 +36,13 @@ pub enum Verdict {
     Redirect(Reason, u32),
 }
 
-#[xdp]
-pub fn veer_xdp(ctx: XdpContext) -> u32 {
+/// The XDP entry point, written out instead of `#[xdp]`: that macro puts the body in an
+/// inner function, which LLVM stops inlining once the body is this large, and every packet
+/// then pays a BPF-to-BPF call (measured: non-VIP pass 32 -> 40 ns).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "xdp")]
+pub fn veer_xdp(raw: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(raw);
     match process(&ctx) {
         Verdict::Pass(r) => {
             stats::count_reason(r);
@@ -69,7 +77,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     let now_ns = flow::now_ns();
     let now = stamp(now_ns);
     if pkt.key.dst_be == snat
-        && let Some(rev) = flow::reverse(&pkt.key, now)
+        && let Some(rev) = flow::reverse(ctx, &pkt, now)
     {
         return to_client(ctx, &pkt, &mut rev.rev, now_ns);
     }

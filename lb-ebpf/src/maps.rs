@@ -89,6 +89,7 @@ pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
     pub reply: lb_common::FlowKey,
     pub client: lb_common::FlowKey,
+    pub tuple: aya_ebpf::bindings::bpf_sock_tuple,
 }
 
 #[map(name = "SCRATCH_V1")]

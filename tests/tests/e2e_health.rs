@@ -198,9 +198,9 @@ fn passive_observation_marks_a_resetting_backend_down_before_active_checks_would
 }
 
 /// UDP checks: a datagram to each backend, any answer is health. A backend whose UDP
-/// server stopped answers nothing (its ICMP port-unreachable is not an answer): after
-/// `fall` checks it is down and UDP requests through the VIP all reach the others; back
-/// after `rise` checks.
+/// server stopped answers with ICMP port-unreachable (refused: L4CON): after `fall` checks
+/// it is down and UDP requests through the VIP all reach the others; back after `rise`
+/// checks.
 #[test]
 fn udp_checks_take_a_silent_backend_out_and_bring_it_back() {
     if !is_root() {
@@ -226,7 +226,7 @@ fn udp_checks_take_a_silent_backend_out_and_bring_it_back() {
     let window = wait_health(&lab, 0, "down", Duration::from_secs(5));
     let bound = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
     assert!(window <= bound, "detection took {window:?}, bound {bound:?}");
-    assert_eq!(backend_status(&lab, 0)["check"]["last"], "L7TOUT");
+    assert_eq!(backend_status(&lab, 0)["check"]["last"], "L4CON");
     // Every UDP request (a new source port each: a new flow) is answered, never by b1.
     for n in 0..60 {
         let who = lab

@@ -670,3 +670,47 @@ fn clients_sharing_a_source_port_get_distinct_nat_ports_and_their_own_replies() 
         verify_checksums(&out).expect("checksums valid after reverse NAT");
     });
 }
+
+/// A connection of the host itself (a health probe, an operator's ssh) from the SNAT
+/// address to a backend can pick a port that a NAT flow left in the reverse table. Its
+/// answers belong to the host: the data path asks the kernel for a connected socket on
+/// the 5-tuple (at SYN-ACK or RST), drops the reverse entry and passes them to the stack.
+#[test]
+fn a_local_connection_claims_its_5_tuple_from_a_stale_nat_entry() {
+    with_fixture(|fx| {
+        let port = 47000;
+        let syn = Spec::tcp_syn(client4(port), (VIP4.into(), 80));
+        let i = check_forward(fx, &syn, 0, 8080);
+        // The host connects from SNAT4:port to the same backend (SYN_SENT is enough).
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        sock.bind(&SocketAddr::new(SNAT4.into(), port).into()).unwrap();
+        let _ = sock.connect(&SocketAddr::new(backend4(i).into(), 8080).into());
+        let from_backend = |syn_flag: bool| Spec {
+            src_mac: backend_mac(i),
+            dst_mac: IF_MAC,
+            src: backend4(i).into(),
+            sport: 8080,
+            dst: SNAT4.into(),
+            dport: port,
+            l4: L4::Tcp {
+                syn: syn_flag,
+                ack: true,
+                seq: 9,
+            },
+            ..syn.clone()
+        };
+        let passed = fx.reason(Reason::PassNotVip);
+        for (what, pkt) in [("SYN-ACK", from_backend(true)), ("ACK", from_backend(false))] {
+            let pkt = pkt.build();
+            let (verdict, out) = fx.run(&pkt, None);
+            assert_eq!(
+                verdict, XDP_PASS,
+                "{what} for the host's own connection goes to its stack"
+            );
+            assert_eq!(out, pkt, "{what} passed unchanged");
+        }
+        assert_eq!(fx.reason(Reason::PassNotVip), passed + 2);
+        drop(sock);
+    });
+}

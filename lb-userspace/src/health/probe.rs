@@ -86,16 +86,18 @@ async fn udp(cfg: &HealthConfig, target: SocketAddr) -> CheckResult {
     } else {
         ([0u16; 8], 0).into()
     };
+    // Connected: the kernel reports the backend's port-unreachable (refused, L4CON), and the
+    // data path sees a socket that owns this 5-tuple (it never mistakes the answer for a
+    // NAT reply).
     let Ok(sock) = UdpSocket::bind(bind).await else {
         return result(false, "L4CON");
     };
-    if sock.send_to(cfg.payload.as_bytes(), target).await.is_err() {
+    if sock.connect(target).await.is_err() || sock.send(cfg.payload.as_bytes()).await.is_err() {
         return result(false, "L4CON");
     }
     let mut buf = [0u8; 1500];
-    match timeout(cfg.timeout, sock.recv_from(&mut buf)).await {
-        Ok(Ok((_, from))) if from == target => result(true, "L7OK"),
-        Ok(Ok(_)) => result(false, "L7RSP"),
+    match timeout(cfg.timeout, sock.recv(&mut buf)).await {
+        Ok(Ok(_)) => result(true, "L7OK"),
         Ok(Err(_)) => result(false, "L4CON"),
         Err(_) => result(false, "L7TOUT"),
     }
