@@ -62,8 +62,7 @@ const _: () = assert!(size_of::<RevWays>() == WAYS * 128);
 
 /// Buckets for a table of `capacity` flows: a power of two, so the index is a mask.
 pub const fn buckets(capacity: u32) -> u32 {
-    let b = capacity.div_ceil(WAYS as u32).next_power_of_two();
-    if b == 0 { 1 } else { b }
+    capacity.div_ceil(WAYS as u32).next_power_of_two()
 }
 
 /// Where a key lives: its bucket in a table of `mask + 1` buckets, and its tag there.
@@ -80,6 +79,14 @@ pub const fn slot(key: &FlowKey, mask: u32) -> Slot {
         index: h as u32 & mask,
         tag: (h >> 32) as u32 | 1,
     }
+}
+
+/// How long ago `stamp` was, in stamp units. A stamp from the future (another CPU, or the
+/// data path while the agent scans, read the clock after `now` did) is 0 old, not 2^32.
+#[inline(always)]
+pub const fn age(now: u32, stamp: u32) -> u32 {
+    let d = now.wrapping_sub(stamp) as i32;
+    if d < 0 { 0 } else { d as u32 }
 }
 
 /// Time in stamp units from a nanosecond clock.
@@ -145,17 +152,19 @@ impl Heads {
     }
 
     /// The way a new entry takes: a free one, else the least recently used (ages compared
-    /// with wrapping arithmetic, so the stamp's wrap-around after ~50 days is harmless).
+    /// with wrapping arithmetic, so the stamp's wrap-around after ~50 days is harmless;
+    /// ages beyond ~25 days all read as recent, see [`age`]).
     #[inline(always)]
     pub fn victim(&self, now: u32) -> usize {
         let mut best = 0;
-        let mut best_age = 0u32;
+        let mut best_age = i32::MIN;
         let mut w = 0;
         while w < WAYS {
             if self.tags[w] == 0 {
                 return w;
             }
-            let age = now.wrapping_sub(self.stamps[w]);
+            // Signed: a stamp from the future (another CPU) is younger than any other.
+            let age = now.wrapping_sub(self.stamps[w]) as i32;
             if age > best_age {
                 best_age = age;
                 best = w;
@@ -264,6 +273,15 @@ mod tests {
         }
         b.head.stamps[2] = u32::MAX - 5;
         assert_eq!(b.head.victim(10), 2);
+        // A stamp written by another CPU after this one read the clock is the newest.
+        let mut b = Bucket::default();
+        for w in 0..WAYS {
+            put(&mut b, w, key(w as u32), 100);
+        }
+        b.head.stamps[0] = 101;
+        assert_eq!(b.head.victim(100), 1, "a stamp from the future is not the oldest");
+        assert_eq!(age(100, 101), 0);
+        assert_eq!(age(5, u32::MAX), 6);
     }
 
     #[test]

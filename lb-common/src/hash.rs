@@ -71,7 +71,7 @@ pub const fn hash_flow64(key: &FlowKey, seed: u32) -> u64 {
             key.dst_be[2],
             key.dst_be[3],
         );
-        h = a ^ (b >> 32 | b << 32);
+        h = a ^ b.rotate_left(32);
     }
     h = round64(h, ports, key.proto as u32);
     h ^= h >> 33;

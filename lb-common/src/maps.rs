@@ -233,7 +233,7 @@ pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
-    /// Flows whose first FIN or RST was seen (TCP). Live flows = new - closed.
+    /// Flows whose first FIN or RST was seen (TCP).
     pub closed_flows: u64,
     /// New flows whose backend answered at least once.
     pub answered_flows: u64,
@@ -260,9 +260,10 @@ impl Counters {
         }
     }
 
-    /// Flows opened and not yet seen closing. UDP flows never close, and a TCP flow evicted
-    /// without FIN/RST stays counted: an upper bound, exact for well-behaved TCP.
-    pub const fn live_flows(&self) -> u64 {
+    /// Flows opened and not yet seen closing, from the counters alone. UDP flows never
+    /// close, and a TCP flow evicted without FIN/RST stays counted: an upper bound. The
+    /// agent reports live flows from the connection table instead (`Dataplane::live_flows`).
+    pub const fn opened_not_closed(&self) -> u64 {
         self.new_flows.saturating_sub(self.closed_flows)
     }
 }

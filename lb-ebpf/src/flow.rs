@@ -1,11 +1,19 @@
 //! Connection table and NAT source-port allocation, over the set-associative tables of
 //! lb_common::conntrack.
 //!
-//! Writers on two CPUs may race for one way; an entry is therefore written with its tag
-//! cleared first and set last, so a reader matches a key only with its value. A
-//! lookup that races the very first packet of the same flow on another CPU can still miss
-//! and schedule the flow itself: it picks the same backend (same table, same hash) and the
-//! same port (same tries), and stores an equal entry.
+//! Concurrency (no locks; BPF has no fences and this object is built without BPF atomics):
+//! - A writer clears a way's tag, writes the entry, then sets the tag. The established path
+//!   re-reads the tag after copying the entry and takes the copy only if the tag is
+//!   unchanged (seqlock style; sound on x86, whose loads and stores stay in order).
+//! - The reverse (reply) path does not re-check: a reply racing the eviction of its own
+//!   reverse entry can be rewritten with the new entry's addresses. That needs the victim,
+//!   the least recently used way of its bucket, to be answering at that very instant.
+//! - Two CPUs inserting different flows into one bucket in the same ~20 ns can pick the
+//!   same way and interleave their stores (a key with another flow's value). Estimated at
+//!   about once in 10^7 concurrent inserts into a 2^18-bucket table; a compare-and-swap
+//!   claim of the tag (BPF ISA v3 atomics) would close it.
+//! - The first packets of one flow on two CPUs at once both schedule it: same backend (same
+//!   table, same hash) and same port (same tries), equal entries.
 
 use core::mem::{align_of, size_of};
 
@@ -19,7 +27,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_CLOSED, Flow, FlowKey, NatRev, PROTO_TCP, Reason,
-    conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, slot},
+    conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, age, slot},
     hash::{SEED_SPLIT, finish, hash_flow},
 };
 
@@ -70,19 +78,31 @@ fn locate<E>(heads: &Array<Heads>, ways: &Array<Ways<E>>, key: &FlowKey) -> Opti
 }
 
 /// The established flow's backend, unless that backend is gone or down: then the flow is
-/// re-chosen (a `drain` backend keeps its flows).
+/// re-chosen (a `drain` backend keeps its flows). Returns the entry (for flag updates), a
+/// copy of it read consistently, and the backend.
 #[inline(always)]
-pub fn established(bucket: &mut Bucket<FlowEntry>, key: &FlowKey, now: u32) -> Option<(&'static mut Flow, Backend)> {
+pub fn established(
+    bucket: &mut Bucket<FlowEntry>,
+    key: &FlowKey,
+    now: u32,
+) -> Option<(&'static mut Flow, Flow, Backend)> {
     let way = bucket.find(key)?;
-    touch(&mut bucket.head.stamps, way, now);
     let entry = bucket.ways.ways.get_mut(way)?;
-    let backend = *BACKENDS.get(entry.flow.backend_id)?;
+    let seen = entry.flow;
+    // Seqlock-style: a writer clears the tag before it touches the value, so the same tag
+    // after the copy means the copy is this key's value (x86 keeps loads in order).
+    // SAFETY: a plain load from the bucket's header.
+    if unsafe { core::ptr::read_volatile(&bucket.head.tags[way]) } != bucket.tag {
+        return None;
+    }
+    touch(&mut bucket.head.stamps, way, now);
+    let backend = *BACKENDS.get(seen.backend_id)?;
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
     }
     let flow = &raw mut entry.flow;
     // SAFETY: the entry lives in the map for the program's lifetime.
-    Some((unsafe { &mut *flow }, backend))
+    Some((unsafe { &mut *flow }, seen, backend))
 }
 
 /// Marks a way used now (written only when the stamp changes: about once a millisecond).
@@ -111,7 +131,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
     let suspect = if key.proto == PROTO_TCP {
         pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0
     } else {
-        now.wrapping_sub(b.head.stamps[way]) >= LOCAL_CHECK_IDLE
+        age(now, b.head.stamps[way]) >= LOCAL_CHECK_IDLE
     };
     if suspect && claimed_locally(ctx, key) {
         store(&mut b.head.tags[way], &0);
@@ -206,6 +226,8 @@ pub fn allocate_port(
             return Err(Reason::DropNoPort);
         };
         let way = match bucket.find(reply) {
+            // The least recently answered reverse entry gives way. Its client flow keeps its
+            // connection entry (see docs/decisions.md, "Reverse entries under pressure").
             None => bucket.head.victim(now),
             // Our own entry (the flow was evicted or re-chosen), or one whose client flow is
             // gone from the connection table: that connection cannot continue, take the port.
@@ -265,6 +287,15 @@ fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
 /// room for its key.
 #[inline(always)]
 fn client_flow(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> Option<&'static mut Flow> {
+    let (bucket, way) = client_entry(old, reply, client)?;
+    let flow = &raw mut bucket.ways.ways.get_mut(way)?.flow;
+    // SAFETY: the entry lives in the map for the program's lifetime.
+    Some(unsafe { &mut *flow })
+}
+
+/// The bucket and way of the client flow a reverse entry belongs to.
+#[inline(always)]
+fn client_entry(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> Option<(Bucket<FlowEntry>, usize)> {
     // Word stores: a plain copy between two map values becomes a memmove call.
     store(&mut client.src_be, &old.client_be);
     store(&mut client.dst_be, &old.vip_be);
@@ -275,9 +306,7 @@ fn client_flow(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> Option<&'
     store(&mut client._pad, &[0; 2]);
     let bucket = bucket(client)?;
     let way = bucket.find(client)?;
-    let flow = &raw mut bucket.ways.ways.get_mut(way)?.flow;
-    // SAFETY: the entry lives in the map for the program's lifetime.
-    Some(unsafe { &mut *flow })
+    (way < WAYS).then_some((bucket, way))
 }
 
 /// The backend reset a NAT flow: its client flow is closed too (it no longer counts as

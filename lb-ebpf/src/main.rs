@@ -91,12 +91,12 @@ fn process(ctx: &XdpContext) -> Verdict {
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
-        && let Some((flow, backend)) = flow::established(&mut bucket, &pkt.key, now)
-        && !reopened(flow)
+        && let Some((entry, flow, backend)) = flow::established(&mut bucket, &pkt.key, now)
+        && !reopened(&flow)
     {
         let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
         if closed {
-            flow.flags |= FLOW_F_CLOSED;
+            entry.flags |= FLOW_F_CLOSED;
         }
         let event = Event {
             bytes: pkt.ip_len,

@@ -107,14 +107,14 @@ pub struct Core {
 }
 
 impl Core {
-    /// Live flows per backend and VIP, from the connection table (empty if it cannot be
-    /// read: counts then read 0 rather than stale numbers).
-    pub fn live_flows(&self) -> crate::dataplane::LiveFlows {
+    /// Live flows per backend and VIP, from the connection table; None if it cannot be read
+    /// (status then shows null, which `--wait` and rollouts never take for drained).
+    pub fn live_flows(&self) -> Option<crate::dataplane::LiveFlows> {
         let a = &self.desired.config.agent;
-        self.dp.live_flows(a.tcp_idle, a.udp_idle).unwrap_or_else(|e| {
-            tracing::warn!("reading the connection table: {e}");
-            Default::default()
-        })
+        self.dp
+            .live_flows(a.tcp_idle, a.udp_idle)
+            .map_err(|e| tracing::warn!("reading the connection table: {e}"))
+            .ok()
     }
 
     /// Applies `next` as the new desired state: reconcile, write the maps, persist.

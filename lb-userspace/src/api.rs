@@ -140,8 +140,9 @@ pub fn router(core: Shared) -> Router {
         .with_state(core)
 }
 
-/// `live` comes from the connection table (see `Core::live_flows`), not the counters.
-fn counters_json(c: &lb_common::Counters, live: u64) -> Value {
+/// `live` comes from the connection table (see `Core::live_flows`), not the counters;
+/// None (unknown) is written as null.
+fn counters_json(c: &lb_common::Counters, live: Option<u64>) -> Value {
     json!({
         "packets": c.packets,
         "bytes": c.bytes,
@@ -192,7 +193,7 @@ pub fn status_json(core: &Core) -> Value {
                         Some(BACKEND_DOWN) => "down",
                         _ => "unset",
                     },
-                    "counters": counters_json(&counters, id.map_or(0, |id| live.backend(id))),
+                    "counters": counters_json(&counters, live.as_ref().map(|l| id.map_or(0, |id| l.backend(id)))),
                 }));
             }
             let deploy = core.desired.deploy.get(&v.name).cloned().unwrap_or_default();
@@ -201,15 +202,13 @@ pub fn status_json(core: &Core) -> Value {
                 .as_ref()
                 .map(|s| s.pool.clone())
                 .or(deploy.ab.as_ref().map(|a| a.pool.clone()));
-            let live: u64 = backends
-                .iter()
-                .filter_map(|b| b["counters"]["live_flows"].as_u64())
-                .sum();
+            // None when any backend's count is unknown.
+            let pool_live: Option<u64> = backends.iter().map(|b| b["counters"]["live_flows"].as_u64()).sum();
             let role = if p.name == v.active {
                 "active"
             } else if next.as_deref() == Some(p.name.as_str()) {
                 "next"
-            } else if live > 0 {
+            } else if pool_live != Some(0) {
                 "draining"
             } else {
                 "idle"
@@ -218,7 +217,7 @@ pub fn status_json(core: &Core) -> Value {
                 .reconciler
                 .fail_open
                 .contains(&crate::state::pool_key(&v.name, &p.name));
-            pools.push(json!({ "name": p.name, "active": p.name == v.active, "role": role, "all_down_fail_open": fail_open, "backends": backends, "counters": { "live_flows": live } }));
+            pools.push(json!({ "name": p.name, "active": p.name == v.active, "role": role, "all_down_fail_open": fail_open, "backends": backends, "counters": { "live_flows": pool_live } }));
         }
         vips.push(json!({
             "name": v.name,
@@ -235,7 +234,7 @@ pub fn status_json(core: &Core) -> Value {
                 "interval_ms": c.interval_ms, "max_failing": c.max_failing, "outcome": c.outcome,
             })),
             "pools": pools,
-            "counters": counters_json(&vip_counters, vip_id.map_or(0, |id| live.vip(id))),
+            "counters": counters_json(&vip_counters, live.as_ref().map(|l| vip_id.map_or(0, |id| l.vip(id)))),
         }));
     }
     let reasons: BTreeMap<&str, u64> = core

@@ -337,14 +337,16 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
                     print!("{}", render_change(&answer));
                 }
                 let report = wait_for_drain(socket, &vip, timeout, json_out)?;
-                let left = report["live_flows_left"].as_u64().unwrap_or(0);
+                // null: the agent could not count (unknown is not drained).
+                let left = report["live_flows_left"].as_u64();
                 if json_out {
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&json!({ "switch": answer, "drain": report })).unwrap_or_default()
                     );
                 }
-                if left > 0 {
+                if left != Some(0) {
+                    let left = left.map_or("an unknown number of".to_string(), |n| n.to_string());
                     return Err(ClientError::TimedOut(format!(
                         "{left} live flows left on {} after {drain_timeout}",
                         report["pool"].as_str().unwrap_or("?")
@@ -476,11 +478,13 @@ fn wait_for_drain(
     quiet: bool,
 ) -> Result<Value, ClientError> {
     let start = std::time::Instant::now();
-    let pool_live = |status: &Value| -> Option<(String, u64)> {
+    // live_flows is null when the agent could not read its connection table: unknown,
+    // which never counts as drained.
+    let pool_live = |status: &Value| -> Option<(String, Option<u64>)> {
         let v = status["vips"].as_array()?.iter().find(|v| v["name"] == vip)?;
         let prev = v["previous_active"].as_str()?.to_string();
         let p = v["pools"].as_array()?.iter().find(|p| p["name"] == prev.as_str())?;
-        Some((prev, p["counters"]["live_flows"].as_u64().unwrap_or(0)))
+        Some((prev, p["counters"]["live_flows"].as_u64()))
     };
     let first = client::request(socket, "GET", "/v1/status", None)?;
     let (pool, initial) =
@@ -488,7 +492,7 @@ fn wait_for_drain(
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new(initial)
+        indicatif::ProgressBar::new(initial.unwrap_or(0))
     };
     bar.set_style(
         indicatif::ProgressStyle::with_template("draining {msg} [{bar:30}] {pos}/{len} flows closed, {elapsed}")
@@ -497,13 +501,17 @@ fn wait_for_drain(
     bar.set_message(pool.clone());
     let mut live = initial;
     loop {
-        bar.set_position(initial.saturating_sub(live));
-        if live == 0 || start.elapsed() >= timeout {
+        if let (Some(i), Some(l)) = (initial, live) {
+            bar.set_position(i.saturating_sub(l));
+        }
+        if live == Some(0) || start.elapsed() >= timeout {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
         let status = client::request(socket, "GET", "/v1/status", None)?;
-        live = pool_live(&status).map(|(_, l)| l).unwrap_or(0);
+        // The pool may have stopped being the previous one (another switch): then it
+        // has nothing left to drain for this wait.
+        live = pool_live(&status).map_or(Some(0), |(_, l)| l);
     }
     bar.finish();
     Ok(json!({ "pool": pool, "live_flows_left": live, "waited_ms": start.elapsed().as_millis() as u64 }))
@@ -604,14 +612,16 @@ fn rollout(
         let start = std::time::Instant::now();
         loop {
             let s = client::request(socket, "GET", "/v1/status", None)?;
-            let live: u64 = group
+            // null (the agent could not count) is unknown, never drained.
+            let live: Option<u64> = group
                 .iter()
-                .map(|a| backend_view(&s, vip, a)["counters"]["live_flows"].as_u64().unwrap_or(0))
+                .map(|a| backend_view(&s, vip, a)["counters"]["live_flows"].as_u64())
                 .sum();
-            if live == 0 {
+            if live == Some(0) {
                 break;
             }
             if start.elapsed() > drain_timeout {
+                let live = live.map_or("an unknown number of".to_string(), |n| n.to_string());
                 return Err(ClientError::TimedOut(format!(
                     "{live} live flows left on {} (rolled out so far: {done:?})",
                     group.join(", ")

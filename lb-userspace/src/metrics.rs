@@ -79,6 +79,7 @@ pub fn render(core: &Core) -> String {
             "1 if health checks find the backend up (or it is not checked).",
         ),
     ];
+    // Unknown live counts are left out of the scrape rather than reported as 0.
     let live = core.live_flows();
     for v in &core.desired.config.vips {
         let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else {
@@ -86,11 +87,17 @@ pub fn render(core: &Core) -> String {
         };
         let c = core.dp.vip_counters(vid).unwrap_or_default();
         let l = format!("vip=\"{}\"", esc(&v.name));
-        for (f, val) in vip_f
-            .iter_mut()
-            .zip([c.packets, c.bytes, c.new_flows, live.vip(vid), c.reply_packets])
-        {
-            f.samples.push((l.clone(), val));
+        let vals = [
+            Some(c.packets),
+            Some(c.bytes),
+            Some(c.new_flows),
+            live.as_ref().map(|lf| lf.vip(vid)),
+            Some(c.reply_packets),
+        ];
+        for (f, val) in vip_f.iter_mut().zip(vals) {
+            if let Some(val) = val {
+                f.samples.push((l.clone(), val));
+            }
         }
         for p in &v.pools {
             for b in &p.backends {
@@ -113,18 +120,20 @@ pub fn render(core: &Core) -> String {
                     .get(&backend_key(&v.name, b.address))
                     .is_none_or(|h| h.state.up) as u64;
                 let vals = [
-                    c.packets,
-                    c.bytes,
-                    c.new_flows,
-                    live.backend(id),
-                    c.backend_resets,
-                    c.answered_flows,
-                    b.weight as u64,
-                    up,
-                    healthy,
+                    Some(c.packets),
+                    Some(c.bytes),
+                    Some(c.new_flows),
+                    live.as_ref().map(|lf| lf.backend(id)),
+                    Some(c.backend_resets),
+                    Some(c.answered_flows),
+                    Some(b.weight as u64),
+                    Some(up),
+                    Some(healthy),
                 ];
                 for (f, val) in be_f.iter_mut().zip(vals) {
-                    f.samples.push((l.clone(), val));
+                    if let Some(val) = val {
+                        f.samples.push((l.clone(), val));
+                    }
                 }
             }
         }

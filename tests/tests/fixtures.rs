@@ -387,7 +387,7 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         let i = check_forward(fx, &syn, 0, 8080);
         let id = i as u32; // pool of VIP 0 holds ids 1..=3
         let c = fx.backend_counters(id);
-        assert_eq!((c.new_flows, c.live_flows(), c.answered_flows), (1, 1, 0));
+        assert_eq!((c.new_flows, c.opened_not_closed(), c.answered_flows), (1, 1, 0));
         check_reply(fx, &syn, i, 8080);
         check_reply(fx, &syn, i, 8080);
         let c = fx.backend_counters(id);
@@ -410,7 +410,7 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         fx.run(&fin, None);
         fx.run(&fin, None);
         let c = fx.backend_counters(id);
-        assert_eq!((c.closed_flows, c.live_flows()), (1, 0), "a flow closes once");
+        assert_eq!((c.closed_flows, c.opened_not_closed()), (1, 0), "a flow closes once");
         let closed = |fx: &Fixture, s: &Spec| fx.flow(&flow_key(s)).expect("flow in the table").flags & FLOW_F_CLOSED;
         assert_ne!(closed(fx, &syn), 0, "the client's FIN marks the flow closed");
         // a second flow that the backend resets
@@ -437,7 +437,7 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         assert_eq!(verdict, XDP_REDIRECT, "the reset still reaches the client");
         assert_ne!(closed(fx, &syn2), 0, "the backend's RST marks the client flow closed");
         let c = fx.backend_counters(j as u32);
-        assert!(c.backend_resets >= 1 && c.live_flows() == c.new_flows - c.closed_flows);
+        assert!(c.backend_resets >= 1 && c.opened_not_closed() == c.new_flows - c.closed_flows);
         assert_eq!(fx.vip_counters(0).new_flows, 2);
     });
 }
@@ -558,7 +558,8 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
 }
 
 /// The connection table is set-associative: with room for one bucket of flows, one more
-/// new flow replaces the least recently used one, and every flow used since stays put.
+/// new flow replaces the least recently used one (both directions: its connection entry and
+/// its reverse entry), and every flow used since stays put, replies included.
 #[test]
 fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
     const WAYS: u16 = lb_common::conntrack::WAYS as u16;
@@ -574,21 +575,24 @@ fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
         };
         let first = 41001;
         let ports: Vec<u16> = (first..first + WAYS).collect();
+        let mut backend = std::collections::HashMap::new();
         for &port in &ports {
-            check_forward(fx, &syn(port), 0, 8080);
+            backend.insert(port, check_forward(fx, &syn(port), 0, 8080));
         }
         // The stamps count coarse-clock milliseconds: let time pass, then use every flow but
-        // the second (neither the first nor the last inserted: the choice must follow use).
+        // the second (neither the first nor the last inserted: the choice must follow use),
+        // a request and its answer.
         let idle = first + 1;
         std::thread::sleep(std::time::Duration::from_millis(30));
         for &port in ports.iter().filter(|p| **p != idle) {
             let (verdict, _) = fx.run(&ack(port).build(), None);
             assert_eq!(verdict, XDP_REDIRECT);
+            check_reply(fx, &syn(port), backend[&port], 8080);
         }
         std::thread::sleep(std::time::Duration::from_millis(30));
         let new_before = fx.vip_counters(0).new_flows;
         let newest = first + WAYS;
-        check_forward(fx, &syn(newest), 0, 8080);
+        backend.insert(newest, check_forward(fx, &syn(newest), 0, 8080));
         assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
         assert!(
             !fx.has_flow(&flow_key(&syn(idle))),
@@ -598,9 +602,11 @@ fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
         for &port in &kept {
             assert!(fx.has_flow(&flow_key(&syn(port))), "flow from port {port} kept");
         }
-        // Kept flows are established: their packets open no new flow.
+        // Kept flows are established both ways: their packets open no new flow, and their
+        // backends' answers still reach their clients.
         for &port in &kept {
             fx.run(&ack(port).build(), None);
+            check_reply(fx, &syn(port), backend[&port], 8080);
         }
         assert_eq!(fx.vip_counters(0).new_flows, new_before + 1);
     });

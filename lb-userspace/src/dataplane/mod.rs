@@ -162,14 +162,15 @@ impl Dataplane {
         // A pinned table of another size (flow_capacity changed across a restart) would be
         // indexed with the wrong mask: refuse, and say how to resize.
         let pinned_buckets = match ebpf.map(MAP_FLOWS) {
-            Some(aya::maps::Map::Array(m)) => m.info().map(|i| i.max_entries()).unwrap_or(buckets),
+            Some(aya::maps::Map::Array(m)) => m.info().map_err(map_err(MAP_FLOWS))?.max_entries(),
             _ => return Err(DataplaneError::StubObject),
         };
         if pinned_buckets != buckets {
             return Err(DataplaneError::Io(std::io::Error::other(format!(
-                "the pinned connection table holds {} flows but agent.flow_capacity asks for {}: \
+                "the pinned connection table holds {} flows, agent.flow_capacity = {} needs {}: \
                  stop the running data path (veer agent gets SIGTERM) before changing its size",
                 pinned_buckets as usize * conntrack::WAYS,
+                sizes.flows,
                 buckets as usize * conntrack::WAYS
             ))));
         }
@@ -349,7 +350,7 @@ impl Dataplane {
                 }
                 let e = &w.ways[way];
                 let limit = if e.key.proto == lb_common::PROTO_UDP { udp } else { tcp };
-                if e.flow.flags & lb_common::FLOW_F_CLOSED == 0 && now.wrapping_sub(h.stamps[way]) <= limit {
+                if e.flow.flags & lb_common::FLOW_F_CLOSED == 0 && conntrack::age(now, h.stamps[way]) <= limit {
                     *live.by_backend.entry(e.flow.backend_id).or_default() += 1;
                     *live.by_vip.entry(e.flow.vip_id).or_default() += 1;
                 }
@@ -614,8 +615,9 @@ impl<T: Copy> ReadMapping<T> {
         })
     }
 
-    /// The values as they are now (the data path keeps writing: entries may change under a
-    /// reader, each is read whole).
+    /// The values as they are now. The data path keeps writing: a value can change while it
+    /// is read (plain integers, so a torn read is a wrong number for one scan, never
+    /// unsafety in practice; the tags are checked before entries are used).
     fn entries(&self) -> &[T] {
         // SAFETY: `entries` values of T from a page-aligned mapping that lives as long as self.
         unsafe { std::slice::from_raw_parts(self.base, self.entries) }
