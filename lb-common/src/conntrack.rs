@@ -43,6 +43,10 @@ pub struct Ways<E> {
 pub struct FlowEntry {
     pub key: FlowKey,
     pub flow: Flow,
+    /// Where this flow's reverse entry was put (`bucket index << 2 | way`) and its tag: an
+    /// idle flow checks it on its next packet and puts the entry back if it gave way.
+    pub rev_link: u32,
+    pub rev_tag: u32,
 }
 const _: () = assert!(size_of::<FlowEntry>() == 64);
 
@@ -88,6 +92,13 @@ pub const fn age(now: u32, stamp: u32) -> u32 {
     let d = now.wrapping_sub(stamp) as i32;
     if d < 0 { 0 } else { d as u32 }
 }
+
+/// A table location packed in 32 bits: bucket index and way.
+#[inline(always)]
+pub const fn link(index: u32, way: usize) -> u32 {
+    index << 2 | (way as u32 & 3)
+}
+const _: () = assert!(WAYS == 4, "link() packs the way in two bits");
 
 /// Time in stamp units from a nanosecond clock.
 #[inline(always)]

@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_CLOSED, Flow, FlowKey, NatRev, PROTO_TCP, Reason,
-    conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, age, slot},
+    conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, age, link, slot},
     hash::{SEED_SPLIT, finish, hash_flow},
 };
 
@@ -43,10 +43,11 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// A bucket of FLOWS or NAT_REV: its header, its entries, and the key's tag there.
+/// A bucket of FLOWS or NAT_REV: its header, its entries, its index and the key's tag.
 pub struct Bucket<E: 'static> {
     pub head: &'static mut Heads,
     pub ways: &'static mut Ways<E>,
+    pub index: u32,
     pub tag: u32,
 }
 
@@ -72,6 +73,7 @@ fn locate<E>(heads: &Array<Heads>, ways: &Array<Ways<E>>, key: &FlowKey) -> Opti
         Bucket {
             head: &mut *head,
             ways: &mut *ways,
+            index: slot.index,
             tag: slot.tag,
         }
     })
@@ -84,6 +86,7 @@ fn locate<E>(heads: &Array<Heads>, ways: &Array<Ways<E>>, key: &FlowKey) -> Opti
 pub fn established(
     bucket: &mut Bucket<FlowEntry>,
     key: &FlowKey,
+    snat: &[u32; 4],
     now: u32,
 ) -> Option<(&'static mut Flow, Flow, Backend)> {
     let way = bucket.find(key)?;
@@ -95,10 +98,14 @@ pub fn established(
     if unsafe { core::ptr::read_volatile(&bucket.head.tags[way]) } != bucket.tag {
         return None;
     }
+    let idle = age(now, bucket.head.stamps[way]);
     touch(&mut bucket.head.stamps, way, now);
     let backend = *BACKENDS.get(seen.backend_id)?;
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
+    }
+    if idle >= REPAIR_IDLE {
+        ensure_reverse(entry, &backend, snat, now);
     }
     let flow = &raw mut entry.flow;
     // SAFETY: the entry lives in the map for the program's lifetime.
@@ -143,6 +150,8 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
 
 /// About a second, in stamp units.
 const LOCAL_CHECK_IDLE: u32 = 1000;
+/// Quiet time after which a flow's packet checks its reverse entry (about a second).
+const REPAIR_IDLE: u32 = 1000;
 
 /// Does a connected socket of the host own this 5-tuple (a health probe, an operator's
 /// ssh to a backend from the SNAT address)? Listening and unconnected sockets do not
@@ -201,7 +210,7 @@ pub fn allocate_port(
     vip_id: u32,
     backend_id: u32,
     now: u32,
-) -> Result<u16, Reason> {
+) -> Result<(u16, u32, u32), Reason> {
     let scratch = scratch().ok_or(Reason::DropNoPort)?;
     let reply = &mut scratch.reply;
     reply.src_be = backend.addr_be;
@@ -246,23 +255,87 @@ pub fn allocate_port(
         if way >= WAYS {
             return Err(Reason::DropNoPort);
         }
-        // Tag last (see the module comment).
-        store(&mut bucket.head.tags[way], &0);
-        let entry = &mut bucket.ways.ways[way];
-        store(&mut entry.rev.client_be, &key.src_be);
-        store(&mut entry.rev.vip_be, &key.dst_be);
-        store(&mut entry.rev.client_port_be, &key.sport_be);
-        store(&mut entry.rev.vip_port_be, &key.dport_be);
-        store(&mut entry.rev.vip_id, &vip_id);
-        store(&mut entry.rev.backend_id, &backend_id);
-        store(&mut entry.rev.hop.ifindex, &0);
-        store(&mut entry.rev.flags, &0);
-        store(&mut entry.key, reply);
-        store(&mut bucket.head.stamps[way], &now);
-        store(&mut bucket.head.tags[way], &bucket.tag);
-        return Ok(reply.dport_be);
+        let (link, tag) = put_reverse(bucket, way, reply, key, vip_id, backend_id, now);
+        return Ok((reply.dport_be, link, tag));
     }
     Err(Reason::DropNoPort)
+}
+
+/// Writes the reverse entry of client flow `key` (reply 5-tuple `reply`) into `way`;
+/// returns its location and tag for the client's connection entry.
+#[inline(always)]
+fn put_reverse(
+    bucket: Bucket<RevEntry>,
+    way: usize,
+    reply: &FlowKey,
+    key: &FlowKey,
+    vip_id: u32,
+    backend_id: u32,
+    now: u32,
+) -> (u32, u32) {
+    if way >= WAYS {
+        return (0, 0);
+    }
+    // Tag last (see the module comment).
+    store(&mut bucket.head.tags[way], &0);
+    let entry = &mut bucket.ways.ways[way];
+    store(&mut entry.rev.client_be, &key.src_be);
+    store(&mut entry.rev.vip_be, &key.dst_be);
+    store(&mut entry.rev.client_port_be, &key.sport_be);
+    store(&mut entry.rev.vip_port_be, &key.dport_be);
+    store(&mut entry.rev.vip_id, &vip_id);
+    store(&mut entry.rev.backend_id, &backend_id);
+    store(&mut entry.rev.hop.ifindex, &0);
+    store(&mut entry.rev.flags, &0);
+    store(&mut entry.key, reply);
+    store(&mut bucket.head.stamps[way], &now);
+    store(&mut bucket.head.tags[way], &bucket.tag);
+    (link(bucket.index, way), bucket.tag)
+}
+
+/// An idle flow's reverse entry may have given way (reverse entries age with answers,
+/// connection entries with requests, in different buckets). On the flow's first packet
+/// after a second or more of quiet, check it through the entry's link and put it back if it
+/// is gone, before the answer to this packet needs it. Busy flows never pay for this.
+#[inline(always)]
+fn ensure_reverse(entry: &mut FlowEntry, backend: &Backend, snat: &[u32; 4], now: u32) {
+    let Some(head) = REV_HEADS.get_ptr_mut(entry.rev_link >> 2) else {
+        return;
+    };
+    // SAFETY: array value pointer, valid for the program's lifetime.
+    let way = (entry.rev_link & 3) as usize;
+    if way < WAYS && unsafe { (*head).tags[way] } == entry.rev_tag {
+        return;
+    }
+    let Some(scratch) = scratch() else {
+        return;
+    };
+    let reply = &mut scratch.reply;
+    store(&mut reply.src_be, &backend.addr_be);
+    store(&mut reply.dst_be, snat);
+    store(&mut reply.sport_be, &backend.port_be);
+    store(&mut reply.dport_be, &entry.flow.snat_port_be);
+    store(&mut reply.proto, &entry.key.proto);
+    store(&mut reply.family, &entry.key.family);
+    store(&mut reply._pad, &[0; 2]);
+    let Some(bucket) = locate(&REV_HEADS, &NAT_REV, reply) else {
+        return;
+    };
+    let way = match bucket.find(reply) {
+        None => bucket.head.victim(now),
+        // Still there under another way (moved by a re-insert): just relink.
+        Some(w) if w < WAYS && owned_by(&bucket.ways.ways[w].rev, &entry.key) => {
+            entry.rev_link = link(bucket.index, w);
+            entry.rev_tag = bucket.tag;
+            return;
+        }
+        // Another client holds the port now: this flow cannot be answered any more.
+        Some(_) => return,
+    };
+    let (vip_id, backend_id) = (entry.flow.vip_id, entry.flow.backend_id);
+    let (l, t) = put_reverse(bucket, way, reply, &entry.key, vip_id, backend_id, now);
+    entry.rev_link = l;
+    entry.rev_tag = t;
 }
 
 /// Does this reverse entry belong to the client flow `key`?
@@ -324,7 +397,13 @@ pub fn mark_closed(rev: &NatRev, reply: &FlowKey) {
 /// Records the flow in its bucket: over its own old entry (a reused 5-tuple), else in a
 /// free or the least recently used way.
 #[inline(always)]
-pub fn record(bucket: &mut Bucket<FlowEntry>, key: &FlowKey, flow: Flow, now: u32) -> Result<(), Reason> {
+pub fn record(
+    bucket: &mut Bucket<FlowEntry>,
+    key: &FlowKey,
+    flow: Flow,
+    (rev_link, rev_tag): (u32, u32),
+    now: u32,
+) -> Result<(), Reason> {
     let way = bucket.find(key).unwrap_or_else(|| bucket.head.victim(now));
     if way >= WAYS {
         return Err(Reason::DropFlowInsert);
@@ -332,6 +411,8 @@ pub fn record(bucket: &mut Bucket<FlowEntry>, key: &FlowKey, flow: Flow, now: u3
     // Tag last (see the module comment).
     store(&mut bucket.head.tags[way], &0);
     store(&mut bucket.ways.ways[way].flow, &flow);
+    store(&mut bucket.ways.ways[way].rev_link, &rev_link);
+    store(&mut bucket.ways.ways[way].rev_tag, &rev_tag);
     store(&mut bucket.ways.ways[way].key, key);
     store(&mut bucket.head.stamps[way], &now);
     store(&mut bucket.head.tags[way], &bucket.tag);

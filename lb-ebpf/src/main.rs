@@ -91,7 +91,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
-        && let Some((entry, flow, backend)) = flow::established(&mut bucket, &pkt.key, now)
+        && let Some((entry, flow, backend)) = flow::established(&mut bucket, &pkt.key, &snat, now)
         && !reopened(&flow)
     {
         let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
@@ -163,7 +163,7 @@ fn new_flow(
         Err(r) => return Verdict::Drop(r),
     };
     let now = stamp(now_ns);
-    let port = match flow::allocate_port(key, snat, &backend, vip.vip_id, id, now) {
+    let (port, rev_link, rev_tag) = match flow::allocate_port(key, snat, &backend, vip.vip_id, id, now) {
         Ok(p) => p,
         Err(r) => return Verdict::Drop(r),
     };
@@ -173,7 +173,7 @@ fn new_flow(
         snat_port_be: port,
         flags: 0,
     };
-    if let Err(r) = flow::record(&mut bucket, key, flow, now) {
+    if let Err(r) = flow::record(&mut bucket, key, flow, (rev_link, rev_tag), now) {
         return Verdict::Drop(r);
     }
     let event = Event {

@@ -612,6 +612,55 @@ fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
     });
 }
 
+/// Reverse entries age with answers, connection entries with requests, in different
+/// buckets: an idle flow can keep its connection entry and lose its reverse entry. Its next
+/// request after a second of quiet puts the reverse entry back, so the answer still reaches
+/// the client.
+#[test]
+fn an_idle_flow_whose_reverse_entry_gave_way_gets_it_back_on_its_next_request() {
+    const WAYS: u16 = lb_common::conntrack::WAYS as u16;
+    with_fixture_sized(WAYS as u32, |fx| {
+        let syn = |port: u16| Spec::tcp_syn(client4(port), (VIP4.into(), 80));
+        let ack = |port: u16| Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            ..syn(port)
+        };
+        let first = 42001;
+        let mut backend = std::collections::HashMap::new();
+        for port in first..first + WAYS {
+            backend.insert(port, check_forward(fx, &syn(port), 0, 8080));
+        }
+        // The others are used both ways; the first flow only by its client, and last, so
+        // its connection entry is the newest and its reverse entry the oldest.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        for port in first + 1..first + WAYS {
+            fx.run(&ack(port).build(), None);
+            check_reply(fx, &syn(port), backend[&port], 8080);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        fx.run(&ack(first).build(), None);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        check_forward(fx, &syn(first + WAYS), 0, 8080);
+        assert!(
+            fx.has_flow(&flow_key(&syn(first))),
+            "the first flow kept its connection entry"
+        );
+        // After a second of quiet, its next request is still established (same backend,
+        // no new flow) and puts the reverse entry back: the answer reaches the client.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        let new_before = fx.vip_counters(0).new_flows;
+        let (verdict, out) = fx.run(&ack(first).build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[0..6], backend_mac(backend[&first]), "same backend as before");
+        assert_eq!(fx.vip_counters(0).new_flows, new_before, "still the same flow");
+        check_reply(fx, &syn(first), backend[&first], 8080);
+    });
+}
+
 /// Two clients using the same source port towards the same backend cannot both keep it
 /// (the backend would see one 5-tuple): the second gets another NAT port, and each reply
 /// finds its own client.
