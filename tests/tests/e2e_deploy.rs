@@ -357,6 +357,15 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
     for i in 2..4 {
         lab.servers[i].health_status.store(503, Ordering::Relaxed);
     }
+    // Green is failing before the canary starts: both its backends are down by health and
+    // the pool has failed open (a canary into it must still roll back). Starting earlier
+    // would race the two backends going down one after the other, and a keep-alive
+    // connection on the first one would be re-chosen mid-stream (down re-chooses flows).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.status().unwrap()["vips"][0]["pools"][1]["all_down_fail_open"] != true {
+        assert!(Instant::now() < deadline, "green never failed its checks");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let load = Load::start(&lab);
     let (code, out, err) = lab
         .veer(&[

@@ -312,8 +312,8 @@ impl Dataplane {
         let ways = ReadMapping::<FlowWays>::of(&self.ebpf, MAP_FLOWS)?;
         let mut out = Vec::new();
         let mut total = 0;
-        for (h, w) in heads.entries().iter().zip(ways.entries()) {
-            for e in h.used(w).filter(|e| e.flow.vip_id == vip_id) {
+        for (h, w) in heads.entries().zip(ways.entries()) {
+            for e in h.used(&w).filter(|e| e.flow.vip_id == vip_id) {
                 total += 1;
                 if out.len() < limit {
                     out.push((e.key, e.flow));
@@ -343,7 +343,7 @@ impl Dataplane {
         let units = |d: Duration| conntrack::stamp(d.as_nanos().min(u64::MAX as u128) as u64);
         let (tcp, udp) = (units(tcp_idle), units(udp_idle));
         let mut live = LiveFlows::default();
-        for (h, w) in heads.entries().iter().zip(ways.entries()) {
+        for (h, w) in heads.entries().zip(ways.entries()) {
             for (way, tag) in h.tags.iter().enumerate() {
                 if *tag == 0 {
                     continue;
@@ -615,12 +615,14 @@ impl<T: Copy> ReadMapping<T> {
         })
     }
 
-    /// The values as they are now. The data path keeps writing: a value can change while it
-    /// is read (plain integers, so a torn read is a wrong number for one scan, never
-    /// unsafety in practice; the tags are checked before entries are used).
-    fn entries(&self) -> &[T] {
-        // SAFETY: `entries` values of T from a page-aligned mapping that lives as long as self.
-        unsafe { std::slice::from_raw_parts(self.base, self.entries) }
+    /// Copies of the values as they are now, one volatile read each: the data path keeps
+    /// writing, so no reference into the mapping is handed out. A value written during its
+    /// copy can be torn (plain integers: a wrong count for one scan; tags are checked before
+    /// entries are used).
+    fn entries(&self) -> impl Iterator<Item = T> + '_ {
+        // SAFETY: index < entries: inside the mapping, which lives as long as self; T is
+        // plain data (Pod), aligned as the kernel lays the array out.
+        (0..self.entries).map(|i| unsafe { std::ptr::read_volatile(self.base.add(i)) })
     }
 }
 
