@@ -28,18 +28,40 @@ fn main() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the lab creates network namespaces and loads XDP: run it as root");
     }
-    // Ctrl-C stops the traffic within a request's timeout, then everything is torn down and
-    // the lab exits 130. The agent and servers run in process groups of their own, so the
-    // terminal's SIGINT reaches only this process.
+    // Ctrl-C stops the traffic within a request's timeout (or ends the current setup step),
+    // then everything is torn down and the lab exits 130, whatever step it was in. The agent
+    // and the lab's helper commands run in process groups of their own, so the terminal's
+    // SIGINT reaches only this process.
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    // The lab is dropped (torn down) inside `demo`, on success and on error alike.
+    let result = demo(&opts);
+    if interrupted() {
+        eprintln!("\ninterrupted: lab torn down (namespaces, servers, agent and pinned maps removed)");
+        std::process::exit(130);
+    }
+    let report = result?;
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("\nlab torn down: namespaces, servers, agent and pinned maps removed");
+    }
+    Ok(())
+}
+
+/// Builds the lab, runs the demo traffic per VIP and prints the spread (unless JSON);
+/// returns the JSON report. Stops early once [`INTERRUPTED`] is set.
+fn demo(opts: &Options) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut report = Vec::new();
     let mut lab = Lab::new(&LabOptions {
         weights: WEIGHTS.to_vec(),
     })?;
+    if interrupted() {
+        return Ok(report);
+    }
     let config = lab.write_config(&WEIGHTS)?;
     lab.start_agent(&config)?;
     let total: u32 = WEIGHTS.iter().sum();
-    let mut report = Vec::new();
     for vip in [SocketAddr::new(VIP4.into(), 80), SocketAddr::new(VIP6.into(), 80)] {
         if interrupted() {
             break;
@@ -78,14 +100,5 @@ fn main() -> anyhow::Result<()> {
         report.push(serde_json::json!({"vip": vip.to_string(), "ok": o.ok, "failed": o.failed, "backends": rows}));
     }
     drop(lab);
-    if interrupted() {
-        eprintln!("\ninterrupted: lab torn down (namespaces, servers, agent and pinned maps removed)");
-        std::process::exit(130);
-    }
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("\nlab torn down: namespaces, servers, agent and pinned maps removed");
-    }
-    Ok(())
+    Ok(report)
 }

@@ -160,8 +160,6 @@ impl Lab {
         );
         static N: AtomicU32 = AtomicU32::new(0);
         let prefix = format!("vlab{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(&prefix);
-        fs::create_dir_all(&dir)?;
         let bridge = Netns::new(&format!("{prefix}-br"))?;
         let mut lab = Lab {
             client: Netns::new(&format!("{prefix}-cl"))?,
@@ -173,8 +171,10 @@ impl Lab {
             _pass: None,
             _lock: lock,
             prefix: prefix.clone(),
-            dir,
+            dir: std::env::temp_dir().join(&prefix),
         };
+        // Created once the lab exists: its drop removes the directory on any later error.
+        fs::create_dir_all(&lab.dir)?;
         for i in 0..opts.weights.len() {
             lab.backends.push(Netns::new(&format!("{prefix}-b{}", i + 1))?);
         }

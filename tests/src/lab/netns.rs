@@ -1,13 +1,20 @@
 //! Network namespaces owned by RAII guards, and running code inside them on a thread.
 
-use std::{fs::File, os::fd::AsRawFd, process::Command};
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
-/// Runs a command; fails with its stderr.
+/// Runs a command; fails with its stderr. The command gets a process group of its own, so
+/// a terminal's Ctrl-C cannot cut it short half-way (a killed `ip netns add` leaves a
+/// namespace that no guard owns): the lab finishes the step, then tears down.
 pub fn run_cmd(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0])
         .args(&args[1..])
+        .process_group(0)
         .output()
         .with_context(|| format!("failed to run {args:?}"))?;
     if !out.status.success() {
@@ -67,6 +74,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        // Its own process group: a second Ctrl-C during teardown must not skip the delete.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .process_group(0)
+            .status();
     }
 }
