@@ -32,6 +32,15 @@ fn esc(s: &str) -> String {
 }
 
 /// One metric family: HELP, TYPE, then samples.
+/// One sample per family under `labels`; None (unknown) leaves the family's sample out.
+fn push_samples(families: &mut [Family], labels: &str, vals: impl IntoIterator<Item = Option<u64>>) {
+    for (f, val) in families.iter_mut().zip(vals) {
+        if let Some(val) = val {
+            f.samples.push((labels.to_string(), val));
+        }
+    }
+}
+
 struct Family {
     name: &'static str,
     help: &'static str,
@@ -94,11 +103,7 @@ pub fn render(core: &Core) -> String {
             live.as_ref().map(|lf| lf.vip(vid)),
             Some(c.reply_packets),
         ];
-        for (f, val) in vip_f.iter_mut().zip(vals) {
-            if let Some(val) = val {
-                f.samples.push((l.clone(), val));
-            }
-        }
+        push_samples(&mut vip_f, &l, vals);
         for p in &v.pools {
             for b in &p.backends {
                 let Some(&id) = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)) else {
@@ -130,11 +135,7 @@ pub fn render(core: &Core) -> String {
                     Some(up),
                     Some(healthy),
                 ];
-                for (f, val) in be_f.iter_mut().zip(vals) {
-                    if let Some(val) = val {
-                        f.samples.push((l.clone(), val));
-                    }
-                }
+                push_samples(&mut be_f, &l, vals);
             }
         }
     }

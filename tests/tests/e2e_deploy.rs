@@ -102,6 +102,25 @@ impl Drop for Load {
     }
 }
 
+/// `veer switch VIP POOL --wait --drain-timeout TIMEOUT` in its own process.
+fn spawn_switch_wait(lab: &Lab, vip: &str, pool: &str, timeout: &str) -> std::process::Child {
+    std::process::Command::new(veer_bin().unwrap())
+        .args([
+            "--socket",
+            lab.socket().to_str().unwrap(),
+            "switch",
+            vip,
+            pool,
+            "--wait",
+            "--drain-timeout",
+            timeout,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn green_share(o: &Outcome) -> f64 {
     let green: usize = GREEN.iter().map(|g| o.by_backend.get(*g).copied().unwrap_or(0)).sum();
     green as f64 * 100.0 / (o.ok.max(1)) as f64
@@ -115,21 +134,7 @@ fn switch_blue_to_green_fails_no_request_and_the_blue_stream_finishes_on_blue() 
     assert!(BLUE.contains(&stream_backend.as_str()));
     let load = Load::start(&lab);
     // the switch, waiting for blue to drain, in its own process
-    let mut wait = std::process::Command::new(veer_bin().unwrap())
-        .args([
-            "--socket",
-            lab.socket().to_str().unwrap(),
-            "switch",
-            "web",
-            "green",
-            "--wait",
-            "--drain-timeout",
-            "30s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut wait = spawn_switch_wait(&lab, "web", "green", "30s");
     std::thread::sleep(Duration::from_millis(500));
     let after = lab.http_load(vip(), 300).unwrap();
     assert_eq!(after.failed, 0, "{:?}", after.errors);
@@ -526,21 +531,7 @@ fn switch_wait_on_a_udp_vip_returns_once_the_old_pools_flows_go_idle() {
         .unwrap();
     assert!(blue_live >= 2, "recent UDP flows count as live: {blue_live}");
     let started = Instant::now();
-    let mut wait = std::process::Command::new(veer_bin().unwrap())
-        .args([
-            "--socket",
-            lab.socket().to_str().unwrap(),
-            "switch",
-            "dns",
-            "green",
-            "--wait",
-            "--drain-timeout",
-            "20s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut wait = spawn_switch_wait(&lab, "dns", "green", "20s");
     std::thread::sleep(Duration::from_millis(300));
     for n in 0..20 {
         let who = lab

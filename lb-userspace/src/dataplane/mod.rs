@@ -457,27 +457,14 @@ const TABLE_STRIDE: usize = 8;
 
 impl TableMemory {
     fn map(ebpf: &Ebpf, entries: u32) -> Result<TableMemory, DataplaneError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
         let Some(aya::maps::Map::Array(data)) = ebpf.map(MAP_TABLES) else {
             return Err(DataplaneError::StubObject);
         };
-        let page = 4096usize;
-        let len = (entries as usize * TABLE_STRIDE).div_ceil(page) * page;
-        let fd = data.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF_F_MMAPABLE array map of at least `len` bytes.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        let (base, len) = map_array(
+            data,
+            entries as usize * TABLE_STRIDE,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?;
         Ok(TableMemory {
             base: base.cast(),
             len,
@@ -574,6 +561,28 @@ fn coarse_monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Maps the first `bytes` (rounded up to pages) of a BPF_F_MMAPABLE array map, shared with
+/// the kernel; returns the base and the mapped length (the caller unmaps it).
+fn map_array(data: &MapData, bytes: usize, prot: libc::c_int) -> Result<(*mut u8, usize), DataplaneError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let len = bytes.div_ceil(4096) * 4096;
+    // SAFETY: mapping at most the map's own size of a memory-mappable array map.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok((base.cast(), len))
+}
+
 /// A read-only view of a memory-mappable array map, unmapped on drop.
 struct ReadMapping<T> {
     base: *const T,
@@ -592,22 +601,7 @@ impl<T: Copy> ReadMapping<T> {
     }
 
     fn new(data: &MapData, entries: usize) -> Result<Self, DataplaneError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let len = (entries * std::mem::size_of::<T>()).div_ceil(4096) * 4096;
-        // SAFETY: a shared read-only mapping of a BPF_F_MMAPABLE array of `entries` values.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        let (base, len) = map_array(data, entries * std::mem::size_of::<T>(), libc::PROT_READ)?;
         Ok(ReadMapping {
             base: base.cast(),
             len,
