@@ -104,7 +104,7 @@ pub fn established(
     if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
         return None;
     }
-    if idle >= REPAIR_IDLE {
+    if idle >= SECOND {
         ensure_reverse(entry, &backend, snat, now);
     }
     let flow = &raw mut entry.flow;
@@ -138,7 +138,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
     let suspect = if key.proto == PROTO_TCP {
         pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0
     } else {
-        age(now, b.head.stamps[way]) >= LOCAL_CHECK_IDLE
+        age(now, b.head.stamps[way]) >= SECOND
     };
     if suspect && claimed_locally(ctx, key) {
         store(&mut b.head.tags[way], &0);
@@ -148,10 +148,9 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
     b.ways.ways.get_mut(way)
 }
 
-/// About a second, in stamp units.
-const LOCAL_CHECK_IDLE: u32 = 1000;
-/// Quiet time after which a flow's packet checks its reverse entry (about a second).
-const REPAIR_IDLE: u32 = 1000;
+/// About a second, in stamp units: the quiet after which a UDP reply is checked against
+/// local sockets, and a flow's packet checks its reverse entry.
+const SECOND: u32 = 1000;
 
 /// Does a connected socket of the host own this 5-tuple (a health probe, an operator's
 /// ssh to a backend from the SNAT address)? Listening and unconnected sockets do not

@@ -33,24 +33,22 @@ fn lab_checked() -> Option<Lab> {
 }
 
 fn lab_with(health: &str) -> Option<Lab> {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
-        return None;
-    }
-    let mut lab = Lab::new(&LabOptions { weights: vec![1; 4] }).expect("build the lab");
-    let b = |i: usize| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i));
-    let text = format!(
-        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"blue\"\n{health}\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {}, {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {}, {} ]\n",
-        lab.agent_section(),
-        b(0),
-        b(1),
-        b(2),
-        b(3)
-    );
-    let config = lab.write_config_text("veer.toml", &text).unwrap();
-    lab.start_agent(&config).expect("start the agent");
+    let lab = Lab::with_config(
+        4,
+        "",
+        &blue_green("web", &format!("{VIP4}:80"), "tcp", HTTP_PORT, health),
+    )?;
     lab.wait_for_vip(vip()).expect("VIP answers");
     Some(lab)
+}
+
+/// A VIP with pools blue (backends 1, 2) and green (3, 4), blue active.
+fn blue_green(name: &str, address: &str, protocol: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nprotocol = \"{protocol}\"\nactive = \"blue\"\n{extra}\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {} ]\n",
+        backend_list(0..2, port),
+        backend_list(2..4, port)
+    )
 }
 
 fn veer_ok(lab: &Lab, args: &[&str]) -> String {
@@ -487,22 +485,10 @@ fn a_failing_rollout_hook_stops_the_rollout_and_leaves_the_rest_untouched() {
 /// pool's flows have gone idle, and that busy flow stays on its old backend meanwhile.
 #[test]
 fn switch_wait_on_a_udp_vip_returns_once_the_old_pools_flows_go_idle() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+    let vips = blue_green("dns", &format!("{VIP4}:53"), "udp", UDP_PORT, "");
+    let Some(lab) = Lab::with_config(4, "udp_idle = \"1s\"\n", &vips) else {
         return;
-    }
-    let mut lab = Lab::new(&LabOptions { weights: vec![1; 4] }).expect("build the lab");
-    let b = |i: usize| format!("{{ address = \"{}:{UDP_PORT}\" }}", backend4(i));
-    let text = format!(
-        "{}udp_idle = \"1s\"\n\n[[vip]]\nname = \"dns\"\naddress = \"{VIP4}:53\"\nprotocol = \"udp\"\nactive = \"blue\"\n\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {}, {} ]\n\n[[vip.pool]]\nname = \"green\"\nbackends = [ {}, {} ]\n",
-        lab.agent_section(),
-        b(0),
-        b(1),
-        b(2),
-        b(3)
-    );
-    let config = lab.write_config_text("veer.toml", &text).unwrap();
-    lab.start_agent(&config).expect("start the agent");
+    };
     let vip = SocketAddr::new(VIP4.into(), 53);
     for n in 0..20 {
         let who = lab.udp(vip, b"q").unwrap_or_else(|e| panic!("request {n}: {e:#}"));

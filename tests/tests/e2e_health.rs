@@ -21,21 +21,11 @@ fn vip() -> SocketAddr {
 }
 
 fn lab(extra_health: &str) -> Option<Lab> {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
-        return None;
-    }
-    let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).expect("build the lab");
-    let backends: Vec<String> = (0..3)
-        .map(|i| format!("{{ address = \"{}:{HTTP_PORT}\" }}", backend4(i)))
-        .collect();
-    let text = format!(
-        "{}\n[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"main\"\nhealth = {{ kind = \"http\", path = \"/healthz\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\"{extra_health} }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
-        lab.agent_section(),
-        backends.join(", ")
+    let vips = format!(
+        "[[vip]]\nname = \"web\"\naddress = \"{VIP4}:80\"\nactive = \"main\"\nhealth = {{ kind = \"http\", path = \"/healthz\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\"{extra_health} }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
+        backend_list(0..3, HTTP_PORT)
     );
-    let config = lab.write_config_text("veer.toml", &text).unwrap();
-    lab.start_agent(&config).expect("start the agent");
+    let lab = Lab::with_config(3, "", &vips)?;
     lab.wait_for_vip(vip()).expect("VIP answers");
     Some(lab)
 }
@@ -203,21 +193,13 @@ fn passive_observation_marks_a_resetting_backend_down_before_active_checks_would
 /// checks.
 #[test]
 fn udp_checks_take_a_silent_backend_out_and_bring_it_back() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
-        return;
-    }
-    let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] }).expect("build the lab");
-    let backends: Vec<String> = (0..3)
-        .map(|i| format!("{{ address = \"{}:{UDP_PORT}\" }}", backend4(i)))
-        .collect();
-    let text = format!(
-        "{}\n[[vip]]\nname = \"dns\"\naddress = \"{VIP4}:53\"\nprotocol = \"udp\"\nactive = \"main\"\nhealth = {{ kind = \"udp\", payload = \"ping\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\" }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
-        lab.agent_section(),
-        backends.join(", ")
+    let vips = format!(
+        "[[vip]]\nname = \"dns\"\naddress = \"{VIP4}:53\"\nprotocol = \"udp\"\nactive = \"main\"\nhealth = {{ kind = \"udp\", payload = \"ping\", interval = \"{INTERVAL_MS}ms\", timeout = \"150ms\", rise = {RISE}, fall = {FALL}, jitter = \"0%\" }}\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
+        backend_list(0..3, UDP_PORT)
     );
-    let config = lab.write_config_text("veer.toml", &text).unwrap();
-    lab.start_agent(&config).expect("start the agent");
+    let Some(mut lab) = Lab::with_config(3, "", &vips) else {
+        return;
+    };
     let vip = SocketAddr::new(VIP4.into(), 53);
     for i in 0..3 {
         wait_health(&lab, i, "up", Duration::from_secs(5));

@@ -557,6 +557,22 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
     });
 }
 
+/// A client's SYN from `port` to the IPv4 VIP, and a later segment of that flow.
+fn syn4(port: u16) -> Spec {
+    Spec::tcp_syn(client4(port), (VIP4.into(), 80))
+}
+
+fn ack4(port: u16) -> Spec {
+    Spec {
+        l4: L4::Tcp {
+            syn: false,
+            ack: true,
+            seq: 1001,
+        },
+        ..syn4(port)
+    }
+}
+
 /// The connection table is set-associative: with room for one bucket of flows, one more
 /// new flow replaces the least recently used one (both directions: its connection entry and
 /// its reverse entry), and every flow used since stays put, replies included.
@@ -564,15 +580,7 @@ fn a_syn_reusing_a_closed_flows_tuple_is_scheduled_afresh() {
 fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
     const WAYS: u16 = lb_common::conntrack::WAYS as u16;
     with_fixture_sized(WAYS as u32, |fx| {
-        let syn = |port: u16| Spec::tcp_syn(client4(port), (VIP4.into(), 80));
-        let ack = |port: u16| Spec {
-            l4: L4::Tcp {
-                syn: false,
-                ack: true,
-                seq: 1001,
-            },
-            ..syn(port)
-        };
+        let (syn, ack) = (syn4, ack4);
         let first = 41001;
         let ports: Vec<u16> = (first..first + WAYS).collect();
         let mut backend = std::collections::HashMap::new();
@@ -620,15 +628,7 @@ fn a_full_bucket_gives_way_to_its_least_recently_used_flow() {
 fn an_idle_flow_whose_reverse_entry_gave_way_gets_it_back_on_its_next_request() {
     const WAYS: u16 = lb_common::conntrack::WAYS as u16;
     with_fixture_sized(WAYS as u32, |fx| {
-        let syn = |port: u16| Spec::tcp_syn(client4(port), (VIP4.into(), 80));
-        let ack = |port: u16| Spec {
-            l4: L4::Tcp {
-                syn: false,
-                ack: true,
-                seq: 1001,
-            },
-            ..syn(port)
-        };
+        let (syn, ack) = (syn4, ack4);
         let first = 42001;
         let mut backend = std::collections::HashMap::new();
         for port in first..first + WAYS {

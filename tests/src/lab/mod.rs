@@ -393,6 +393,23 @@ impl Lab {
         Some(lab)
     }
 
+    /// A lab of `backends` backends whose agent runs `agent_extra` (more `[agent]` keys) and
+    /// `vips` (the `[[vip]]` tables); None (with a printed reason) when not root.
+    pub fn with_config(backends: usize, agent_extra: &str, vips: &str) -> Option<Lab> {
+        if !is_root() {
+            eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+            return None;
+        }
+        let mut lab = Lab::new(&LabOptions {
+            weights: vec![1; backends],
+        })
+        .expect("build the lab");
+        let text = format!("{}{agent_extra}\n{vips}", lab.agent_section());
+        let config = lab.write_config_text("veer.toml", &text).expect("write config");
+        lab.start_agent(&config).expect("start the agent");
+        Some(lab)
+    }
+
     /// Writes `text` as a config file in the lab directory.
     pub fn write_config_text(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(name);
@@ -558,6 +575,14 @@ pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 
 pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A config's backend list: IPv4 backends `range` at `port`, default weight.
+pub fn backend_list(range: std::ops::Range<usize>, port: u16) -> String {
+    range
+        .map(|i| format!("{{ address = \"{}:{port}\" }}", backend4(i)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A command that will run inside `ns`'s network namespace. Not `ip netns exec`: that
