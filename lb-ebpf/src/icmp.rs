@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, FAMILY_V4, FAMILY_V6, FlowKey, NextHop, PROTO_TCP, PROTO_UDP, Reason,
-    csum::{apply, diff16, diff_words, fold},
+    csum::{apply, diff_words, diff16, fold},
 };
 
 use crate::{
@@ -368,7 +368,11 @@ pub fn limits(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> Option<Verdict> 
 /// Counts its reason and returns the XDP action.
 #[inline(always)]
 fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> u32 {
-    let reason = if too_big { Reason::TxTooBig } else { Reason::TxTimeExceeded };
+    let reason = if too_big {
+        Reason::TxTooBig
+    } else {
+        Reason::TxTimeExceeded
+    };
     match build_error(ctx, too_big, mtu) {
         Some(()) => {
             stats::count_reason(reason);

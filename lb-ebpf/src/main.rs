@@ -19,7 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Config, FAMILY_V4, NextHop, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
+    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, NextHop, Reason, VipInfo,
+    VipKey,
     conntrack::{FlowEntry, TAKE_NONE, stamp},
 };
 

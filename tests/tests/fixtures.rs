@@ -1020,3 +1020,222 @@ fn a_flow_does_not_follow_its_backend_id_to_another_vip_or_family() {
         assert_eq!(fx.flow(&flow_key(&req)).expect("flow").backend_id, 2 * 3 + j as u32);
     });
 }
+
+/// A router's address on either side (its errors come from it).
+fn router(v6: bool) -> IpAddr {
+    if v6 {
+        "fd09::200".parse().unwrap()
+    } else {
+        Ipv4Addr::new(10, 9, 0, 200).into()
+    }
+}
+
+/// ICMP errors about a NAT flow are translated both ways, in both families, for every
+/// translated kind: one to the SNAT address quoting SNAT -> backend (a router on the
+/// backend's side, or the backend's port unreachable) reaches the client as VIP -> client
+/// quoting client -> VIP; one to the VIP quoting VIP -> client (a router on the client's
+/// side) reaches the backend as SNAT -> backend quoting backend -> SNAT. Whole frames are
+/// compared with ones built independently, so every checksum (outer, quoted IP, quoted
+/// L4, ICMP) is checked.
+#[test]
+fn icmp_errors_about_a_nat_flow_are_translated_both_ways() {
+    use veer_tests::packet::{IcmpError, icmp_error};
+    with_fixture(|fx| {
+        let kinds = [
+            IcmpError::TooBig(1400),
+            IcmpError::TimeExceeded,
+            IcmpError::PortUnreachable,
+        ];
+        let mut port = 45000;
+        for v6 in [false, true] {
+            for kind in kinds {
+                port += 1;
+                let (client, vip, snat) = if v6 {
+                    (client6(port), IpAddr::from(VIP6), IpAddr::from(SNAT6))
+                } else {
+                    (client4(port), IpAddr::from(VIP4), IpAddr::from(SNAT4))
+                };
+                let syn = Spec::tcp_syn(client, (vip, 80));
+                let i = check_forward(fx, &syn, if v6 { 1 } else { 0 }, 8080);
+                let backend: IpAddr = if v6 { backend6(i).into() } else { backend4(i).into() };
+                // As sent towards the backend, and as the backend answers.
+                let to_backend = expected_forward(&syn, i, 8080);
+                let answer = Spec {
+                    src_mac: backend_mac(i),
+                    dst_mac: IF_MAC,
+                    src: backend,
+                    sport: 8080,
+                    dst: snat,
+                    dport: port,
+                    l4: L4::Tcp {
+                        syn: true,
+                        ack: true,
+                        seq: 5,
+                    },
+                    ..syn.clone()
+                };
+                let to_client = Spec {
+                    src: vip,
+                    sport: 80,
+                    dst: client.0,
+                    dport: port,
+                    ttl: 63,
+                    ..answer.clone()
+                };
+                let before = fx.reason(Reason::IcmpTranslated);
+                // Backend side -> client.
+                let err = Spec {
+                    src_mac: backend_mac(i),
+                    dst_mac: IF_MAC,
+                    src: router(v6),
+                    dst: snat,
+                    ..syn.clone()
+                };
+                let (verdict, out) = fx.run(&icmp_error(&err, kind, &to_backend.build()[14..]), None);
+                assert_eq!(verdict, XDP_REDIRECT, "{kind:?} v6={v6}: to the client");
+                let quoted = Spec { ttl: 63, ..syn.clone() }.build();
+                let want = Spec {
+                    src_mac: IF_MAC,
+                    dst_mac: CLIENT_MAC,
+                    src: vip,
+                    dst: client.0,
+                    ..err.clone()
+                };
+                assert_eq!(
+                    out,
+                    icmp_error(&want, kind, &quoted[14..]),
+                    "{kind:?} v6={v6}: client side"
+                );
+                // Client side -> backend.
+                let err = Spec {
+                    src_mac: CLIENT_MAC,
+                    dst_mac: IF_MAC,
+                    src: router(v6),
+                    dst: vip,
+                    ..syn.clone()
+                };
+                let (verdict, out) = fx.run(&icmp_error(&err, kind, &to_client.build()[14..]), None);
+                assert_eq!(verdict, XDP_REDIRECT, "{kind:?} v6={v6}: to the backend");
+                let quoted = Spec {
+                    ttl: 63,
+                    ..answer.clone()
+                }
+                .build();
+                let want = Spec {
+                    src_mac: IF_MAC,
+                    dst_mac: backend_mac(i),
+                    src: snat,
+                    dst: backend,
+                    ..err.clone()
+                };
+                assert_eq!(
+                    out,
+                    icmp_error(&want, kind, &quoted[14..]),
+                    "{kind:?} v6={v6}: backend side"
+                );
+                assert_eq!(fx.reason(Reason::IcmpTranslated), before + 2);
+            }
+        }
+        // An error about no flow passes unchanged.
+        let stray = Spec::tcp_syn(client4(1), (VIP4.into(), 80));
+        let err = Spec {
+            src: router(false),
+            dst: SNAT4.into(),
+            ..stray.clone()
+        };
+        let quoted = Spec {
+            src: SNAT4.into(),
+            dst: backend4(1).into(),
+            ..stray
+        };
+        let pkt = icmp_error(&err, IcmpError::TooBig(1400), &quoted.build()[14..]);
+        assert_eq!(fx.run(&pkt, None), (XDP_PASS, pkt.clone()));
+    });
+}
+
+/// A packet larger than the egress MTU is never dropped silently: with DF (always for
+/// IPv6) it is answered with fragmentation needed / packet too big from the address it was
+/// sent to, quoting it, out of the interface it came in by; without DF it goes to the stack
+/// to be fragmented. A packet whose TTL / hop limit ends here is answered with time
+/// exceeded.
+#[test]
+fn too_big_and_expiring_packets_are_answered_with_icmp() {
+    use veer_tests::packet::{IcmpError, icmp_error};
+    with_fixture(|fx| {
+        run_cmd(&["ip", "-n", &fx.ns.name, "link", "set", "dev", "fx0", "mtu", "1400"]);
+        for v6 in [false, true] {
+            let (client, vip) = if v6 {
+                (client6(46001), IpAddr::from(VIP6))
+            } else {
+                (client4(46001), IpAddr::from(VIP4))
+            };
+            let syn = Spec::tcp_syn(client, (vip, 80));
+            let i = check_forward(fx, &syn, if v6 { 1 } else { 0 }, 8080);
+            let big = Spec {
+                l4: L4::Tcp {
+                    syn: false,
+                    ack: true,
+                    seq: 1001,
+                },
+                payload: vec![7; 1400],
+                ..syn.clone()
+            };
+            let pkt = big.build();
+            let (verdict, out) = fx.run(&pkt, Some(fx.ifindex));
+            assert_eq!(verdict, XDP_TX, "v6={v6}: answered, not dropped");
+            let quote = if v6 { 40 + 8 } else { 20 + 8 };
+            let back = Spec {
+                src_mac: IF_MAC,
+                dst_mac: CLIENT_MAC,
+                src: vip,
+                dst: client.0,
+                ..syn.clone()
+            };
+            assert_eq!(
+                out,
+                icmp_error(&back, IcmpError::TooBig(1400), &pkt[14..14 + quote]),
+                "v6={v6}"
+            );
+            assert_eq!(fx.reason(Reason::TxTooBig), 1 + v6 as u64);
+            // The flow itself is unharmed: a small segment still goes to its backend.
+            let small = Spec {
+                payload: vec![7; 100],
+                ..big.clone()
+            };
+            let (verdict, out) = fx.run(&small.build(), None);
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(out, expected_forward(&small, i, 8080).build());
+            // TTL / hop limit 1: time exceeded.
+            let expiring = Spec {
+                ttl: 1,
+                ..small.clone()
+            };
+            let pkt = expiring.build();
+            let (verdict, out) = fx.run(&pkt, Some(fx.ifindex));
+            assert_eq!(verdict, XDP_TX, "v6={v6}: time exceeded");
+            assert_eq!(out, icmp_error(&back, IcmpError::TimeExceeded, &pkt[14..14 + quote]));
+            assert_eq!(fx.reason(Reason::TxTimeExceeded), 1 + v6 as u64);
+        }
+        // IPv4 without DF: rewritten and handed to the stack, which fragments it.
+        let big = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            payload: vec![7; 1400],
+            dont_fragment: false,
+            ..Spec::tcp_syn(client4(46001), (VIP4.into(), 80))
+        };
+        let (verdict, out) = fx.run(&big.build(), None);
+        assert_eq!(verdict, XDP_PASS);
+        let i = backend_of(fx.flow(&flow_key(&big)).expect("flow").backend_id, 0);
+        let want = Spec {
+            src_mac: big.src_mac,
+            dst_mac: big.dst_mac,
+            ..expected_forward(&big, i, 8080)
+        };
+        assert_eq!(out, want.build(), "rewritten, MACs left to the stack");
+        assert_eq!(fx.reason(Reason::PassTooBig), 1);
+    });
+}

@@ -60,7 +60,9 @@ pub fn load_icmp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         .try_into()?;
     prog.load()?;
     let fd = prog.fd()?.try_clone()?;
-    let map = ebpf.map_mut(lb_common::MAP_ICMP_PROGS).ok_or(DataplaneError::StubObject)?;
+    let map = ebpf
+        .map_mut(lb_common::MAP_ICMP_PROGS)
+        .ok_or(DataplaneError::StubObject)?;
     let mut progs: aya::maps::ProgramArray<&mut MapData> =
         map.try_into().map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
     progs.set(0, &fd, 0).map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
