@@ -91,6 +91,8 @@ pub const VIP_F_AB_RULES: u32 = 1 << 2;
 pub const FLOW_F_CLOSED: u16 = 1 << 0;
 /// The backend answered (counted in `answered_flows`).
 pub const FLOW_F_ANSWERED: u16 = 1 << 1;
+/// NatRev: the flow was opened by a SYN (not a bare ACK): a reset of it counts.
+pub const FLOW_F_SYN: u16 = 1 << 2;
 
 /// LPM trie data of an A/B rule: the VIP, then the client network. The prefix length
 /// covers `vip_id` (32 bits) plus the network's prefix.
@@ -253,8 +255,9 @@ pub struct Counters {
     pub closed_flows: u64,
     /// New flows whose backend answered at least once.
     pub answered_flows: u64,
-    /// TCP RSTs sent by the backend on flows it had answered (a reset as the first answer,
-    /// to a client's bare ACK, is not counted): a passive health signal.
+    /// TCP RSTs sent by the backend on flows it had answered or that a SYN opened (a reset
+    /// of a flow a bare ACK opened, which any client can send, is not counted): a passive
+    /// health signal.
     pub backend_resets: u64,
     /// Backend -> client packets and IP bytes.
     pub reply_packets: u64,

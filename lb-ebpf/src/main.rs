@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, NextHop, Reason, VipInfo,
-    VipKey,
+    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_SYN, Flow, FlowKey, NatRev, NextHop, Reason,
+    VipInfo, VipKey,
     conntrack::{FlowEntry, TAKE_NONE, stamp},
 };
 
@@ -185,7 +185,14 @@ fn new_flow(
     if choice.kind == TAKE_NONE {
         return Verdict::Drop(Reason::DropFlood);
     }
-    let (port, rev_link, rev_tag) = match flow::allocate_port(key, snat, &backend, vip.vip_id, id, now) {
+    // A flow opened by a SYN: the backend's reset of it (a stopped server) is a health
+    // signal even unanswered; one opened by a bare ACK (any client can send one) is not.
+    let opened = if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        FLOW_F_SYN
+    } else {
+        0
+    };
+    let (port, rev_link, rev_tag) = match flow::allocate_port(key, snat, &backend, (vip.vip_id, id, opened), now) {
         Ok(p) => p,
         Err(r) => return Verdict::Drop(r),
     };
@@ -275,7 +282,7 @@ fn send(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, path: &fib::Path, rw:
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> Verdict {
     // A reset is no answer: a backend resets a client's bare ACK (a spoofed one too). Only
-    // resets of flows it had answered are a passive health signal.
+    // resets of flows it had answered, or of a SYN, are a passive health signal.
     let reset = pkt.tcp_flags & TCP_RST != 0;
     let was_answered = rev.flags & FLOW_F_ANSWERED != 0;
     let answered = !was_answered && !reset;
@@ -290,7 +297,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> V
         new_flow: false,
         closed,
         answered,
-        reset: reset && was_answered,
+        reset: reset && (was_answered || rev.flags & FLOW_F_SYN != 0),
     };
     stats::count(rev.vip_id, rev.backend_id, &event);
     let rw = Rewrite {

@@ -463,7 +463,14 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
             "a reset as the first answer is not counted"
         );
         assert_eq!(after.answered_flows, before.answered_flows, "a reset is no answer");
-        assert_eq!(fx.vip_counters(0).new_flows, 3);
+        // A fourth flow whose SYN the backend resets (its server stopped): counted.
+        let syn_reset = syn4(50003);
+        let m = check_forward(fx, &syn_reset, 0, 8080);
+        let before = fx.backend_counters(m as u32);
+        assert_eq!(fx.run(&rst_from(m, 50003, &syn_reset), None).0, XDP_REDIRECT);
+        let after = fx.backend_counters(m as u32);
+        assert_eq!(after.backend_resets, before.backend_resets + 1, "a reset SYN counts");
+        assert_eq!(fx.vip_counters(0).new_flows, 4);
     });
 }
 
