@@ -290,7 +290,9 @@ fn claimed_locally(ctx: &XdpContext, key: &FlowKey) -> bool {
     }
 }
 
-const PORT_TRIES: u32 = 8;
+/// The client's port, then hashed alternatives. Each try costs the verifier about 100,000
+/// instructions of its one-million budget: five leave room for the rest of the program.
+const PORT_TRIES: u32 = 5;
 
 /// Picks the balancer's source port towards `backend` and records the reverse entry.
 /// The client's own port is kept when that (backend, snat address, port) tuple is free:

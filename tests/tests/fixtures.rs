@@ -383,6 +383,20 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
     });
 }
 
+/// The verifier walks every path of the balancer up to a million instructions: keep room
+/// for the next change (a program near the limit fails to load after a harmless edit).
+#[test]
+fn the_programs_leave_room_in_the_verifier_budget() {
+    with_fixture(|fx| {
+        for name in [lb_common::PROG_BALANCER, lb_common::PROG_ICMP] {
+            let prog: &aya::programs::Xdp = fx.ebpf.program(name).unwrap().try_into().unwrap();
+            let n = prog.info().unwrap().verified_instruction_count().unwrap_or(0);
+            println!("{name}: {n} instructions verified");
+            assert!(n < 750_000, "{name}: {n} of 1,000,000 verified instructions");
+        }
+    });
+}
+
 #[test]
 fn backend_counters_track_new_answered_closed_and_reset_flows() {
     with_fixture(|fx| {
