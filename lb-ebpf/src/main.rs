@@ -81,6 +81,10 @@ fn process(ctx: &XdpContext) -> Verdict {
             icmp::tail(ctx, icmp::REQ_TRANSLATE, 0);
             return Verdict::Pass(Reason::PassNotVip);
         }
+        Parsed::LaterFragment => {
+            icmp::tail(ctx, icmp::REQ_FRAGMENT, 0);
+            return Verdict::Pass(Reason::PassNotVip);
+        }
         Parsed::Ip(pkt) => pkt,
     };
     let Some(cfg) = CONFIG.get(0) else {
@@ -103,8 +107,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     // client port: it is scheduled afresh, not sent after the old one.
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
-    if !pkt.fragment
-        && let Some(mut est) = flow::established(&mut bucket, &pkt.key, &snat, pkt.tcp_flags, now)
+    if let Some(mut est) = flow::established(&mut bucket, &pkt.key, &snat, pkt.tcp_flags, now)
         && !reopened(&est.seen)
     {
         let (flow, backend) = (est.seen, est.backend);
@@ -128,18 +131,19 @@ fn process(ctx: &XdpContext) -> Verdict {
         };
         return to_backend(ctx, &pkt, &snat, &chosen, &event, now_ns);
     }
-    let vip_key = VipKey {
+    // The key in per-CPU map memory: the program's one stack frame is full.
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::Pass(Reason::PassNotVip);
+    };
+    scratch.vip_key = VipKey {
         addr_be: pkt.key.dst_be,
         port_be: pkt.key.dport_be,
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    // SAFETY: plain data copied out at once.
-    match unsafe { VIPS.get(vip_key) } {
-        Some(vip) => {
-            let vip = *vip;
-            new_flow(ctx, &pkt, &vip, cfg, &snat, bucket, now_ns)
-        }
+    // SAFETY: the value is read in place; the agent replaces VIP entries whole.
+    match unsafe { VIPS.get(&scratch.vip_key) } {
+        Some(vip) => new_flow(ctx, &pkt, vip, cfg, &snat, bucket, now_ns),
         None => Verdict::Pass(Reason::PassNotVip),
     }
 }
@@ -165,9 +169,6 @@ fn new_flow(
     mut bucket: flow::Bucket<FlowEntry>,
     now_ns: u64,
 ) -> Verdict {
-    if pkt.fragment {
-        return Verdict::Drop(Reason::DropFragment);
-    }
     if *snat == [0; 4] {
         return Verdict::Drop(Reason::DropNoPort);
     }
@@ -274,6 +275,9 @@ fn send(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, path: &fib::Path, rw:
     if hop.mtu != 0 && pkt.ip_len > hop.mtu {
         // No DF: the stack fragments it.
         return Verdict::Pass(Reason::PassTooBig);
+    }
+    if pkt.fragment {
+        icmp::remember_fragment(pkt, rw, hop, path.reply, now_ns);
     }
     fib::send(ctx, hop, path.reply)
 }

@@ -37,6 +37,8 @@ pub struct Spec {
     pub ttl: u8,
     /// IPv4 DF.
     pub dont_fragment: bool,
+    /// IPv4 identification (a datagram's fragments share it).
+    pub ip_id: u16,
     pub payload: Vec<u8>,
 }
 
@@ -60,6 +62,7 @@ impl Spec {
             fragment_offset: 0,
             ttl: 64,
             dont_fragment: true,
+            ip_id: 0,
             payload: Vec::new(),
         }
     }
@@ -84,6 +87,7 @@ impl Spec {
                 h.options = self.ipv4_options.as_slice().try_into().expect("options");
                 h.more_fragments = self.more_fragments;
                 h.dont_fragment = self.dont_fragment;
+                h.identification = self.ip_id;
                 h.fragment_offset = self.fragment_offset.try_into().expect("offset");
                 etherparse::IpHeaders::Ipv4(h, Default::default())
             }
@@ -122,6 +126,31 @@ impl Spec {
                 .write(&mut out, &self.payload)
                 .expect("write udp"),
         }
+        out
+    }
+}
+
+impl Spec {
+    /// A later IPv4 fragment of this datagram: its IP header (fragment offset in 8-byte
+    /// units and more-fragments from the spec) and `data`, no L4 header.
+    pub fn later_fragment(&self, data: &[u8]) -> Vec<u8> {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (self.src, self.dst) else {
+            panic!("IPv4 only");
+        };
+        let proto = match self.l4 {
+            L4::Tcp { .. } => IpNumber::TCP,
+            L4::Udp => IpNumber::UDP,
+        };
+        let mut h = Ipv4Header::new(0, self.ttl, proto, s.octets(), d.octets()).expect("ipv4");
+        h.more_fragments = self.more_fragments;
+        h.fragment_offset = self.fragment_offset.try_into().expect("offset");
+        h.dont_fragment = false;
+        h.identification = self.ip_id;
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
+            .write(&mut out, proto, data)
+            .expect("write fragment");
         out
     }
 }
