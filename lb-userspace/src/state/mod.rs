@@ -1,5 +1,7 @@
 //! Desired state and the reconciler.
 
+mod preview;
 mod reconcile;
 
+pub use preview::*;
 pub use reconcile::*;

@@ -297,7 +297,8 @@ pub struct Reconciler {
     backends: BTreeMap<u32, Backend>,
     vips: BTreeMap<String, (VipKey, VipInfo)>,
     filter: Vec<u64>,
-    ab_rules: BTreeSet<(u32, [u32; 5])>,
+    /// The A/B rules' LPM entries: (prefix length, key words as in `AbKey`).
+    pub(super) ab_rules: BTreeSet<(u32, [u32; 5])>,
     /// Pools whose every backend is down by health: served anyway (fail open).
     pub fail_open: BTreeSet<String>,
     config: Option<lb_common::Config>,
@@ -711,54 +712,6 @@ impl Reconciler {
     pub fn vip_info(&self, name: &str) -> Option<&(VipKey, VipInfo)> {
         self.vips.get(name)
     }
-}
-
-/// A VIP's selection as the data path sees it, for disruption previews.
-pub struct Selection<'a> {
-    pub current: Option<&'a [u32]>,
-    pub next: Option<&'a [u32]>,
-    pub split_bp: u32,
-}
-
-impl Reconciler {
-    pub fn selection(&self, vip: &str) -> Selection<'_> {
-        let info = self.vips.get(vip).map(|(_, i)| *i).unwrap_or_default();
-        Selection {
-            current: self.tables.get(&info.table_current).map(|t| t.as_slice()),
-            next: self.tables.get(&info.table_next).map(|t| t.as_slice()),
-            split_bp: info.split_bp,
-        }
-    }
-}
-
-/// Share (0..=1) of the new-flow hash space whose backend differs between two selections.
-/// Exact: the split hash and the slot hash are independent, and a flow goes to the next
-/// pool iff its split hash is below `split_bp`, so the split axis cuts into at most three
-/// intervals of constant decisions.
-pub fn moved_share(old: &Selection, new: &Selection, ring_size: u32) -> f64 {
-    let scale = lb_common::SPLIT_SCALE;
-    let (lo, hi) = (
-        old.split_bp.min(new.split_bp).min(scale),
-        old.split_bp.max(new.split_bp).min(scale),
-    );
-    let at = |t: Option<&[u32]>, i: usize| t.and_then(|t| t.get(i)).copied().unwrap_or(0);
-    let mut moved = 0.0;
-    for (start, end) in [(0, lo), (lo, hi), (hi, scale)] {
-        if end <= start {
-            continue;
-        }
-        let old_next = start < old.split_bp;
-        let new_next = start < new.split_bp;
-        let differing = (0..ring_size as usize)
-            .filter(|&i| {
-                let a = at(if old_next { old.next } else { old.current }, i);
-                let b = at(if new_next { new.next } else { new.current }, i);
-                a != b
-            })
-            .count();
-        moved += (end - start) as f64 / scale as f64 * differing as f64 / ring_size as f64;
-    }
-    moved
 }
 
 pub fn vip_key(v: &VipConfig) -> VipKey {
