@@ -601,8 +601,12 @@ async fn trace(
     let chosen = core.reconciler.select(&vip, &key);
     let deploy = core.desired.deploy.get(&vip);
     let pool = match chosen.map(|c| c.pool) {
-        Some(PoolChoice::Next) => deploy
-            .and_then(|d| d.split.as_ref().map(|s| s.pool.clone()).or(d.ab.as_ref().map(|a| a.pool.clone()))),
+        Some(PoolChoice::Next) => deploy.and_then(|d| {
+            d.split
+                .as_ref()
+                .map(|s| s.pool.clone())
+                .or(d.ab.as_ref().map(|a| a.pool.clone()))
+        }),
         _ => Some(v.active.clone()),
     };
     Ok(Json(json!({

@@ -2,14 +2,14 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::{Value, json};
 use crate::{
     agent,
     cli::client::{self, ClientError},
     config::DEFAULT_SOCKET,
     dataplane::AttachMode,
 };
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(name = "veer", version, about = "XDP load balancer for zero-downtime deployments")]
