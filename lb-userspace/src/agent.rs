@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::{
     api,
     config::{self, Config},
-    dataplane::{AttachMode, Dataplane, PIN_DIR, Sizes},
+    dataplane::{AttachMode, Dataplane, Sizes},
     state::{Desired, Ids, Limits, Reconciler},
 };
 
@@ -246,7 +246,12 @@ fn restore(state_file: &Path, config_hash: &str) -> Option<Persisted> {
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
+    crate::host::harden_process();
     let p = prepare(&opts.config, &opts.interfaces)?;
+    let host = crate::host::prepare(&p.config, &p.interfaces).map_err(|e| match e.is_rejected() {
+        true => AgentError::Rejected(e.to_string()),
+        false => AgentError::Failed(e.into()),
+    })?;
     let limits = limits(&p.config);
     let sizes = Sizes {
         flows: p.config.agent.flow_capacity,
@@ -258,7 +263,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let state_file = state_file(&p.config);
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let dp = Dataplane::load(sizes, Path::new(PIN_DIR)).context("load the data path")?;
+    let dp = Dataplane::load(sizes, &p.config.agent.pin_dir).context("load the data path")?;
     let restored = restore(&state_file, &p.config_hash);
     let (desired, reconciler) = match (&restored, dp.adopted) {
         (Some(saved), true) => {
@@ -287,11 +292,20 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     };
     core.set_desired(desired)
         .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    let neighbours = host.neighbours(&core.desired.config);
     for iface in &p.interfaces {
         core.dp.attach(iface, opts.mode).context("attach")?;
     }
     let metrics = p.config.agent.metrics;
     let core = Arc::new(Mutex::new(core));
+    let keeper = neighbours.map(|n| {
+        let weak = Arc::downgrade(&core);
+        crate::host::NeighbourKeeper::start(n, move || {
+            Some(crate::host::backend_addresses(
+                &weak.upgrade()?.blocking_lock().desired.config,
+            ))
+        })
+    });
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
@@ -334,6 +348,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         m.abort();
     }
     let _ = std::fs::remove_file(&socket);
+    drop(keeper.map(crate::host::NeighbourKeeper::stop));
     let core = Arc::try_unwrap(core)
         .map_err(|_| anyhow::anyhow!("API still holds the state"))?
         .into_inner();

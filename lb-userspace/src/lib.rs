@@ -8,5 +8,6 @@ pub mod config;
 pub mod dataplane;
 pub mod deploy;
 pub mod health;
+pub mod host;
 pub mod metrics;
 pub mod state;

@@ -31,7 +31,8 @@ pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// A map-less XDP_PASS program for veth peers (XDP_TX/REDIRECT into a veth need one).
 pub const PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-pass"));
 
-pub const PIN_DIR: &str = "/sys/fs/bpf/veer";
+/// The default `agent.pin_dir`.
+pub const PIN_DIR: &str = crate::config::DEFAULT_PIN_DIR;
 
 /// Maps pinned under PIN_DIR: the agent's state lives in them.
 const PINNED: &[&str] = &[
@@ -138,7 +139,6 @@ impl Dataplane {
                 std::io::Error::last_os_error()
             );
         }
-        ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)?;
         let adopted = pin_dir.join(MAP_VIPS).exists();
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
@@ -507,24 +507,6 @@ impl Drop for TableMemory {
         // SAFETY: the mapping made in `map`.
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
-}
-
-/// Pinning needs bpffs at /sys/fs/bpf; systemd mounts it on most hosts, mount it if not.
-fn ensure_bpffs() -> Result<(), DataplaneError> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        return Ok(());
-    }
-    info!("mounting bpffs at /sys/fs/bpf");
-    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: valid C strings; mounting needs CAP_SYS_ADMIN, which loading XDP needs too.
-    if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
 }
 
 pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {

@@ -148,10 +148,23 @@ pub struct Lab {
     pub agent: Option<Agent>,
     _pass: Option<aya::Ebpf>,
     _lock: LabLock,
+    /// The lab set no sysctl in the balancer's namespace: it is as a fresh host finds it.
+    untuned: bool,
 }
 
 impl Lab {
     pub fn new(opts: &LabOptions) -> anyhow::Result<Lab> {
+        Lab::build(opts, false)
+    }
+
+    /// A lab whose balancer namespace is left as a fresh host is: no sysctl set by the lab
+    /// (forwarding, accept_local, rp_filter, redirects keep their defaults), no neighbour
+    /// resolved by earlier traffic. What the data path needs, the agent must do itself.
+    pub fn untuned(opts: &LabOptions) -> anyhow::Result<Lab> {
+        Lab::build(opts, true)
+    }
+
+    fn build(opts: &LabOptions, untuned: bool) -> anyhow::Result<Lab> {
         let lock = LabLock::acquire()?;
         ensure!(
             !Path::new(veer::dataplane::PIN_DIR).exists(),
@@ -170,6 +183,7 @@ impl Lab {
             agent: None,
             _pass: None,
             _lock: lock,
+            untuned,
             prefix: prefix.clone(),
             dir: std::env::temp_dir().join(&prefix),
         };
@@ -263,16 +277,21 @@ impl Lab {
             &LB6.to_string(),
         ])?;
         let lb = self.lb.name.as_str();
-        for s in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.accept_local=1",
-            "net.ipv4.conf.eth0.accept_local=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-            "net.ipv4.conf.all.send_redirects=0",
-            "net.ipv4.conf.eth0.send_redirects=0",
-        ] {
+        let tuning: &[&str] = if self.untuned {
+            &[]
+        } else {
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.accept_local=1",
+                "net.ipv4.conf.eth0.accept_local=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ]
+        };
+        for s in tuning {
             run_cmd(&["ip", "netns", "exec", lb, "sysctl", "-qw", s])?;
         }
         let pass = self.bridge.run(|| -> anyhow::Result<aya::Ebpf> {
