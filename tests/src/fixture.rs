@@ -93,8 +93,7 @@ pub fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
 
 /// [`with_fixture`] with connection tables of `flow_capacity` flows.
 pub fn with_fixture_sized(flow_capacity: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
-    // SAFETY: trivial libc call.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::lab::is_root() {
         eprintln!("skipped: packet fixtures need root (BPF_PROG_TEST_RUN, network namespaces)");
         return;
     }

@@ -51,6 +51,7 @@ fn assert_no_failures(lab: &Lab, what: &str, o: &Outcome) {
 #[test]
 fn weight_changes_shift_new_connections_to_the_new_weights_under_load() {
     let Some(lab) = lab() else { return };
+    let watch = lab.watch().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 20_000).unwrap();
     // 1:1:2 -> 2:1:1, while connections keep arriving
@@ -72,11 +73,13 @@ fn weight_changes_shift_new_connections_to_the_new_weights_under_load() {
     }
     let status = lab.status().unwrap();
     assert_eq!(status["vips"][0]["pools"][0]["backends"][0]["weight"], 2);
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]
 fn drain_keeps_a_long_lived_connection_while_new_connections_avoid_the_backend() {
     let Some(lab) = lab() else { return };
+    let watch = lab.watch().unwrap();
     let mut conn = lab.connect(vip()).unwrap();
     let name = keepalive_get(&mut conn).unwrap();
     let i: usize = name.trim_start_matches('b').parse::<usize>().unwrap() - 1;
@@ -105,6 +108,7 @@ fn drain_keeps_a_long_lived_connection_while_new_connections_avoid_the_backend()
         b["counters"]["live_flows"].as_u64().unwrap() >= 1,
         "the open connection is a live flow: {b}"
     );
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]
@@ -113,6 +117,7 @@ fn sigkill_of_the_agent_fails_no_request_and_a_restart_restores_the_same_state()
     veer_ok(&lab, &["backend", "set", "web4", &backend(1), "weight", "3"]);
     veer_ok(&lab, &["backend", "set", "web4", &backend(2), "state", "drain"]);
     let before = without_counters(&lab.status().unwrap());
+    let watch = lab.watch().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 4000).unwrap();
     std::thread::sleep(Duration::from_millis(700));
@@ -130,11 +135,13 @@ fn sigkill_of_the_agent_fails_no_request_and_a_restart_restores_the_same_state()
     let after = without_counters(&lab.status().unwrap());
     assert_eq!(after, before, "status after restart (counters aside)");
     assert!(lab.agent_log().contains("adopting pinned maps"), "{}", lab.agent_log());
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]
 fn program_upgrade_keeps_an_open_connection() {
     let Some(mut lab) = lab() else { return };
+    let watch = lab.watch().unwrap();
     let mut conn = lab.connect(vip()).unwrap();
     let name = keepalive_get(&mut conn).unwrap();
     lab.agent.as_mut().unwrap().kill_hard();
@@ -153,6 +160,7 @@ fn program_upgrade_keeps_an_open_connection() {
         );
     }
     assert_no_failures(&lab, "after the upgrade", &lab.http_load(vip(), 200).unwrap());
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]
@@ -276,8 +284,10 @@ fn apply_dry_run_predicts_the_moved_hash_space_and_apply_changes_it() {
         applied["moved_pct"]["web4"], dry["moved_pct"]["web4"],
         "the prediction is what happened"
     );
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(vip(), 300).unwrap();
     assert_no_failures(&lab, "after apply", &o);
+    lab.assert_no_drops(&watch, &[]);
     assert!(
         !o.by_backend.contains_key("b1"),
         "removed backend takes no new connections"

@@ -61,20 +61,24 @@ fn veer_ok(lab: &Lab, args: &[&str]) -> String {
 struct Load {
     stop: Arc<AtomicBool>,
     handles: Option<[std::thread::JoinHandle<Outcome>; 2]>,
+    watch: Watch,
 }
 
 impl Load {
     fn start(lab: &Lab) -> Load {
+        let watch = lab.watch().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let handles = lab.mixed_load(vip(), stop.clone()).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         Load {
             stop,
             handles: Some(handles),
+            watch,
         }
     }
 
-    /// Stops the load and asserts that no request failed; returns the request count.
+    /// Stops the load and asserts that no request failed and no packet was lost on the way
+    /// (drop reasons, SYN retransmits); returns the request count.
     fn finish(mut self, lab: &Lab, what: &str) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = 0;
@@ -89,6 +93,7 @@ impl Load {
             );
             total += o.ok;
         }
+        lab.assert_no_drops(&self.watch, &[]);
         println!("{what}: {total} requests under continuous load (new + keep-alive), 0 failed");
         total
     }

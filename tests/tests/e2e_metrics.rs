@@ -43,8 +43,10 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
     lab.start_agent(&config).unwrap();
     let vip = SocketAddr::new(VIP4.into(), 80);
     lab.wait_for_vip(vip).unwrap();
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(vip, 300).unwrap();
     assert_eq!(o.failed, 0);
+    lab.assert_no_drops(&watch, &[]);
 
     let prom_cfg = lab.dir.join("prometheus.yml");
     std::fs::write(

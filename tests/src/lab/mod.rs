@@ -5,6 +5,7 @@
 mod netns;
 mod servers;
 mod traffic;
+mod watch;
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +24,7 @@ pub use servers::Servers;
 pub use traffic::{
     Outcome, http_get, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request, without_counters,
 };
+pub use watch::{Watch, syn_retransmits};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
@@ -47,10 +49,19 @@ pub fn backend_name(i: usize) -> String {
     format!("b{}", i + 1)
 }
 
-/// Is this process root? The lab needs it; tests skip (with a printed reason) otherwise.
+/// Is this process root? The lab and the fixtures need it. Outside `cargo xtask test` a test
+/// that is not root skips with a printed reason; under it (VEER_REQUIRE_ROOT=1, as in CI) a
+/// skip would hide a whole suite, so not being root is a failure.
 pub fn is_root() -> bool {
     // SAFETY: trivial libc call.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root && std::env::var_os("VEER_REQUIRE_ROOT").is_some_and(|v| v == "1") {
+        panic!(
+            "this test needs root (network namespaces, XDP, BPF_PROG_TEST_RUN) and VEER_REQUIRE_ROOT=1 \
+             forbids skipping it: run `cargo xtask test` as root"
+        );
+    }
+    root
 }
 
 /// The `veer` binary: $VEER_BIN (set by `cargo xtask test/run`), else next to this test

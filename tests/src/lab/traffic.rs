@@ -103,8 +103,11 @@ pub fn udp_request(vip: SocketAddr, payload: &[u8], timeout: Duration) -> anyhow
     };
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
-    // A few tries: the first datagram may be spent resolving neighbours.
-    for _ in 0..5 {
+    // A few tries, each resend counted: a lost datagram must not pass unseen.
+    for attempt in 0..5 {
+        if attempt > 0 {
+            super::watch::UDP_RESENDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         s.send_to(payload, vip)?;
         let mut buf = [0u8; 1500];
         if let Ok((n, from)) = s.recv_from(&mut buf) {

@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, hash::table_slot};
+use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, select::PoolChoice};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, sync::Mutex, task::JoinHandle};
@@ -326,9 +326,8 @@ fn change(core: &mut Core, next: Desired, changes: Vec<String>, dry_run: bool) -
     rec.reconcile(&next, core.snat_v4, core.snat_v6)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let mut moved_pct = BTreeMap::new();
-    let m = rec.limits.ring_size;
     for v in &next.config.vips {
-        let pct = moved_share(&core.reconciler.selection(&v.name), &rec.selection(&v.name), m) * 100.0;
+        let pct = moved_share(&core.reconciler, &rec, &v.name) * 100.0;
         moved_pct.insert(v.name.clone(), pct);
     }
     if !dry_run {
@@ -599,17 +598,17 @@ async fn trace(
             "backend": by_id.get(&flow.backend_id).copied(), "pool": Value::Null,
         })));
     }
-    let info = core.reconciler.vip_info(&vip).map(|(_, i)| *i).unwrap_or_default();
-    let m = core.reconciler.limits.ring_size;
-    let slot = table_slot(&key, info.flags & lb_common::VIP_F_HASH_SOURCE != 0, m);
-    let backend = core
-        .reconciler
-        .tables
-        .get(&info.table_current)
-        .and_then(|t| by_id.get(&t[slot as usize]).copied());
+    let chosen = core.reconciler.select(&vip, &key);
+    let deploy = core.desired.deploy.get(&vip);
+    let pool = match chosen.map(|c| c.pool) {
+        Some(PoolChoice::Next) => deploy
+            .and_then(|d| d.split.as_ref().map(|s| s.pool.clone()).or(d.ab.as_ref().map(|a| a.pool.clone()))),
+        _ => Some(v.active.clone()),
+    };
     Ok(Json(json!({
         "vip": vip, "source": src.to_string(), "existing_flow": false,
-        "pool": v.active, "slot": slot, "backend": backend,
+        "pool": pool, "slot": chosen.map(|c| c.slot),
+        "backend": chosen.and_then(|c| by_id.get(&c.backend_id).copied()),
     })))
 }
 

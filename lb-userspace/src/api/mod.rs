@@ -1,0 +1,5 @@
+//! The agent's HTTP+JSON API.
+
+mod routes;
+
+pub use routes::*;
