@@ -1,6 +1,6 @@
 //! `veer agent`: validate the config, load (or adopt) the data path, reconcile the maps
-//! with the desired state, serve the API, and persist every change. SIGTERM/SIGINT detach
-//! and remove the pins; SIGKILL leaves the data path forwarding for the next agent to adopt.
+//! with the desired state, serve the API, and persist every change. SIGTERM, SIGINT and
+//! SIGKILL all leave the data path forwarding for the next agent to adopt.
 
 use std::{
     collections::BTreeMap,
@@ -13,10 +13,7 @@ use std::{
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Mutex,
-};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
@@ -154,6 +151,14 @@ impl Core {
         }
     }
 
+    /// The config file's text the desired state now grows from (after a SIGHUP reload).
+    pub fn config_source(&mut self, text: &str) {
+        self.config_hash = fnv1a(text);
+        if let Err(e) = self.persist() {
+            tracing::error!("persist state: {e}");
+        }
+    }
+
     pub fn persist(&self) -> std::io::Result<()> {
         let p = Persisted {
             config_hash: self.config_hash.clone(),
@@ -261,8 +266,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
     let state_file = state_file(&p.config);
-    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut signals = super::Signals::install()?;
     let dp = Dataplane::load(sizes, &p.config.agent.pin_dir).context("load the data path")?;
     let restored = restore(&state_file, &p.config_hash);
     let (desired, reconciler) = match (&restored, dp.adopted) {
@@ -332,10 +336,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         restored = restored.is_some(),
         "veer agent ready"
     );
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: detaching"),
-        _ = sigint.recv() => info!("SIGINT: detaching"),
-    }
+    signals.until_stopped(&core, &opts.config).await;
     server.abort();
     health.abort();
     let _ = health.await;
@@ -352,7 +353,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let core = Arc::try_unwrap(core)
         .map_err(|_| anyhow::anyhow!("API still holds the state"))?
         .into_inner();
-    core.dp.shutdown();
+    core.dp.release();
     info!("stopped");
     Ok(())
 }

@@ -109,8 +109,8 @@ pub struct Sizes {
 }
 
 /// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
-/// keeps forwarding when the agent dies; [`Dataplane::shutdown`] (SIGTERM) detaches and
-/// removes the pins. Dropping it otherwise leaves an adopted data path alone and removes
+/// keeps forwarding when the agent exits or dies ([`Dataplane::release`]); removing it is
+/// [`remove_pins`]. Dropping it unreleased leaves an adopted data path alone and removes
 /// only what a failed first start created.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -359,16 +359,11 @@ impl Dataplane {
         Ok(live)
     }
 
-    /// Detaches from every interface and removes all pins: a clean stop.
-    pub fn shutdown(mut self) {
-        self.remove_on_drop = true;
-        for entry in std::fs::read_dir(&self.pin_dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with("link_") {
-                let _ = std::fs::remove_file(entry.path());
-                info!(link = %name.to_string_lossy(), "detached");
-            }
-        }
+    /// The agent exits (SIGTERM, SIGINT): program, links and maps stay pinned and keep
+    /// forwarding; the next agent adopts them.
+    pub fn release(mut self) {
+        self.remove_on_drop = false;
+        info!(pin_dir = %self.pin_dir.display(), "data path left attached and pinned for the next agent");
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
@@ -507,6 +502,26 @@ impl Drop for TableMemory {
         // SAFETY: the mapping made in `map`.
         unsafe { libc::munmap(self.base.cast(), self.len) };
     }
+}
+
+/// Removes every pin under `pin_dir` and the directory: unpinning a link no process holds
+/// detaches the program from its interface, and the maps go with the last reference.
+/// Returns the names removed (links first).
+pub fn remove_pins(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    names.sort_by_key(|n| (!n.starts_with("link_"), n.clone()));
+    for n in &names {
+        std::fs::remove_file(pin_dir.join(n))?;
+    }
+    std::fs::remove_dir(pin_dir)?;
+    Ok(names)
 }
 
 pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {

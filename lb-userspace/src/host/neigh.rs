@@ -213,15 +213,19 @@ impl Netlink {
         self.request(RTM_DELNEIGH, NLM_F_ACK, &body, RTM_NEWNEIGH).map(drop)
     }
 
-    /// The entry's NUD state, None when there is no entry.
-    pub fn state(&mut self, hop: Hop) -> io::Result<Option<u16>> {
+    /// The entry's NUD state and whether it is managed; None when there is no entry.
+    pub fn entry(&mut self, hop: Hop) -> io::Result<Option<(u16, bool)>> {
         let mut body = ndmsg(hop, NUD_NONE);
         push_attr(&mut body, NDA_DST, &family_bytes(hop.addr).1);
         match self.request(RTM_GETNEIGH, 0, &body, RTM_NEWNEIGH) {
-            Ok(r) => Ok(r
-                .first()
-                .filter(|m| m.len() >= 12)
-                .map(|m| u16::from_ne_bytes([m[8], m[9]]))),
+            Ok(r) => Ok(r.first().filter(|m| m.len() >= 12).map(|m| {
+                let managed = attrs(&m[12..]).any(|(t, d)| {
+                    t == NDA_FLAGS_EXT
+                        && d.len() == 4
+                        && u32::from_ne_bytes([d[0], d[1], d[2], d[3]]) & NTF_EXT_MANAGED != 0
+                });
+                (u16::from_ne_bytes([m[8], m[9]]), managed)
+            })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
@@ -356,7 +360,7 @@ impl Neighbours {
                 .copied()
                 .collect::<Vec<_>>()
                 .into_iter()
-                .filter(|h| !matches!(self.nl.state(*h), Ok(Some(s)) if s & NUD_VALID != 0))
+                .filter(|h| !matches!(self.nl.entry(*h), Ok(Some((s, _))) if s & NUD_VALID != 0))
                 .collect();
             if pending.is_empty() || Instant::now() >= deadline {
                 return pending;
@@ -365,9 +369,16 @@ impl Neighbours {
         }
     }
 
-    /// Deletes every entry this agent installed (a full cleanup).
-    pub fn remove_all(&mut self) {
-        self.sync(&BTreeSet::new());
+    /// Deletes the managed entries of the hops towards `backends` (a full cleanup, by a
+    /// process that did not install them); returns how many went.
+    pub fn remove_managed(&mut self, backends: &BTreeSet<IpAddr>) -> usize {
+        let hops: BTreeSet<Hop> = backends
+            .iter()
+            .filter_map(|b| self.nl.route_to(*b).ok().flatten())
+            .collect();
+        hops.into_iter()
+            .filter(|h| matches!(self.nl.entry(*h), Ok(Some((_, true)))) && self.nl.delete(*h).is_ok())
+            .count()
     }
 
     pub fn hops(&self) -> usize {
