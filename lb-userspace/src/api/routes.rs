@@ -178,6 +178,7 @@ pub fn status_json(core: &Core) -> Value {
                 let h = core.health.get(&backend_key(&v.name, b.address));
                 let now = std::time::Instant::now();
                 backends.push(json!({
+                    "id": id,
                     "address": b.address.to_string(),
                     "weight": b.weight,
                     "admin": core.desired.admin(&v.name, b.address),
@@ -287,9 +288,9 @@ pub struct Apply {
 }
 
 #[derive(Serialize)]
-struct ChangeReport {
+pub struct ChangeReport {
     applied: bool,
-    changes: Vec<String>,
+    pub changes: Vec<String>,
     /// Per VIP: percent of the new-flow hash space whose backend changes.
     moved_pct: BTreeMap<String, f64>,
 }
@@ -427,6 +428,12 @@ async fn backend_del(State(core): State<Shared>, Json(req): Json<BackendDel>) ->
 async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Json<ChangeReport>, ApiError> {
     let cfg = config::parse(&req.config, "apply").map_err(|e| ApiError::bad(e.to_string()))?;
     let mut core = core.lock().await;
+    apply_config(&mut core, cfg, req.dry_run)
+}
+
+/// A whole new configuration over the current state (`veer apply -f`, SIGHUP): runtime
+/// changes (deployments, admin states) survive for what remains; validated as one step.
+pub fn apply_config(core: &mut Core, cfg: config::Config, dry_run: bool) -> Result<Json<ChangeReport>, ApiError> {
     if cfg.agent != core.desired.config.agent {
         return Err(ApiError::bad(
             "[agent] settings cannot change at runtime: restart the agent with the new file",
@@ -451,7 +458,7 @@ async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Jso
             next.admin.insert(vip.clone(), keep);
         }
     }
-    change(&mut core, next, changes, req.dry_run)
+    change(core, next, changes, dry_run)
 }
 
 /// Human-readable differences between the current and a new configuration.

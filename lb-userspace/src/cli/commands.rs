@@ -44,6 +44,21 @@ enum Command {
         interfaces: Vec<String>,
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
+        /// Do not run: remove the data path (program, pins), the state file and the
+        /// neighbour entries the agent kept, then exit. Refused while an agent runs.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Remove the data path (program, pins), the state file and the neighbour entries the
+    /// agent kept (like `veer agent --config F --cleanup`). Refused while an agent runs.
+    Detach {
+        /// Read pin_dir, state_file and socket from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+        #[arg(long, conflicts_with = "config")]
+        state_file: Option<PathBuf>,
     },
     /// Validate a config file without touching the kernel (exit 1 when rejected).
     Check {
@@ -194,9 +209,32 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Agent {
+            config, cleanup: true, ..
+        } => {
+            init_logs(cli.log_format);
+            finish_agent(
+                agent::Cleanup::from_config(&config, explicit_socket(&cli.socket))
+                    .and_then(|c| c.run())
+                    .map(|s| print!("{s}")),
+            )
+        }
+        Command::Detach {
+            config,
+            pin_dir,
+            state_file,
+        } => {
+            init_logs(cli.log_format);
+            let cleanup = match config {
+                Some(c) => agent::Cleanup::from_config(&c, explicit_socket(&cli.socket)),
+                None => Ok(agent::Cleanup::from_paths(pin_dir, state_file, cli.socket.clone())),
+            };
+            finish_agent(cleanup.and_then(|c| c.run()).map(|s| print!("{s}")))
+        }
+        Command::Agent {
             config,
             interfaces,
             xdp_mode,
+            cleanup: false,
         } => {
             init_logs(cli.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -210,9 +248,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(10);
                 }
             };
-            let socket = std::env::var_os("VEER_SOCKET")
-                .map(PathBuf::from)
-                .or_else(|| (cli.socket.as_os_str() != DEFAULT_SOCKET).then(|| cli.socket.clone()));
+            let socket = explicit_socket(&cli.socket);
             finish_agent(rt.block_on(agent::run(agent::Options {
                 config,
                 interfaces,
@@ -235,6 +271,13 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The socket given on the command line or in VEER_SOCKET (None: the config's).
+fn explicit_socket(socket: &std::path::Path) -> Option<PathBuf> {
+    std::env::var_os("VEER_SOCKET")
+        .map(PathBuf::from)
+        .or_else(|| (socket.as_os_str() != DEFAULT_SOCKET).then(|| socket.to_path_buf()))
 }
 
 fn finish_agent(r: Result<(), agent::AgentError>) -> ExitCode {
@@ -459,7 +502,7 @@ fn run_client(socket: &std::path::Path, json_out: bool, command: Command) -> Res
             client::request(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None)?,
             render_trace,
         ),
-        Command::Agent { .. } | Command::Check { .. } => unreachable!("handled in main"),
+        Command::Agent { .. } | Command::Check { .. } | Command::Detach { .. } => unreachable!("handled in main"),
     };
     if json_out {
         println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());

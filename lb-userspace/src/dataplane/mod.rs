@@ -31,7 +31,8 @@ pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// A map-less XDP_PASS program for veth peers (XDP_TX/REDIRECT into a veth need one).
 pub const PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-pass"));
 
-pub const PIN_DIR: &str = "/sys/fs/bpf/veer";
+/// The default `agent.pin_dir`.
+pub const PIN_DIR: &str = crate::config::DEFAULT_PIN_DIR;
 
 /// Maps pinned under PIN_DIR: the agent's state lives in them.
 const PINNED: &[&str] = &[
@@ -108,8 +109,8 @@ pub struct Sizes {
 }
 
 /// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
-/// keeps forwarding when the agent dies; [`Dataplane::shutdown`] (SIGTERM) detaches and
-/// removes the pins. Dropping it otherwise leaves an adopted data path alone and removes
+/// keeps forwarding when the agent exits or dies ([`Dataplane::release`]); removing it is
+/// [`remove_pins`]. Dropping it unreleased leaves an adopted data path alone and removes
 /// only what a failed first start created.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -138,7 +139,6 @@ impl Dataplane {
                 std::io::Error::last_os_error()
             );
         }
-        ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)?;
         let adopted = pin_dir.join(MAP_VIPS).exists();
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
@@ -359,16 +359,11 @@ impl Dataplane {
         Ok(live)
     }
 
-    /// Detaches from every interface and removes all pins: a clean stop.
-    pub fn shutdown(mut self) {
-        self.remove_on_drop = true;
-        for entry in std::fs::read_dir(&self.pin_dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with("link_") {
-                let _ = std::fs::remove_file(entry.path());
-                info!(link = %name.to_string_lossy(), "detached");
-            }
-        }
+    /// The agent exits (SIGTERM, SIGINT): program, links and maps stay pinned and keep
+    /// forwarding; the next agent adopts them.
+    pub fn release(mut self) {
+        self.remove_on_drop = false;
+        info!(pin_dir = %self.pin_dir.display(), "data path left attached and pinned for the next agent");
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
@@ -509,22 +504,24 @@ impl Drop for TableMemory {
     }
 }
 
-/// Pinning needs bpffs at /sys/fs/bpf; systemd mounts it on most hosts, mount it if not.
-fn ensure_bpffs() -> Result<(), DataplaneError> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        return Ok(());
+/// Removes every pin under `pin_dir` and the directory: unpinning a link no process holds
+/// detaches the program from its interface, and the maps go with the last reference.
+/// Returns the names removed (links first).
+pub fn remove_pins(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    names.sort_by_key(|n| (!n.starts_with("link_"), n.clone()));
+    for n in &names {
+        std::fs::remove_file(pin_dir.join(n))?;
     }
-    info!("mounting bpffs at /sys/fs/bpf");
-    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: valid C strings; mounting needs CAP_SYS_ADMIN, which loading XDP needs too.
-    if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
+    std::fs::remove_dir(pin_dir)?;
+    Ok(names)
 }
 
 pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {

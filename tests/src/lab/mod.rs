@@ -97,7 +97,8 @@ impl LabLock {
     }
 }
 
-/// The running agent: SIGTERM on drop, SIGKILL if it does not stop within 5 s.
+/// The running agent: SIGTERM on drop, SIGKILL if it does not stop within 5 s. Either way
+/// the data path stays (as on a host); the lab removes it with `--cleanup` when it goes.
 pub struct Agent {
     child: Option<Child>,
     pub log: PathBuf,
@@ -110,6 +111,14 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (SIGHUP: reload the config file).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
     }
 
     /// SIGKILL: the agent dies without cleaning up; the data path must keep forwarding.
@@ -160,10 +169,25 @@ pub struct Lab {
     pub agent: Option<Agent>,
     _pass: Option<aya::Ebpf>,
     _lock: LabLock,
+    /// The lab set no sysctl in the balancer's namespace: it is as a fresh host finds it.
+    untuned: bool,
+    /// The config the agent was last started with: the lab's cleanup reads it.
+    config: Option<PathBuf>,
 }
 
 impl Lab {
     pub fn new(opts: &LabOptions) -> anyhow::Result<Lab> {
+        Lab::build(opts, false)
+    }
+
+    /// A lab whose balancer namespace is left as a fresh host is: no sysctl set by the lab
+    /// (forwarding, accept_local, rp_filter, redirects keep their defaults), no neighbour
+    /// resolved by earlier traffic. What the data path needs, the agent must do itself.
+    pub fn untuned(opts: &LabOptions) -> anyhow::Result<Lab> {
+        Lab::build(opts, true)
+    }
+
+    fn build(opts: &LabOptions, untuned: bool) -> anyhow::Result<Lab> {
         let lock = LabLock::acquire()?;
         ensure!(
             !Path::new(veer::dataplane::PIN_DIR).exists(),
@@ -182,6 +206,8 @@ impl Lab {
             agent: None,
             _pass: None,
             _lock: lock,
+            untuned,
+            config: None,
             prefix: prefix.clone(),
             dir: std::env::temp_dir().join(&prefix),
         };
@@ -275,16 +301,21 @@ impl Lab {
             &LB6.to_string(),
         ])?;
         let lb = self.lb.name.as_str();
-        for s in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.accept_local=1",
-            "net.ipv4.conf.eth0.accept_local=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-            "net.ipv4.conf.all.send_redirects=0",
-            "net.ipv4.conf.eth0.send_redirects=0",
-        ] {
+        let tuning: &[&str] = if self.untuned {
+            &[]
+        } else {
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.accept_local=1",
+                "net.ipv4.conf.eth0.accept_local=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ]
+        };
+        for s in tuning {
             run_cmd(&["ip", "netns", "exec", lb, "sysctl", "-qw", s])?;
         }
         let pass = self.bridge.run(|| -> anyhow::Result<aya::Ebpf> {
@@ -374,7 +405,26 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.agent = Some(agent);
+        self.config = Some(config.to_path_buf());
         Ok(())
+    }
+
+    /// `veer agent --config FILE --cleanup` in the balancer namespace (the agent must be
+    /// stopped): removes program, pins, state; returns (exit code, stdout, stderr).
+    pub fn cleanup(&self) -> anyhow::Result<(i32, String, String)> {
+        let config = self.config.as_ref().context("no agent was started")?;
+        let out = command_in(&self.lb, &veer_bin()?)?
+            .args(["agent", "--config"])
+            .arg(config)
+            .arg("--cleanup")
+            .stdin(Stdio::null())
+            .output()
+            .context("run veer agent --cleanup")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Stops backend `i`'s servers (connections to it are refused from now on).
@@ -569,8 +619,16 @@ impl Drop for Lab {
             s.stop();
         }
         self._pass = None;
-        // Namespaces are deleted by their own guards (fields drop after this).
-        // If the agent was killed, its pins are ours to remove.
+        // Namespaces are deleted by their own guards (fields drop after this). A stopped
+        // agent leaves its data path, as on a host: removing it is explicit. Should that
+        // fail, the pins are removed by hand (a lab never leaves any behind).
+        if self.config.is_some() {
+            match self.cleanup() {
+                Ok((0, _, _)) => {}
+                Ok((code, _, err)) => eprintln!("lab: veer agent --cleanup exited {code}: {err}"),
+                Err(e) => eprintln!("lab: veer agent --cleanup: {e:#}"),
+            }
+        }
         if let Ok(entries) = fs::read_dir(veer::dataplane::PIN_DIR) {
             for e in entries.flatten() {
                 let _ = fs::remove_file(e.path());
