@@ -287,26 +287,45 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() {
     stream.assert_alive(&lab, "after a bad SIGHUP");
 }
 
+const CUSTOM_PIN_DIR: &str = "/sys/fs/bpf/veer-lab-custom";
+
 #[test]
-fn cleanup_removes_program_pins_and_state_and_is_refused_while_an_agent_runs() {
-    let Some(mut lab) = tuned_lab(2, &web4(&backend_list(0..2, HTTP_PORT))) else {
+fn detach_removes_program_pins_and_state_under_a_custom_pin_dir_and_is_refused_while_an_agent_runs() {
+    let Some(mut lab) = Lab::with_config(
+        2,
+        &format!("pin_dir = \"{CUSTOM_PIN_DIR}\"\n"),
+        &web4(&backend_list(0..2, HTTP_PORT)),
+    ) else {
         return;
     };
+    lab.wait_for_vip(vip4()).expect("VIP answers");
+    let pins = std::path::Path::new(CUSTOM_PIN_DIR);
+    assert!(pins.join("link_eth0").exists(), "pinned under agent.pin_dir");
     let (code, _, err) = lab.cleanup().unwrap();
     assert_eq!(code, 1, "cleanup is refused while the agent runs: {err}");
     assert!(err.contains("an agent is running"), "{err}");
     agent(&mut lab).stop();
     lab.wait_for_vip(vip4()).expect("the data path outlives the agent");
-    let (code, out, err) = lab.cleanup().unwrap();
-    assert_eq!(code, 0, "veer agent --cleanup: {out}{err}");
+    let detach = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .args(["detach", "--config"])
+        .arg(lab.dir.join("veer.toml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&detach.stdout);
+    assert!(
+        detach.status.success(),
+        "veer detach: {out}{}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
     assert!(out.contains("detached from eth0"), "{out}");
-    assert!(!std::path::Path::new(veer::dataplane::PIN_DIR).exists(), "no pins left");
+    assert!(!pins.exists(), "no pins left");
     assert!(!lab.dir.join("state.json").exists(), "no state file left");
-    let xdp = std::process::Command::new("ip")
+    let link = std::process::Command::new("ip")
         .args(["-n", &lab.lb.name, "link", "show", "dev", "eth0"])
         .output()
         .unwrap();
-    let link = String::from_utf8_lossy(&xdp.stdout);
+    let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("xdp"), "no XDP program on eth0: {link}");
     let answered = lab
         .client
@@ -319,4 +338,45 @@ fn cleanup_removes_program_pins_and_state_and_is_refused_while_an_agent_runs() {
         .unwrap();
     let neigh = String::from_utf8_lossy(&neigh.stdout);
     assert!(!neigh.contains("managed"), "managed neighbour entries removed: {neigh}");
+}
+
+#[test]
+fn an_agent_under_ip_netns_exec_warns_that_its_pins_die_with_it() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return;
+    }
+    let lab = Lab::new(&LabOptions { weights: vec![1] }).expect("build the lab");
+    let config = lab
+        .write_config_text(
+            "veer.toml",
+            &format!("{}\n{}", lab.agent_section(), web4(&backend_list(0..1, HTTP_PORT))),
+        )
+        .unwrap();
+    let log_path = lab.dir.join("netns-exec.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb.name])
+        .arg(veer_bin().unwrap())
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("veer agent ready") || agent.0.try_wait().ok().flatten().is_some() {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "agent not ready:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: signalling our own child by PID (ip netns exec execs the agent).
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let _ = agent.0.wait();
+    assert!(text.contains("mount namespace of its own"), "the agent warns:\n{text}");
+    assert!(text.contains("nsenter --net="), "and says what to do instead:\n{text}");
 }
