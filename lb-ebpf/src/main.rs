@@ -6,6 +6,7 @@
 mod bench;
 mod fib;
 mod flow;
+mod guard;
 mod maps;
 mod nat;
 mod parse;
@@ -18,7 +19,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
-    conntrack::{FlowEntry, stamp},
+    conntrack::{FlowEntry, TAKE_NONE, stamp},
 };
 
 use crate::{
@@ -91,12 +92,13 @@ fn process(ctx: &XdpContext) -> Verdict {
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
     if !pkt.fragment
-        && let Some((entry, flow, backend)) = flow::established(&mut bucket, &pkt.key, &snat, now)
-        && !reopened(&flow)
+        && let Some(mut est) = flow::established(&mut bucket, &pkt.key, &snat, pkt.tcp_flags, now)
+        && !reopened(&est.seen)
     {
+        let (flow, backend) = (est.seen, est.backend);
         let closed = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flow.flags & FLOW_F_CLOSED == 0;
         if closed {
-            entry.flags |= FLOW_F_CLOSED;
+            est.close();
         }
         let event = Event {
             bytes: pkt.ip_len,
@@ -163,6 +165,14 @@ fn new_flow(
         Err(r) => return Verdict::Drop(r),
     };
     let now = stamp(now_ns);
+    let Some(guard) = guard::open(now) else {
+        return Verdict::Drop(Reason::DropFlowInsert);
+    };
+    let choice = flow::choose_way(&bucket, key, guard::hold(guard), now);
+    guard::count(guard, choice.kind);
+    if choice.kind == TAKE_NONE {
+        return Verdict::Drop(Reason::DropFlood);
+    }
     let (port, rev_link, rev_tag) = match flow::allocate_port(key, snat, &backend, vip.vip_id, id, now) {
         Ok(p) => p,
         Err(r) => return Verdict::Drop(r),
@@ -173,7 +183,7 @@ fn new_flow(
         snat_port_be: port,
         flags: 0,
     };
-    if let Err(r) = flow::record(&mut bucket, key, flow, (rev_link, rev_tag), now) {
+    if let Err(r) = flow::record(&mut bucket, choice.way, key, flow, (rev_link, rev_tag), now) {
         return Verdict::Drop(r);
     }
     let event = Event {
@@ -232,10 +242,13 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, snat: &[u32; 4], to: &Chosen, even
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> Verdict {
-    let answered = rev.flags & FLOW_F_ANSWERED == 0;
+    // A reset is no answer: a backend resets a client's bare ACK (a spoofed one too). Only
+    // resets of flows it had answered are a passive health signal.
     let reset = pkt.tcp_flags & TCP_RST != 0;
+    let was_answered = rev.flags & FLOW_F_ANSWERED != 0;
+    let answered = !was_answered && !reset;
     let closed = reset && rev.flags & FLOW_F_CLOSED == 0;
-    rev.flags |= FLOW_F_ANSWERED | if closed { FLOW_F_CLOSED } else { 0 };
+    rev.flags |= if answered { FLOW_F_ANSWERED } else { 0 } | if closed { FLOW_F_CLOSED } else { 0 };
     if closed {
         flow::mark_closed(rev, &pkt.key);
     }
@@ -245,7 +258,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> V
         new_flow: false,
         closed,
         answered,
-        reset,
+        reset: reset && was_answered,
     };
     stats::count(rev.vip_id, rev.backend_id, &event);
     let rw = Rewrite {

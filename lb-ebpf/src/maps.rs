@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AbKey, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS,
-    VipInfo, VipKey,
+    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, MAX_TX_PORTS, NextHop, REASON_COUNT,
+    VIP_FILTER_WORDS, VipInfo, VipKey,
     conntrack::{FlowWays, Heads, RevWays, buckets},
 };
 
@@ -33,13 +33,13 @@ pub static TABLES: Array<u32> = Array::with_max_entries(DEFAULT_MAX_TABLES * DEF
 
 /// Connection tables (see lb_common::conntrack): set-associative arrays, memory-mappable so
 /// the agent lists flows without a syscall per bucket.
-#[map(name = "FLOW_HEADS_V1")]
+#[map(name = "FLOW_HEADS_V2")]
 pub static FLOW_HEADS: Array<Heads> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 #[map(name = "FLOWS_V2")]
 pub static FLOWS: Array<FlowWays> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
-#[map(name = "REV_HEADS_V1")]
+#[map(name = "REV_HEADS_V2")]
 pub static REV_HEADS: Array<Heads> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 #[map(name = "NAT_REV_V2")]
@@ -65,6 +65,9 @@ pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFA
 
 #[map(name = "BACKEND_STATS_V1")]
 pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[map(name = "FLOOD_GUARD_V1")]
+pub static FLOOD_GUARD: PerCpuArray<FloodGuard> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "REASONS_V1")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

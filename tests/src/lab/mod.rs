@@ -22,7 +22,8 @@ use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
 pub use servers::Servers;
 pub use traffic::{
-    Outcome, http_get, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request, without_counters,
+    Outcome, http_get, http_get_bound, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request,
+    wait_for_requests, without_counters,
 };
 pub use watch::{Watch, syn_retransmits};
 

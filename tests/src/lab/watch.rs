@@ -82,7 +82,10 @@ impl Lab {
             })
             .collect();
         if now.syn_retrans > since.syn_retrans && !allowed.contains(&"syn_retrans") {
-            grew.push(format!("client SYN retransmits +{}", now.syn_retrans - since.syn_retrans));
+            grew.push(format!(
+                "client SYN retransmits +{}",
+                now.syn_retrans - since.syn_retrans
+            ));
         }
         if now.udp_resends > since.udp_resends && !allowed.contains(&"udp_resends") {
             grew.push(format!("UDP resends +{}", now.udp_resends - since.udp_resends));
