@@ -380,3 +380,107 @@ fn an_agent_under_ip_netns_exec_warns_that_its_pins_die_with_it() {
     assert!(text.contains("mount namespace of its own"), "the agent warns:\n{text}");
     assert!(text.contains("nsenter --net="), "and says what to do instead:\n{text}");
 }
+
+#[test]
+fn the_systemd_unit_keeps_to_the_contract_and_passes_systemd_analyze_verify() {
+    let unit_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/veer.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("dist/veer.service");
+    let value = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= missing from the unit"))
+            .to_string()
+    };
+    assert_eq!(value("Type"), "notify");
+    assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(value("Restart"), "on-failure");
+    assert_eq!(value("StateDirectory"), "veer");
+    assert_eq!(value("RuntimeDirectory"), "veer");
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        assert_eq!(
+            value(key),
+            "CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+            "{key}: what BPF+XDP+netlink need"
+        );
+    }
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: verify skipped");
+        return;
+    };
+    assert!(out.status.success());
+    // verify checks that the binary exists: point the copy at the one under test.
+    let dir = std::env::temp_dir().join(format!("veer-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("veer.service");
+    let veer = veer_bin().unwrap();
+    std::fs::write(&copy, unit.replace("/usr/local/bin/veer", &veer.display().to_string())).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn readiness_reaches_systemd_after_the_attach_and_stopping_on_sigterm() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return;
+    }
+    let lab = Lab::new(&LabOptions { weights: vec![1] }).expect("build the lab");
+    let config = lab
+        .write_config_text(
+            "veer.toml",
+            &format!("{}\n{}", lab.agent_section(), web4(&backend_list(0..1, HTTP_PORT))),
+        )
+        .unwrap();
+    let notify_path = lab.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let log_path = lab.dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard(child);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no notification ({e}):\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    });
+    assert_eq!(&buf[..n], b"READY=1");
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.lb.name, "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "READY=1 comes after the attach"
+    );
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let _ = agent.0.wait();
+    let detach = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .args(["detach", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+}

@@ -141,6 +141,18 @@ impl Dataplane {
         }
         std::fs::create_dir_all(pin_dir)?;
         let adopted = pin_dir.join(MAP_VIPS).exists();
+        let loaded = Self::open(sizes, pin_dir, adopted);
+        if loaded.is_err() && !adopted {
+            // A first start that failed half-way leaves nothing for the next one to adopt.
+            for name in PINNED {
+                let _ = std::fs::remove_file(pin_dir.join(name));
+            }
+            let _ = std::fs::remove_dir(pin_dir);
+        }
+        loaded
+    }
+
+    fn open(sizes: Sizes, pin_dir: &Path, adopted: bool) -> Result<Self, DataplaneError> {
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let buckets = conntrack::buckets(sizes.flows);
         let mask = buckets - 1;

@@ -88,11 +88,12 @@ pub fn prepare(pin_dir: &Path) -> Result<Bpffs, BpffsError> {
              then stops the data path. Start it in the host's mount namespace (systemd, or \
              `nsenter --net=/run/netns/NAME veer agent ...` for a network namespace)"
         ),
-        (Some(true), false) => warn!(
+        // systemd's sandboxing (ProtectSystem=) makes a mount namespace too, with the
+        // host's bpffs propagated into it: pins there are the host's.
+        (Some(true), false) => info!(
             pin_dir = %pin_dir.display(),
-            "the agent runs in a mount namespace other than the host's (as under `ip netns exec`): its \
-             pins are not the host's, another agent may not find them, and they can vanish with this \
-             namespace. Prefer the host's mount namespace (`nsenter --net=/run/netns/NAME` keeps it)"
+            "the agent runs in a mount namespace of its own; its bpffs was mounted there already \
+             (as systemd's sandboxing passes on the host's)"
         ),
         (Some(false), true) => info!("no bpffs was mounted at {DEFAULT_BPFFS}: mounted one (pins outlive the agent)"),
         (None, true) => warn!(
