@@ -53,8 +53,31 @@ const PINNED: &[&str] = &[
     MAP_AB_RULES,
 ];
 
+/// Loads the ICMP program and puts it where the balancer tail-calls it (ICMP_PROGS[0]).
+pub fn load_icmp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::PROG_ICMP)
+        .ok_or(DataplaneError::StubObject)?
+        .try_into()?;
+    prog.load()?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf.map_mut(lb_common::MAP_ICMP_PROGS).ok_or(DataplaneError::StubObject)?;
+    let mut progs: aya::maps::ProgramArray<&mut MapData> =
+        map.try_into().map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    progs.set(0, &fd, 0).map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    Ok(())
+}
+
 /// Pinned maps of earlier layouts, removed when a newer agent adopts the data path.
-const RETIRED: &[&str] = &["FLOWS_V1", "NAT_REV_V1"];
+const RETIRED: &[&str] = &[
+    "FLOWS_V1",
+    "NAT_REV_V1",
+    "NAT_REV_V2",
+    "FLOW_HEADS_V1",
+    "REV_HEADS_V1",
+    "NEXTHOPS_V1",
+    "REASONS_V1",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -191,6 +214,7 @@ impl Dataplane {
             .ok_or(DataplaneError::StubObject)?
             .try_into()?;
         prog.load()?;
+        load_icmp(&mut ebpf)?;
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
             for name in RETIRED {
