@@ -99,8 +99,7 @@ pub fn with_fixture_sized(flow_capacity: u32, f: impl FnOnce(&mut Fixture) + Sen
 /// [`with_fixture_sized`] with the flood guard's new-flow budget per CPU and window set to
 /// `budget` (u32::MAX: derived from the table, as the agent leaves it).
 pub fn with_fixture_budget(flow_capacity: u32, budget: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
-    // SAFETY: trivial libc call.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::lab::is_root() {
         eprintln!("skipped: packet fixtures need root (BPF_PROG_TEST_RUN, network namespaces)");
         return;
     }

@@ -1,6 +1,6 @@
 //! `veer agent`: validate the config, load (or adopt) the data path, reconcile the maps
-//! with the desired state, serve the API, and persist every change. SIGTERM/SIGINT detach
-//! and remove the pins; SIGKILL leaves the data path forwarding for the next agent to adopt.
+//! with the desired state, serve the API, and persist every change. SIGTERM, SIGINT and
+//! SIGKILL all leave the data path forwarding for the next agent to adopt.
 
 use std::{
     collections::BTreeMap,
@@ -13,16 +13,13 @@ use std::{
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Mutex,
-};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::{
     api,
     config::{self, Config},
-    dataplane::{AttachMode, Dataplane, PIN_DIR, Sizes},
+    dataplane::{AttachMode, Dataplane, Sizes},
     state::{Desired, Ids, Limits, Reconciler},
 };
 
@@ -154,6 +151,14 @@ impl Core {
         }
     }
 
+    /// The config file's text the desired state now grows from (after a SIGHUP reload).
+    pub fn config_source(&mut self, text: &str) {
+        self.config_hash = fnv1a(text);
+        if let Err(e) = self.persist() {
+            tracing::error!("persist state: {e}");
+        }
+    }
+
     pub fn persist(&self) -> std::io::Result<()> {
         let p = Persisted {
             config_hash: self.config_hash.clone(),
@@ -246,7 +251,12 @@ fn restore(state_file: &Path, config_hash: &str) -> Option<Persisted> {
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
+    crate::host::harden_process();
     let p = prepare(&opts.config, &opts.interfaces)?;
+    let host = crate::host::prepare(&p.config, &p.interfaces).map_err(|e| match e.is_rejected() {
+        true => AgentError::Rejected(e.to_string()),
+        false => AgentError::Failed(e.into()),
+    })?;
     let limits = limits(&p.config);
     let sizes = Sizes {
         flows: p.config.agent.flow_capacity,
@@ -256,9 +266,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
     let state_file = state_file(&p.config);
-    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let dp = Dataplane::load(sizes, Path::new(PIN_DIR)).context("load the data path")?;
+    let mut signals = super::Signals::install()?;
+    let dp = Dataplane::load(sizes, &p.config.agent.pin_dir).context("load the data path")?;
     let restored = restore(&state_file, &p.config_hash);
     let (desired, reconciler) = match (&restored, dp.adopted) {
         (Some(saved), true) => {
@@ -287,11 +296,20 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     };
     core.set_desired(desired)
         .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    let neighbours = host.neighbours(&core.desired.config);
     for iface in &p.interfaces {
         core.dp.attach(iface, opts.mode).context("attach")?;
     }
     let metrics = p.config.agent.metrics;
     let core = Arc::new(Mutex::new(core));
+    let keeper = neighbours.map(|n| {
+        let weak = Arc::downgrade(&core);
+        crate::host::NeighbourKeeper::start(n, move || {
+            Some(crate::host::backend_addresses(
+                &weak.upgrade()?.blocking_lock().desired.config,
+            ))
+        })
+    });
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
@@ -318,10 +336,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         restored = restored.is_some(),
         "veer agent ready"
     );
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: detaching"),
-        _ = sigint.recv() => info!("SIGINT: detaching"),
-    }
+    crate::host::systemd::notify("READY=1");
+    signals.until_stopped(&core, &opts.config).await;
     server.abort();
     health.abort();
     let _ = health.await;
@@ -334,10 +350,11 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         m.abort();
     }
     let _ = std::fs::remove_file(&socket);
+    drop(keeper.map(crate::host::NeighbourKeeper::stop));
     let core = Arc::try_unwrap(core)
         .map_err(|_| anyhow::anyhow!("API still holds the state"))?
         .into_inner();
-    core.dp.shutdown();
+    core.dp.release();
     info!("stopped");
     Ok(())
 }

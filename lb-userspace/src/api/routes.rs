@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, hash::table_slot};
+use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, select::PoolChoice};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{net::UnixListener, sync::Mutex, task::JoinHandle};
@@ -73,11 +73,12 @@ pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHand
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(socket);
+    // Created 0600 (the agent runs with umask 077: no moment in which others may connect).
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = router(core);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "api socket"), app).await {
             tracing::error!("API server: {e}");
         }
     }))
@@ -117,7 +118,7 @@ pub async fn serve_tcp(core: Shared, addr: SocketAddr, token_file: &Path) -> std
         },
     ));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "TCP API"), app).await {
             tracing::error!("TCP API server: {e}");
         }
     }))
@@ -178,6 +179,7 @@ pub fn status_json(core: &Core) -> Value {
                 let h = core.health.get(&backend_key(&v.name, b.address));
                 let now = std::time::Instant::now();
                 backends.push(json!({
+                    "id": id,
                     "address": b.address.to_string(),
                     "weight": b.weight,
                     "admin": core.desired.admin(&v.name, b.address),
@@ -287,9 +289,9 @@ pub struct Apply {
 }
 
 #[derive(Serialize)]
-struct ChangeReport {
+pub struct ChangeReport {
     applied: bool,
-    changes: Vec<String>,
+    pub changes: Vec<String>,
     /// Per VIP: percent of the new-flow hash space whose backend changes.
     moved_pct: BTreeMap<String, f64>,
 }
@@ -326,9 +328,8 @@ fn change(core: &mut Core, next: Desired, changes: Vec<String>, dry_run: bool) -
     rec.reconcile(&next, core.snat_v4, core.snat_v6)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let mut moved_pct = BTreeMap::new();
-    let m = rec.limits.ring_size;
     for v in &next.config.vips {
-        let pct = moved_share(&core.reconciler.selection(&v.name), &rec.selection(&v.name), m) * 100.0;
+        let pct = moved_share(&core.reconciler, &rec, &v.name) * 100.0;
         moved_pct.insert(v.name.clone(), pct);
     }
     if !dry_run {
@@ -428,6 +429,12 @@ async fn backend_del(State(core): State<Shared>, Json(req): Json<BackendDel>) ->
 async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Json<ChangeReport>, ApiError> {
     let cfg = config::parse(&req.config, "apply").map_err(|e| ApiError::bad(e.to_string()))?;
     let mut core = core.lock().await;
+    apply_config(&mut core, cfg, req.dry_run)
+}
+
+/// A whole new configuration over the current state (`veer apply -f`, SIGHUP): runtime
+/// changes (deployments, admin states) survive for what remains; validated as one step.
+pub fn apply_config(core: &mut Core, cfg: config::Config, dry_run: bool) -> Result<Json<ChangeReport>, ApiError> {
     if cfg.agent != core.desired.config.agent {
         return Err(ApiError::bad(
             "[agent] settings cannot change at runtime: restart the agent with the new file",
@@ -452,7 +459,7 @@ async fn apply(State(core): State<Shared>, Json(req): Json<Apply>) -> Result<Jso
             next.admin.insert(vip.clone(), keep);
         }
     }
-    change(&mut core, next, changes, req.dry_run)
+    change(core, next, changes, dry_run)
 }
 
 /// Human-readable differences between the current and a new configuration.
@@ -599,17 +606,21 @@ async fn trace(
             "backend": by_id.get(&flow.backend_id).copied(), "pool": Value::Null,
         })));
     }
-    let info = core.reconciler.vip_info(&vip).map(|(_, i)| *i).unwrap_or_default();
-    let m = core.reconciler.limits.ring_size;
-    let slot = table_slot(&key, info.flags & lb_common::VIP_F_HASH_SOURCE != 0, m);
-    let backend = core
-        .reconciler
-        .tables
-        .get(&info.table_current)
-        .and_then(|t| by_id.get(&t[slot as usize]).copied());
+    let chosen = core.reconciler.select(&vip, &key);
+    let deploy = core.desired.deploy.get(&vip);
+    let pool = match chosen.map(|c| c.pool) {
+        Some(PoolChoice::Next) => deploy.and_then(|d| {
+            d.split
+                .as_ref()
+                .map(|s| s.pool.clone())
+                .or(d.ab.as_ref().map(|a| a.pool.clone()))
+        }),
+        _ => Some(v.active.clone()),
+    };
     Ok(Json(json!({
         "vip": vip, "source": src.to_string(), "existing_flow": false,
-        "pool": v.active, "slot": slot, "backend": backend,
+        "pool": pool, "slot": chosen.map(|c| c.slot),
+        "backend": chosen.and_then(|c| by_id.get(&c.backend_id).copied()),
     })))
 }
 

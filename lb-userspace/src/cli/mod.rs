@@ -1,0 +1,6 @@
+//! The `veer` command line.
+
+pub mod client;
+mod commands;
+
+pub use commands::main;

@@ -1,0 +1,5 @@
+//! Deployments: planning and the canary ticker.
+
+mod ticker;
+
+pub use ticker::*;

@@ -1,0 +1,733 @@
+//! The reconciler: what the maps hold, and the writes (in a safe order) that take them to a
+//! new desired state. Per VIP: its pools' backends and tables, its key and info; then the
+//! VIP filter and the A/B rules; whatever the state no longer names goes last.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use lb_common::{
+    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend,
+    VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    maglev::{TableBackend, build_table},
+    vip_filter_slot,
+};
+
+use super::{
+    AdminState, Deployment, Desired, IdAllocator, ab_rule, Ids, Limits, SplitBy, addr_be, backend_key, backend_state, family, pool_key, vip_key,
+};
+use crate::config::{PoolConfig, Scheduler, VipConfig};
+
+/// One map write, in the order the dataplane must perform them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Config(lb_common::Config),
+    /// Backend slot value; a fresh backend also gets its next-hop cache cleared.
+    Backend {
+        id: u32,
+        value: Backend,
+        fresh: bool,
+    },
+    Table {
+        id: u32,
+        slots: Vec<u32>,
+    },
+    Vip(VipKey, VipInfo),
+    RemoveVip(VipKey),
+    /// (word index, new value) of VIP_FILTER.
+    Filter(u32, u64),
+    /// Insert (true) or remove (false) an A/B rule: LPM prefix length and data.
+    AbRule {
+        prefix_len: u32,
+        key: lb_common::AbKey,
+        insert: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("VIP {vip:?} is {family} but the balancer has no {family} SNAT address: set agent.snat_{suffix}")]
+    NoSnat {
+        vip: String,
+        family: &'static str,
+        suffix: &'static str,
+    },
+    #[error("VIP {vip:?}: {message}")]
+    Deploy { vip: String, message: String },
+    #[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
+    Exhausted {
+        what: &'static str,
+        capacity: u32,
+        setting: &'static str,
+    },
+}
+
+/// The reconciler: what the maps hold now, and how to get them to a new desired state.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    pub limits: Limits,
+    pub ids: Ids,
+    /// Slots of every table in use (needed to rebuild with minimal disruption).
+    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// The members each table was built from: an unchanged pool is not rebuilt.
+    members: BTreeMap<u32, Vec<TableBackend>>,
+    backends: BTreeMap<u32, Backend>,
+    vips: BTreeMap<String, (VipKey, VipInfo)>,
+    filter: Vec<u64>,
+    /// The A/B rules' LPM entries: (prefix length, key words as in `AbKey`).
+    pub(super) ab_rules: BTreeSet<(u32, [u32; 5])>,
+    /// Pools whose every backend is down by health: served anyway (fail open).
+    pub fail_open: BTreeSet<String>,
+    config: Option<lb_common::Config>,
+}
+
+impl Reconciler {
+    pub fn new(limits: Limits) -> Reconciler {
+        Reconciler {
+            limits,
+            ids: Ids::default(),
+            tables: BTreeMap::new(),
+            members: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            filter: vec![0; VIP_FILTER_WORDS as usize],
+            ab_rules: BTreeSet::new(),
+            fail_open: BTreeSet::new(),
+            config: None,
+        }
+    }
+
+    /// A reconciler that knows the ids and table contents already in the (adopted) maps.
+    pub fn adopt(limits: Limits, ids: Ids, tables: BTreeMap<u32, Vec<u32>>) -> Reconciler {
+        Reconciler {
+            ids,
+            tables,
+            ..Reconciler::new(limits)
+        }
+    }
+
+    /// Computes the writes that take the maps from what they hold to `desired`, and
+    /// records the result as the new current state. On error nothing is recorded.
+    pub fn reconcile(
+        &mut self,
+        desired: &Desired,
+        snat_v4: Option<Ipv4Addr>,
+        snat_v6: Option<Ipv6Addr>,
+    ) -> Result<Vec<Op>, StateError> {
+        let mut next = self.clone();
+        let ops = next.plan(desired, snat_v4, snat_v6)?;
+        *self = next;
+        Ok(ops)
+    }
+
+    fn plan(
+        &mut self,
+        desired: &Desired,
+        snat_v4: Option<Ipv4Addr>,
+        snat_v6: Option<Ipv6Addr>,
+    ) -> Result<Vec<Op>, StateError> {
+        let mut w = Writes::default();
+        let cfg = lb_common::Config {
+            snat_v4_be: snat_v4.map(|a| addr_be(a.into())[0]).unwrap_or(0),
+            ring_size: self.limits.ring_size,
+            snat_v6_be: snat_v6.map(|a| addr_be(a.into())).unwrap_or([0; 4]),
+        };
+        if self.config != Some(cfg) {
+            w.config.push(Op::Config(cfg));
+            self.config = Some(cfg);
+        }
+        let mut run = Run {
+            filter_addrs: snat_v4
+                .map(|a| addr_be(a.into()))
+                .into_iter()
+                .chain(snat_v6.map(|a| addr_be(a.into())))
+                .collect(),
+            vip_ids: IdAllocator::new(self.ids.vips.values().copied(), 0, self.limits.max_vips, "VIP", "max_vips"),
+            backend_ids: IdAllocator::new(
+                self.ids.backends.values().copied(),
+                1,
+                self.limits.max_backends,
+                "backend",
+                "max_backends",
+            ),
+            table_ids: IdAllocator::new(
+                self.tables.keys().copied(),
+                1,
+                self.limits.max_tables,
+                "table",
+                "max_tables",
+            ),
+            ..Run::default()
+        };
+        for v in &desired.config.vips {
+            check_snat(v, snat_v4.is_some(), snat_v6.is_some())?;
+            self.plan_vip(desired, v, &mut run, &mut w)?;
+        }
+        self.remove_gone(&run, &mut w);
+        let (filter_add, filter_clear) = self.plan_filter(&run.filter_addrs);
+        let (ab_add, ab_del) = self.plan_ab_rules(run.ab_wanted);
+        let mut ops = w.config;
+        ops.extend(w.raise);
+        ops.extend(w.tables);
+        ops.extend(filter_add);
+        ops.extend(ab_add);
+        ops.extend(w.vips);
+        ops.extend(ab_del);
+        ops.extend(w.lower);
+        ops.extend(filter_clear);
+        Ok(ops)
+    }
+
+    /// One VIP: its pools (backends and tables), then its key and info.
+    fn plan_vip(&mut self, desired: &Desired, v: &VipConfig, run: &mut Run, w: &mut Writes) -> Result<(), StateError> {
+        let vip_id = match self.ids.vips.get(&v.name) {
+            Some(&id) => id,
+            None => {
+                let id = run.vip_ids.alloc()?;
+                self.ids.vips.insert(v.name.clone(), id);
+                id
+            }
+        };
+        run.live_vips.insert(v.name.clone());
+        let deploy = desired.deploy.get(&v.name).cloned().unwrap_or_default();
+        let next_pool = next_pool(v, &deploy)?;
+        let (mut active_table, mut next_table) = (0, 0);
+        for p in &v.pools {
+            let table_id = self.plan_pool(desired, v, p, vip_id, run, w)?;
+            if p.name == v.active {
+                active_table = table_id;
+            }
+            if next_pool.as_deref() == Some(p.name.as_str()) {
+                next_table = table_id;
+            }
+        }
+        let key = vip_key(v);
+        let mut flags = if v.scheduler == Scheduler::SourceHash {
+            VIP_F_HASH_SOURCE
+        } else {
+            0
+        };
+        if deploy.split.as_ref().is_some_and(|s| s.by == SplitBy::Client) {
+            flags |= VIP_F_SPLIT_BY_CLIENT;
+        }
+        if let Some(ab) = &deploy.ab {
+            for (net, len) in &ab.networks {
+                if net.is_ipv4() != v.family_is_v4() {
+                    return Err(StateError::Deploy {
+                        vip: v.name.clone(),
+                        message: format!("{net}/{len} is not the VIP's address family"),
+                    });
+                }
+                run.ab_wanted.insert(ab_rule(vip_id, *net, *len));
+            }
+            if !ab.networks.is_empty() {
+                flags |= VIP_F_AB_RULES;
+            }
+        }
+        let info = VipInfo {
+            vip_id,
+            table_current: active_table,
+            table_next: next_table,
+            split_bp: deploy.split.as_ref().map(|s| s.bp).unwrap_or(0),
+            flags,
+            _pad: 0,
+        };
+        match self.vips.get(&v.name) {
+            Some((old_key, old_info)) if *old_key == key && *old_info == info => {}
+            Some((old_key, _)) if *old_key != key => {
+                w.vips.push(Op::RemoveVip(*old_key));
+                w.vips.push(Op::Vip(key, info));
+            }
+            _ => w.vips.push(Op::Vip(key, info)),
+        }
+        self.vips.insert(v.name.clone(), (key, info));
+        run.filter_addrs.push(key.addr_be);
+        Ok(())
+    }
+
+    /// One pool: its backends' values, then its table (rebuilt only when its members
+    /// changed, into a free id). Returns the table id (0: no backend takes new flows).
+    fn plan_pool(
+        &mut self,
+        desired: &Desired,
+        v: &VipConfig,
+        p: &PoolConfig,
+        vip_id: u32,
+        run: &mut Run,
+        w: &mut Writes,
+    ) -> Result<u32, StateError> {
+        let mut members = Vec::new();
+        // All-down policy: when checks find every serving backend of a pool down,
+        // the pool keeps its last-known set rather than black-holing the VIP.
+        let serving: Vec<String> = p
+            .backends
+            .iter()
+            .filter(|b| b.weight > 0 && desired.admin(&v.name, b.address) == AdminState::Ready)
+            .map(|b| backend_key(&v.name, b.address))
+            .collect();
+        let fail_open = !serving.is_empty() && serving.iter().all(|k| desired.observed.down.contains(k));
+        let pkey = pool_key(&v.name, &p.name);
+        if fail_open {
+            self.fail_open.insert(pkey.clone());
+        } else {
+            self.fail_open.remove(&pkey);
+        }
+        for b in &p.backends {
+            let key = backend_key(&v.name, b.address);
+            let id = match self.ids.backends.get(&key) {
+                Some(&id) => id,
+                None => {
+                    let id = run.backend_ids.alloc()?;
+                    self.ids.backends.insert(key.clone(), id);
+                    id
+                }
+            };
+            let admin = desired.admin(&v.name, b.address);
+            let health_down = !fail_open && desired.observed.down.contains(&key);
+            let value = Backend {
+                addr_be: addr_be(b.address.ip()),
+                port_be: b.address.port().to_be(),
+                family: family(b.address.ip()),
+                state: if health_down {
+                    BACKEND_DOWN
+                } else {
+                    backend_state(b.weight, admin)
+                },
+                vip_id,
+            };
+            let pct = desired
+                .observed
+                .weight_pct
+                .get(&key)
+                .copied()
+                .unwrap_or(100)
+                .clamp(1, 100);
+            run.live_backends.insert(key);
+            // Weights are scaled by 100 so that slow start can ramp even a weight of 1.
+            let effective = if value.state == BACKEND_READY {
+                b.weight * pct
+            } else {
+                0
+            };
+            members.push(TableBackend {
+                id,
+                addr_be: value.addr_be,
+                port_be: value.port_be,
+                weight: effective,
+            });
+            let old = self.backends.get(&id).copied();
+            if old != Some(value) {
+                let fresh = old.is_none_or(|o| o.addr_be != value.addr_be || o.port_be != value.port_be);
+                let op = Op::Backend { id, value, fresh };
+                if value.state == BACKEND_READY {
+                    w.raise.push(op)
+                } else {
+                    w.lower.push(op)
+                }
+                self.backends.insert(id, value);
+            }
+        }
+        let old_id = self.ids.tables.get(&pkey).copied();
+        let table_id = if members.iter().all(|b| b.weight == 0) {
+            0
+        } else if let Some(id) = old_id.filter(|id| self.members.get(id) == Some(&members)) {
+            id
+        } else {
+            let previous = old_id.and_then(|id| self.tables.get(&id));
+            let slots = build_table(&members, self.limits.ring_size, previous.map(|v| v.as_slice()));
+            let id = match old_id {
+                Some(old) if previous == Some(&slots) => old,
+                _ => {
+                    // A table in use is never rewritten: build in a free id, then flip.
+                    let id = run.table_ids.alloc()?;
+                    w.tables.push(Op::Table {
+                        id,
+                        slots: slots.clone(),
+                    });
+                    self.tables.insert(id, slots);
+                    id
+                }
+            };
+            self.members.insert(id, members);
+            id
+        };
+        if table_id == 0 {
+            self.ids.tables.remove(&pkey);
+        } else {
+            self.ids.tables.insert(pkey, table_id);
+            run.live_tables.insert(table_id);
+        }
+        Ok(table_id)
+    }
+
+    /// Whatever the desired state no longer names goes, after the flips.
+    fn remove_gone(&mut self, run: &Run, w: &mut Writes) {
+        let gone_vips: Vec<String> = self
+            .vips
+            .keys()
+            .filter(|n| !run.live_vips.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone_vips {
+            if let Some((key, _)) = self.vips.remove(&name) {
+                w.vips.push(Op::RemoveVip(key));
+            }
+            self.ids.vips.remove(&name);
+        }
+        let gone_backends: Vec<String> = self
+            .ids
+            .backends
+            .keys()
+            .filter(|k| !run.live_backends.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone_backends {
+            if let Some(id) = self.ids.backends.remove(&key) {
+                self.backends.remove(&id);
+                w.lower.push(Op::Backend {
+                    id,
+                    value: Backend {
+                        state: BACKEND_UNSET,
+                        ..Default::default()
+                    },
+                    fresh: true,
+                });
+            }
+        }
+        self.ids.tables.retain(|_, id| run.live_tables.contains(id));
+        self.tables.retain(|id, _| run.live_tables.contains(id));
+        self.members.retain(|id, _| run.live_tables.contains(id));
+    }
+
+    /// The VIP filter's words: new bits before the VIPs appear (first list), stale bits only
+    /// after they are gone (second list).
+    fn plan_filter(&mut self, addrs: &[[u32; 4]]) -> (Vec<Op>, Vec<Op>) {
+        let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
+        for a in addrs {
+            let (word, bit) = vip_filter_slot(a);
+            filter[word as usize] |= bit;
+        }
+        let mut add = Vec::new();
+        let mut clear = Vec::new();
+        for (i, (&new, &old)) in filter.iter().zip(&self.filter).enumerate() {
+            if new != old {
+                let merged = new | old;
+                if merged != old {
+                    add.push(Op::Filter(i as u32, merged));
+                }
+                if merged != new {
+                    clear.push(Op::Filter(i as u32, new));
+                }
+            }
+        }
+        self.filter = filter;
+        (add, clear)
+    }
+
+    /// The A/B rules to insert (before the VIP infos that use them) and to remove (after).
+    fn plan_ab_rules(&mut self, wanted: BTreeSet<(u32, [u32; 5])>) -> (Vec<Op>, Vec<Op>) {
+        let op = |(prefix_len, d): &(u32, [u32; 5]), insert: bool| Op::AbRule {
+            prefix_len: *prefix_len,
+            key: lb_common::AbKey {
+                vip_id_be: d[0],
+                addr_be: [d[1], d[2], d[3], d[4]],
+            },
+            insert,
+        };
+        let add = wanted.difference(&self.ab_rules).map(|r| op(r, true)).collect();
+        let del = self.ab_rules.difference(&wanted).map(|r| op(r, false)).collect();
+        self.ab_rules = wanted;
+        (add, del)
+    }
+
+    /// The backend values currently programmed, by id.
+    pub fn backend(&self, id: u32) -> Option<&Backend> {
+        self.backends.get(&id)
+    }
+
+    pub fn vip_info(&self, name: &str) -> Option<&(VipKey, VipInfo)> {
+        self.vips.get(name)
+    }
+}
+
+/// Map writes by phase, performed in the order [`Reconciler::plan`] lists them.
+#[derive(Default)]
+struct Writes {
+    config: Vec<Op>,
+    /// Backends becoming (more) available: before the tables name them.
+    raise: Vec<Op>,
+    tables: Vec<Op>,
+    vips: Vec<Op>,
+    /// Drain, down, removed: after the tables stop naming them.
+    lower: Vec<Op>,
+}
+
+/// What one planning run has seen and handed out so far.
+#[derive(Default)]
+struct Run {
+    filter_addrs: Vec<[u32; 4]>,
+    vip_ids: IdAllocator,
+    backend_ids: IdAllocator,
+    table_ids: IdAllocator,
+    live_vips: BTreeSet<String>,
+    live_backends: BTreeSet<String>,
+    live_tables: BTreeSet<u32>,
+    ab_wanted: BTreeSet<(u32, [u32; 5])>,
+}
+
+fn check_snat(v: &VipConfig, has_v4: bool, has_v6: bool) -> Result<(), StateError> {
+    let (missing, family, suffix) = if v.family_is_v4() {
+        (!has_v4, "IPv4", "v4")
+    } else {
+        (!has_v6, "IPv6", "v6")
+    };
+    if missing {
+        return Err(StateError::NoSnat {
+            vip: v.name.clone(),
+            family,
+            suffix,
+        });
+    }
+    Ok(())
+}
+
+/// The pool that takes the split's or the A/B rules' share, checked against the VIP.
+fn next_pool(v: &VipConfig, deploy: &Deployment) -> Result<Option<String>, StateError> {
+    let err = |message: String| StateError::Deploy {
+        vip: v.name.clone(),
+        message,
+    };
+    let next = match (&deploy.split, &deploy.ab) {
+        (Some(s), Some(a)) if s.pool != a.pool => {
+            return Err(err(format!(
+                "split goes to {:?} and A/B rules to {:?}: one next pool at a time",
+                s.pool, a.pool
+            )));
+        }
+        (Some(s), _) => Some(s.pool.clone()),
+        (None, Some(a)) => Some(a.pool.clone()),
+        (None, None) => None,
+    };
+    if let Some(np) = &next {
+        if *np == v.active {
+            return Err(err(format!("{np:?} is already the active pool")));
+        }
+        if !v.pools.iter().any(|p| p.name == *np) {
+            return Err(err(format!("no pool named {np:?}")));
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use lb_common::BACKEND_DRAIN;
+
+    use super::*;
+    use crate::config::parse;
+
+    const CFG: &str = r#"
+[agent]
+snat_v4 = "10.0.0.2"
+ring_size = 251
+[[vip]]
+name = "web"
+address = "10.0.0.100:80"
+active = "blue"
+[[vip.pool]]
+name = "blue"
+backends = [ { address = "10.0.1.1:80" }, { address = "10.0.1.2:80", weight = 300 } ]
+[[vip.pool]]
+name = "green"
+backends = [ { address = "10.0.2.1:80" } ]
+[[vip.pool]]
+name = "empty"
+"#;
+
+    fn limits() -> Limits {
+        Limits {
+            ring_size: 251,
+            max_backends: 64,
+            max_tables: 16,
+            max_vips: 8,
+        }
+    }
+
+    fn desired(text: &str) -> Desired {
+        Desired::new(parse(text, "t.toml").unwrap())
+    }
+
+    fn snat() -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(10, 0, 0, 2))
+    }
+
+    fn position(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
+        ops.iter().position(f).expect("op present")
+    }
+
+    #[test]
+    fn first_plan_writes_backends_then_tables_then_vips() {
+        let mut r = Reconciler::new(limits());
+        let ops = r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let backend = position(&ops, |o| matches!(o, Op::Backend { .. }));
+        let table = position(&ops, |o| matches!(o, Op::Table { .. }));
+        let vip = position(&ops, |o| matches!(o, Op::Vip(..)));
+        assert!(backend < table && table < vip, "{ops:?}");
+        assert_eq!(r.ids.backends.len(), 3);
+        let (_, info) = r.vip_info("web").unwrap();
+        let blue = r.ids.tables[&pool_key("web", "blue")];
+        assert_eq!(info.table_current, blue);
+        let slots = &r.tables[&blue];
+        let heavy = slots
+            .iter()
+            .filter(|&&id| id == r.ids.backends[&backend_key("web", "10.0.1.2:80".parse().unwrap())])
+            .count();
+        assert_eq!(heavy, (251.0f64 * 0.75).round() as usize, "weights 100:300");
+        assert!(!r.ids.tables.contains_key(&pool_key("web", "empty")));
+    }
+
+    #[test]
+    fn reconciling_the_same_state_writes_nothing() {
+        let mut r = Reconciler::new(limits());
+        let d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        assert_eq!(r.reconcile(&d, snat(), None).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn weight_change_builds_a_new_table_and_flips_without_touching_the_old_one() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let old_id = r.vip_info("web").unwrap().1.table_current;
+        let ops = r
+            .reconcile(&desired(&CFG.replace("weight = 300", "weight = 100")), snat(), None)
+            .unwrap();
+        let Some(Op::Table { id: new_id, .. }) = ops.iter().find(|o| matches!(o, Op::Table { .. })) else {
+            panic!("{ops:?}")
+        };
+        assert_ne!(*new_id, old_id, "the table in use is never rewritten");
+        let flip = position(&ops, |o| matches!(o, Op::Vip(_, info) if info.table_current == *new_id));
+        assert!(position(&ops, |o| matches!(o, Op::Table { .. })) < flip);
+        assert!(!r.tables.contains_key(&old_id), "old table freed after the flip");
+    }
+
+    #[test]
+    fn drain_and_maint_leave_the_table_before_their_state_changes() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        let addr: SocketAddr = "10.0.1.2:80".parse().unwrap();
+        let id = r.ids.backends[&backend_key("web", addr)];
+        for (admin, state) in [(AdminState::Drain, BACKEND_DRAIN), (AdminState::Maint, BACKEND_DOWN)] {
+            d.admin.entry("web".into()).or_default().insert(addr, admin);
+            let ops = r.reconcile(&d, snat(), None).unwrap();
+            let state_op = position(
+                &ops,
+                |o| matches!(o, Op::Backend { id: i, value, .. } if *i == id && value.state == state),
+            );
+            if admin == AdminState::Drain {
+                let flip = position(&ops, |o| matches!(o, Op::Vip(..)));
+                assert!(flip < state_op, "{ops:?}");
+            }
+            let table = r.vip_info("web").unwrap().1.table_current;
+            assert!(
+                r.tables[&table].iter().all(|&s| s != id),
+                "{admin:?} backend takes no new flows"
+            );
+        }
+    }
+
+    #[test]
+    fn weight_zero_drains_and_removing_a_backend_unsets_it_last() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let ops = r
+            .reconcile(&desired(&CFG.replace("weight = 300", "weight = 0")), snat(), None)
+            .unwrap();
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::Backend { value, .. } if value.state == BACKEND_DRAIN))
+        );
+        let removed = CFG.replace(", { address = \"10.0.1.2:80\", weight = 300 }", "");
+        let ops = r.reconcile(&desired(&removed), snat(), None).unwrap();
+        let Some(Op::Backend { value, .. }) = ops.last() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(value.state, BACKEND_UNSET);
+    }
+
+    #[test]
+    fn ids_are_stable_and_reused_only_after_release() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let before = r.ids.backends.clone();
+        let added = CFG.replace(
+            "{ address = \"10.0.2.1:80\" }",
+            "{ address = \"10.0.2.1:80\" }, { address = \"10.0.2.2:80\" }",
+        );
+        r.reconcile(&desired(&added), snat(), None).unwrap();
+        for (k, id) in &before {
+            assert_eq!(r.ids.backends[k], *id, "{k} keeps its id");
+        }
+        assert_eq!(r.ids.backends.len(), 4);
+    }
+
+    #[test]
+    fn health_down_takes_a_backend_out_and_all_down_fails_open() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        let a: SocketAddr = "10.0.1.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.1.2:80".parse().unwrap();
+        let (ida, idb) = (
+            r.ids.backends[&backend_key("web", a)],
+            r.ids.backends[&backend_key("web", b)],
+        );
+        d.observed.down.insert(backend_key("web", a));
+        r.reconcile(&d, snat(), None).unwrap();
+        let t = r.vip_info("web").unwrap().1.table_current;
+        assert!(
+            r.tables[&t].iter().all(|&s| s == idb),
+            "a down backend leaves the table"
+        );
+        assert_eq!(r.backend(ida).unwrap().state, BACKEND_DOWN, "its flows are re-chosen");
+        d.observed.down.insert(backend_key("web", b));
+        r.reconcile(&d, snat(), None).unwrap();
+        assert!(r.fail_open.contains(&pool_key("web", "blue")));
+        let t = r.vip_info("web").unwrap().1.table_current;
+        assert!(
+            r.tables[&t].contains(&ida) && r.tables[&t].contains(&idb),
+            "all down: the pool keeps its set"
+        );
+        assert_eq!(r.backend(ida).unwrap().state, BACKEND_READY);
+    }
+
+    #[test]
+    fn slow_start_scales_the_table_share() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        let b: SocketAddr = "10.0.1.2:80".parse().unwrap();
+        d.observed.weight_pct.insert(backend_key("web", b), 10);
+        r.reconcile(&d, snat(), None).unwrap();
+        let id = r.ids.backends[&backend_key("web", b)];
+        let t = r.vip_info("web").unwrap().1.table_current;
+        let share = r.tables[&t].iter().filter(|&&s| s == id).count() as f64 / 251.0;
+        assert!(
+            (share - 30.0 / 130.0).abs() < 0.01,
+            "weight 300 at 10% = 30 against 100: {share}"
+        );
+    }
+
+    #[test]
+    fn failed_reconcile_changes_nothing() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let ids = r.ids.clone();
+        assert!(r.reconcile(&desired(CFG), None, None).is_err());
+        assert_eq!(r.ids, ids);
+        assert_eq!(r.reconcile(&desired(CFG), snat(), None).unwrap(), vec![]);
+    }
+}
