@@ -128,4 +128,3 @@ impl Desired {
         self.config.vips.iter().find(|v| v.name == name)
     }
 }
-

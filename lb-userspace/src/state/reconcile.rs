@@ -8,14 +8,15 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend,
-    VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT,
+    VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
     vip_filter_slot,
 };
 
 use super::{
-    AdminState, Deployment, Desired, IdAllocator, ab_rule, Ids, Limits, SplitBy, addr_be, backend_key, backend_state, family, pool_key, vip_key,
+    AdminState, Deployment, Desired, IdAllocator, Ids, Limits, SplitBy, ab_rule, addr_be, backend_key, backend_state,
+    family, pool_key, vip_key,
 };
 use crate::config::{PoolConfig, Scheduler, VipConfig};
 
@@ -143,7 +144,13 @@ impl Reconciler {
                 .into_iter()
                 .chain(snat_v6.map(|a| addr_be(a.into())))
                 .collect(),
-            vip_ids: IdAllocator::new(self.ids.vips.values().copied(), 0, self.limits.max_vips, "VIP", "max_vips"),
+            vip_ids: IdAllocator::new(
+                self.ids.vips.values().copied(),
+                0,
+                self.limits.max_vips,
+                "VIP",
+                "max_vips",
+            ),
             backend_ids: IdAllocator::new(
                 self.ids.backends.values().copied(),
                 1,
