@@ -1,5 +1,14 @@
-//! The agent: the core behind one door, and the startup that builds it.
+//! The agent: the core behind one door (`core`), and the startup that builds it and runs
+//! the tasks around it (`startup`).
 
+mod core;
+mod persist;
 mod startup;
 
+pub use core::{Change, Core, CoreError, Counters, HealthReport};
+
+pub use persist::{fnv1a, write_atomic};
 pub use startup::*;
+
+/// The core shared by the API, health checks, the canary ticker and metrics.
+pub type Shared = std::sync::Arc<tokio::sync::Mutex<Core>>;

@@ -57,7 +57,13 @@ pub fn moved_share(old: &Reconciler, new: &Reconciler, vip: &str) -> f64 {
         o.split_bp.max(n.split_bp).min(SPLIT_SCALE),
     );
     let table = |v: &VipInfo, to_next: bool| if to_next { v.table_next } else { v.table_current };
-    let at = |r: &Reconciler, t: u32, i: u32| if t == 0 { 0 } else { r.backend_at(t, i, ring).unwrap_or(0) };
+    let at = |r: &Reconciler, t: u32, i: u32| {
+        if t == 0 {
+            0
+        } else {
+            r.backend_at(t, i, ring).unwrap_or(0)
+        }
+    };
     let mut moved = 0.0;
     for (start, end) in [(0, lo), (lo, hi), (hi, SPLIT_SCALE)] {
         if end <= start {
