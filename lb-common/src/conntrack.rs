@@ -17,6 +17,21 @@ pub const WAYS: usize = 4;
 /// Seed of the bucket hash (independent of the split and Maglev slot hashes).
 pub const SEED_CONN: u32 = 0x5eed_0005;
 
+/// Bit of a used way's tag: the flow is confirmed (the backend answered, not with a reset,
+/// and the client spoke again after that answer: a completed TCP handshake). A spoofed
+/// source never sees the answer, so its entries stay unconfirmed and give way first. The
+/// bit is not part of the key's tag ([`slot`] clears it); lookups compare tags without it.
+pub const TAG_CONFIRMED: u32 = 1 << 1;
+
+/// Stamps up to this far ahead of `now` (written by another CPU that read the clock later)
+/// read as age 0; anything further ahead is a wrapped old stamp.
+pub const FUTURE: u32 = 1 << 10;
+
+/// How long a confirmed flow's reverse entry (and so its NAT port) is held after its last
+/// answer, in stamp units (2^18 ms-units: about 275 s, the idle timeout of common cloud
+/// balancers). Within it the entry is never evicted and its port never handed out.
+pub const HOLD_CONFIRMED: u32 = 1 << 18;
+
 /// A bucket's header, in an array of its own (FLOW_HEADS, REV_HEADS): a tag and a last-use
 /// stamp per way, 32 bytes, two buckets per cache line. A miss or a victim search reads
 /// only this compact array; the entries (FLOWS, NAT_REV) are read on a tag match and
@@ -81,16 +96,38 @@ pub const fn slot(key: &FlowKey, mask: u32) -> Slot {
     let h = hash_flow64(key, SEED_CONN);
     Slot {
         index: h as u32 & mask,
-        tag: (h >> 32) as u32 | 1,
+        tag: ((h >> 32) as u32 & !TAG_CONFIRMED) | 1,
     }
 }
 
-/// How long ago `stamp` was, in stamp units. A stamp from the future (another CPU, or the
-/// data path while the agent scans, read the clock after `now` did) is 0 old, not 2^32.
+/// How long ago `stamp` was, in stamp units. A stamp from the near future (another CPU, or
+/// the data path while the agent scans, read the clock after `now` did) is 0 old. Every
+/// other difference is an age: the 32-bit stamp wraps after about 52 days, and only an
+/// entry idle for 52 days minus at most [`FUTURE`] (about a second) reads as fresh.
 #[inline(always)]
 pub const fn age(now: u32, stamp: u32) -> u32 {
-    let d = now.wrapping_sub(stamp) as i32;
-    if d < 0 { 0 } else { d as u32 }
+    let d = now.wrapping_sub(stamp);
+    if d > u32::MAX - FUTURE { 0 } else { d }
+}
+
+/// Age for ordering: like [`age`], but a stamp from the near future ranks younger than now.
+#[inline(always)]
+const fn rank(now: u32, stamp: u32) -> u32 {
+    now.wrapping_sub(stamp).wrapping_add(FUTURE + 1)
+}
+
+/// How a new entry got its way (see [`Heads::choose`]); also the flood guard's counters.
+pub const TAKE_FREE: u32 = 0;
+pub const TAKE_UNCONFIRMED: u32 = 1;
+pub const TAKE_CONFIRMED: u32 = 2;
+/// No way may be taken: every way holds a confirmed entry younger than the hold.
+pub const TAKE_NONE: u32 = 3;
+
+/// A way to write a new entry into, and how it was chosen (`TAKE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub way: usize,
+    pub kind: u32,
 }
 
 /// A table location packed in 32 bits: bucket index and way.
@@ -154,7 +191,7 @@ impl Heads {
     pub fn find<E: Keyed>(&self, ways: &Ways<E>, key: &FlowKey, tag: u32) -> Option<usize> {
         let mut w = 0;
         while w < WAYS {
-            if self.tags[w] == tag && same_key(ways.ways[w].key(), key) {
+            if self.tags[w] & !TAG_CONFIRMED == tag && same_key(ways.ways[w].key(), key) {
                 return Some(w);
             }
             w += 1;
@@ -162,27 +199,55 @@ impl Heads {
         None
     }
 
-    /// The way a new entry takes: a free one, else the least recently used (ages compared
-    /// with wrapping arithmetic, so the stamp's wrap-around after ~50 days is harmless;
-    /// ages beyond ~25 days all read as recent, see [`age`]).
+    /// The way a new entry takes: a free one, else the least recently used unconfirmed one,
+    /// else the least recently used confirmed one idle for at least `hold` (never, with
+    /// `u32::MAX`). Confirmed entries thus give way only to each other's age, never to a
+    /// flood of spoofed first packets (see docs/decisions.md, "SYN floods").
     #[inline(always)]
-    pub fn victim(&self, now: u32) -> usize {
-        let mut best = 0;
-        let mut best_age = i32::MIN;
+    pub fn choose(&self, now: u32, hold: u32) -> Choice {
+        let (mut open, mut open_age) = (WAYS, 0);
+        let (mut held, mut held_age) = (WAYS, 0);
         let mut w = 0;
         while w < WAYS {
-            if self.tags[w] == 0 {
-                return w;
+            let tag = self.tags[w];
+            if tag == 0 {
+                return Choice {
+                    way: w,
+                    kind: TAKE_FREE,
+                };
             }
-            // Signed: a stamp from the future (another CPU) is younger than any other.
-            let age = now.wrapping_sub(self.stamps[w]) as i32;
-            if age > best_age {
-                best_age = age;
-                best = w;
+            let a = rank(now, self.stamps[w]);
+            if tag & TAG_CONFIRMED == 0 {
+                if open == WAYS || a > open_age {
+                    (open, open_age) = (w, a);
+                }
+            } else if age(now, self.stamps[w]) >= hold && (held == WAYS || a > held_age) {
+                (held, held_age) = (w, a);
             }
             w += 1;
         }
-        best
+        if open < WAYS {
+            Choice {
+                way: open,
+                kind: TAKE_UNCONFIRMED,
+            }
+        } else if held < WAYS {
+            Choice {
+                way: held,
+                kind: TAKE_CONFIRMED,
+            }
+        } else {
+            Choice {
+                way: WAYS,
+                kind: TAKE_NONE,
+            }
+        }
+    }
+
+    /// The way a new entry takes when any entry may give way: [`Heads::choose`] with no hold.
+    #[inline(always)]
+    pub fn victim(&self, now: u32) -> usize {
+        self.choose(now, 0).way
     }
 
     /// Used ways' entries, for readers of the whole table.
@@ -293,6 +358,62 @@ mod tests {
         assert_eq!(b.head.victim(100), 1, "a stamp from the future is not the oldest");
         assert_eq!(age(100, 101), 0);
         assert_eq!(age(5, u32::MAX), 6);
+    }
+
+    /// Stamps count 2^20 ns and wrap after about 52 days: an entry idle for a month is old,
+    /// not fresh, and gives way before one used a second ago.
+    #[test]
+    fn a_month_old_stamp_reads_as_old_across_the_wrap() {
+        let day = (86_400_000_000_000u64 >> 20) as u32; // stamp units per day (about 82 million)
+        let now = 5_000u32;
+        for idle_days in [1u32, 20, 26, 30, 45, 51] {
+            let old = now.wrapping_sub(idle_days * day);
+            assert!(age(now, old) >= idle_days * day - 1, "{idle_days} days idle");
+            let mut b = Bucket::default();
+            for w in 0..WAYS {
+                put(&mut b, w, key(w as u32), now - 1000);
+            }
+            b.head.stamps[3] = old;
+            assert_eq!(b.head.victim(now), 3, "{idle_days} days idle gives way first");
+        }
+    }
+
+    /// A new entry takes a free way, else the oldest unconfirmed one (even when confirmed
+    /// ones are older), else the oldest confirmed one idle for at least the hold, else none.
+    #[test]
+    fn unconfirmed_entries_give_way_before_confirmed_ones() {
+        let mut b = Bucket::default();
+        for w in 0..WAYS {
+            put(&mut b, w, key(w as u32), 100 + w as u32);
+        }
+        b.head.tags[0] |= TAG_CONFIRMED;
+        b.head.tags[1] |= TAG_CONFIRMED;
+        let c = |kind, way| Choice { way, kind };
+        assert_eq!(b.head.choose(200, u32::MAX), c(TAKE_UNCONFIRMED, 2));
+        // Lookups ignore the bit.
+        let k = key(0);
+        assert_eq!(b.find(&k, slot(&k, 0).tag), Some(0));
+        b.head.tags[2] |= TAG_CONFIRMED;
+        b.head.tags[3] |= TAG_CONFIRMED;
+        assert_eq!(
+            b.head.choose(200, u32::MAX),
+            c(TAKE_NONE, WAYS),
+            "no confirmed way gives way"
+        );
+        assert_eq!(b.head.choose(200, 0), c(TAKE_CONFIRMED, 0));
+        assert_eq!(b.head.choose(200, 99), c(TAKE_CONFIRMED, 0), "idle 100 >= hold 99");
+        assert_eq!(b.head.choose(200, 100), c(TAKE_CONFIRMED, 0));
+        assert_eq!(
+            b.head.choose(200, 101),
+            c(TAKE_NONE, WAYS),
+            "all idle less than the hold"
+        );
+        b.head.tags[1] = 0;
+        assert_eq!(b.head.choose(200, u32::MAX), c(TAKE_FREE, 1));
+        // slot() never sets the bit itself.
+        for i in 0..1000 {
+            assert_eq!(slot(&key(i), 7).tag & TAG_CONFIRMED, 0);
+        }
     }
 
     #[test]

@@ -11,19 +11,28 @@ pub const MAP_VIPS: &str = "VIPS_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 pub const MAP_TABLES: &str = "TABLES_V2";
 pub const MAP_FLOWS: &str = "FLOWS_V2";
-pub const MAP_NAT_REV: &str = "NAT_REV_V2";
+/// V3: NextHop carries the egress MTU.
+pub const MAP_NAT_REV: &str = "NAT_REV_V3";
 /// Bucket headers of FLOWS and NAT_REV (lb_common::conntrack::Heads).
-pub const MAP_FLOW_HEADS: &str = "FLOW_HEADS_V1";
-pub const MAP_REV_HEADS: &str = "REV_HEADS_V1";
+/// V2: a used way's tag carries conntrack::TAG_CONFIRMED.
+pub const MAP_FLOW_HEADS: &str = "FLOW_HEADS_V2";
+pub const MAP_REV_HEADS: &str = "REV_HEADS_V2";
+/// Per-CPU flood-guard state and counters ([`FloodGuard`]).
+pub const MAP_FLOOD_GUARD: &str = "FLOOD_GUARD_V1";
+/// Global of the XDP program: new flows per CPU per guard window (about a second) before
+/// the flood guard stops evicting confirmed flows; u32::MAX derives it from the table size.
+pub const GLOBAL_FLOW_BUDGET: &str = "FLOW_BUDGET";
 /// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
-pub const MAP_REASONS: &str = "REASONS_V1";
+/// V2: room for 32 reasons.
+pub const MAP_REASONS: &str = "REASONS_V2";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_TX_PORTS: &str = "TX_PORTS_V1";
 pub const MAP_VIP_FILTER: &str = "VIP_FILTER_V1";
-pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V1";
+/// V2: NextHop carries the egress MTU.
+pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V2";
 pub const MAP_AB_RULES: &str = "AB_RULES_V1";
 pub const DEFAULT_MAX_AB_RULES: u32 = 4096;
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
@@ -32,6 +41,10 @@ pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
 /// Program names in the object file.
 pub const PROG_BALANCER: &str = "veer_xdp";
 pub const PROG_PASS: &str = "veer_pass";
+/// ICMP handling, tail-called by the balancer through ICMP_PROGS[0] (its own stack and
+/// verifier budget); the loader puts it there.
+pub const PROG_ICMP: &str = "veer_icmp";
+pub const MAP_ICMP_PROGS: &str = "ICMP_PROGS_V1";
 /// Bench-only programs carried in the balancer's object (see `cargo xtask bench`).
 pub const PROG_BENCH_HARNESS: &str = "veer_bench_harness";
 pub const PROG_BENCH_FLOOR: &str = "veer_bench_floor";
@@ -176,8 +189,11 @@ pub struct NextHop {
     pub ifindex: u32,
     /// Coarse time of the lookup, in units of 2^30 ns (about a second).
     pub stamp: u32,
+    /// The egress interface's MTU as the lookup reported it (0: unknown).
+    pub mtu: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<NextHop>() == 20);
+const _: () = assert!(size_of::<NextHop>() == 24);
 
 /// Reverse-NAT value, keyed by the reply's 5-tuple (backend -> balancer).
 #[repr(C)]
@@ -193,7 +209,7 @@ pub struct NatRev {
     pub hop: NextHop,
     /// FLOW_F_* as seen from the backend side.
     pub flags: u16,
-    pub _pad: [u16; 3],
+    pub _pad: u16,
 }
 const _: () = assert!(size_of::<NatRev>() == 72);
 
@@ -237,7 +253,8 @@ pub struct Counters {
     pub closed_flows: u64,
     /// New flows whose backend answered at least once.
     pub answered_flows: u64,
-    /// TCP RSTs sent by the backend: a passive health signal.
+    /// TCP RSTs sent by the backend on flows it had answered (a reset as the first answer,
+    /// to a client's bare ACK, is not counted): a passive health signal.
     pub backend_resets: u64,
     /// Backend -> client packets and IP bytes.
     pub reply_packets: u64,
@@ -265,6 +282,60 @@ impl Counters {
     /// agent reports live flows from the connection table instead (`Dataplane::live_flows`).
     pub const fn opened_not_closed(&self) -> u64 {
         self.new_flows.saturating_sub(self.closed_flows)
+    }
+}
+
+/// FLOOD_GUARD[0], per CPU: the new-flow budget's window and, as counters, how every new
+/// flow found its connection-table way (see docs/decisions.md, "SYN floods").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodGuard {
+    /// Current window: stamp >> 10 (2^30 ns, about a second).
+    pub window: u32,
+    /// New flows written in this window on this CPU.
+    pub inserts: u32,
+    /// New flows by how they got their way, indexed by conntrack::TAKE_*: a free way, an
+    /// unconfirmed flow evicted, a confirmed flow evicted (within the budget, or idle past
+    /// the hold), and refused (every way held a confirmed flow; dropped as `drop_flood`).
+    pub taken: [u64; 4],
+    /// New flows that arrived while this CPU was over its budget.
+    pub over_budget: u64,
+}
+const _: () = assert!(size_of::<FloodGuard>() == 48);
+
+impl FloodGuard {
+    /// Counter names (status and metrics), in the order of [`FloodGuard::counters`].
+    pub const NAMES: [&'static str; 5] = [
+        "new_flow_free_way",
+        "new_flow_evicted_unconfirmed",
+        "new_flow_evicted_confirmed",
+        "new_flow_refused",
+        "new_flow_over_budget",
+    ];
+
+    pub const fn counters(&self) -> [u64; 5] {
+        [
+            self.taken[0],
+            self.taken[1],
+            self.taken[2],
+            self.taken[3],
+            self.over_budget,
+        ]
+    }
+
+    /// Per-CPU values summed (the window fields are per CPU and meaningless summed).
+    pub const fn add(self, o: FloodGuard) -> FloodGuard {
+        FloodGuard {
+            window: 0,
+            inserts: 0,
+            taken: [
+                self.taken[0] + o.taken[0],
+                self.taken[1] + o.taken[1],
+                self.taken[2] + o.taken[2],
+                self.taken[3] + o.taken[3],
+            ],
+            over_budget: self.over_budget + o.over_budget,
+        }
     }
 }
 
@@ -302,12 +373,27 @@ pub enum Reason {
     DropNoTxPort = 13,
     /// A NAT reply rewritten back to VIP -> client, through the devmap.
     RedirectReply = 14,
+    /// A new flow over the flood guard's budget whose bucket held only confirmed flows:
+    /// dropped rather than evicting one (see docs/decisions.md, "SYN floods").
+    DropFlood = 15,
+    /// An ICMP/ICMPv6 error about a NAT flow (destination unreachable, fragmentation
+    /// needed, packet too big, time exceeded), translated and forwarded to the flow's
+    /// backend or client.
+    IcmpTranslated = 16,
+    /// Larger than the egress MTU with DF (always, for IPv6): answered with ICMP
+    /// fragmentation-needed / packet-too-big, sent back out of the ingress interface.
+    TxTooBig = 17,
+    /// TTL / hop limit would expire here: answered with ICMP time-exceeded.
+    TxTimeExceeded = 18,
+    /// Larger than the egress MTU without DF: rewritten and handed to the stack, which
+    /// fragments it.
+    PassTooBig = 19,
 }
 
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 20] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -323,6 +409,11 @@ impl Reason {
         Reason::DropFlowInsert,
         Reason::DropNoTxPort,
         Reason::RedirectReply,
+        Reason::DropFlood,
+        Reason::IcmpTranslated,
+        Reason::TxTooBig,
+        Reason::TxTimeExceeded,
+        Reason::PassTooBig,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -343,6 +434,11 @@ impl Reason {
             Reason::DropFlowInsert => "drop_flow_insert",
             Reason::DropNoTxPort => "drop_no_tx_port",
             Reason::RedirectReply => "redirect_reply",
+            Reason::DropFlood => "drop_flood",
+            Reason::IcmpTranslated => "icmp_translated",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::TxTimeExceeded => "tx_time_exceeded",
+            Reason::PassTooBig => "pass_too_big",
         }
     }
 }
@@ -363,6 +459,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}
+    unsafe impl aya::Pod for FloodGuard {}
     unsafe impl aya::Pod for crate::conntrack::Heads {}
     unsafe impl aya::Pod for crate::conntrack::FlowWays {}
     unsafe impl aya::Pod for crate::conntrack::RevWays {}

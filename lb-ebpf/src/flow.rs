@@ -26,14 +26,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_CLOSED, Flow, FlowKey, NatRev, PROTO_TCP, Reason,
-    conntrack::{FlowEntry, Heads, Keyed, RevEntry, WAYS, Ways, age, link, slot},
+    BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, PROTO_TCP,
+    Reason,
+    conntrack::{
+        Choice, FlowEntry, HOLD_CONFIRMED, Heads, Keyed, RevEntry, TAG_CONFIRMED, TAKE_FREE, WAYS, Ways, age, link,
+        slot,
+    },
     hash::{SEED_SPLIT, finish, hash_flow},
 };
 
 use crate::{
     maps::{BACKENDS, FLOW_HEADS, FLOWS, NAT_REV, REV_HEADS, conn_mask, scratch},
-    parse::{Packet, TCP_RST, TCP_SYN},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// The coarse clock, in nanoseconds (cheap: no clock source read).
@@ -79,37 +83,107 @@ fn locate<E>(heads: &Array<Heads>, ways: &Array<Ways<E>>, key: &FlowKey) -> Opti
     })
 }
 
-/// The established flow's backend, unless that backend is gone or down: then the flow is
-/// re-chosen (a `drain` backend keeps its flows). Returns the entry (for flag updates), a
-/// copy of it read consistently, and the backend.
+/// An established flow, as [`established`] found it.
+pub struct Established {
+    /// The entry's value, for flag updates.
+    pub flow: &'static mut Flow,
+    /// A copy of it, read consistently.
+    pub seen: Flow,
+    pub backend: Backend,
+    tag: &'static mut u32,
+    key_tag: u32,
+}
+
+impl Established {
+    /// The client closed the flow (FIN or RST): flag it, and let it give way like an
+    /// unconfirmed flow.
+    #[inline(always)]
+    pub fn close(&mut self) {
+        self.flow.flags |= FLOW_F_CLOSED;
+        store(self.tag, &self.key_tag);
+    }
+}
+
+/// The established flow's backend, unless that backend is gone or down, or is no longer
+/// a backend of the flow's VIP in the flow's family (its id was given to another backend):
+/// then the flow is re-chosen (a `drain` backend keeps its flows). The flow is confirmed
+/// here once its backend has answered and the client speaks again (`tcp_flags`: an ACK
+/// without SYN; any UDP datagram).
 #[inline(always)]
 pub fn established(
     bucket: &mut Bucket<FlowEntry>,
     key: &FlowKey,
     snat: &[u32; 4],
+    tcp_flags: u8,
     now: u32,
-) -> Option<(&'static mut Flow, Flow, Backend)> {
+) -> Option<Established> {
     let way = bucket.find(key)?;
+    if way >= WAYS {
+        return None;
+    }
     let entry = bucket.ways.ways.get_mut(way)?;
     let seen = entry.flow;
     // Seqlock-style: a writer clears the tag before it touches the value, so the same tag
     // after the copy means the copy is this key's value (x86 keeps loads in order).
     // SAFETY: a plain load from the bucket's header.
-    if unsafe { core::ptr::read_volatile(&bucket.head.tags[way]) } != bucket.tag {
+    let tag = unsafe { core::ptr::read_volatile(&bucket.head.tags[way]) };
+    if tag & !TAG_CONFIRMED != bucket.tag {
         return None;
     }
     let idle = age(now, bucket.head.stamps[way]);
     touch(&mut bucket.head.stamps, way, now);
     let backend = *BACKENDS.get(seen.backend_id)?;
-    if backend.state == BACKEND_DOWN || backend.state == BACKEND_UNSET {
+    if backend.state == BACKEND_DOWN
+        || backend.state == BACKEND_UNSET
+        || backend.vip_id != seen.vip_id
+        || backend.family != key.family
+    {
         return None;
     }
     if idle >= SECOND {
         ensure_reverse(entry, &backend, snat, now);
     }
+    if tag & TAG_CONFIRMED == 0
+        && seen.flags & FLOW_F_CLOSED == 0
+        && (key.proto != PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK)
+        && confirm_reverse(entry)
+    {
+        store(&mut bucket.head.tags[way], &(bucket.tag | TAG_CONFIRMED));
+    }
     let flow = &raw mut entry.flow;
-    // SAFETY: the entry lives in the map for the program's lifetime.
-    Some((unsafe { &mut *flow }, seen, backend))
+    let tag = &raw mut bucket.head.tags[way];
+    // SAFETY: the entry and its header live in the maps for the program's lifetime.
+    Some(unsafe {
+        Established {
+            flow: &mut *flow,
+            seen,
+            backend,
+            tag: &mut *tag,
+            key_tag: bucket.tag,
+        }
+    })
+}
+
+/// Confirms the reverse entry of a flow whose backend has answered (not with a reset);
+/// says whether it did.
+#[inline(always)]
+fn confirm_reverse(entry: &FlowEntry) -> bool {
+    let index = entry.rev_link >> 2;
+    let way = (entry.rev_link & 3) as usize;
+    let (Some(head), Some(ways)) = (REV_HEADS.get_ptr_mut(index), NAT_REV.get_ptr_mut(index)) else {
+        return false;
+    };
+    // SAFETY: array value pointers, valid for the program's lifetime.
+    let (head, ways) = unsafe { (&mut *head, &*ways) };
+    if way >= WAYS || head.tags[way] & !TAG_CONFIRMED != entry.rev_tag {
+        return false;
+    }
+    let flags = ways.ways[way].rev.flags;
+    if flags & FLOW_F_ANSWERED == 0 || flags & FLOW_F_CLOSED != 0 {
+        return false;
+    }
+    store(&mut head.tags[way], &(entry.rev_tag | TAG_CONFIRMED));
+    true
 }
 
 /// Marks a way used now (written only when the stamp changes: about once a millisecond).
@@ -144,8 +218,28 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
         store(&mut b.head.tags[way], &0);
         return None;
     }
+    // A closing backend: its entry gives way like an unconfirmed one from now on.
+    if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        store(&mut b.head.tags[way], &b.tag);
+    }
     touch(&mut b.head.stamps, way, now);
     b.ways.ways.get_mut(way)
+}
+
+/// The connection-table entry of client flow `key`, read only (for ICMP errors about it).
+#[inline(always)]
+pub fn find_flow(key: &FlowKey) -> Option<Flow> {
+    let b = bucket(key)?;
+    let way = b.find(key)?;
+    Some(b.ways.ways.get(way)?.flow)
+}
+
+/// The reverse entry of reply 5-tuple `key`, without touching it (for ICMP errors).
+#[inline(always)]
+pub fn find_reverse(key: &FlowKey) -> Option<&'static mut NatRev> {
+    let b = locate(&REV_HEADS, &NAT_REV, key)?;
+    let way = b.find(key)?;
+    Some(&mut b.ways.ways.get_mut(way)?.rev)
 }
 
 /// About a second, in stamp units: the quiet after which a UDP reply is checked against
@@ -234,25 +328,24 @@ pub fn allocate_port(
             return Err(Reason::DropNoPort);
         };
         let way = match bucket.find(reply) {
-            // The least recently answered reverse entry gives way. Its client flow keeps its
-            // connection entry (see docs/decisions.md, "Reverse entries under pressure").
-            None => bucket.head.victim(now),
-            // Our own entry (the flow was evicted or re-chosen), or one whose client flow is
-            // gone from the connection table: that connection cannot continue, take the port.
+            // The least recently answered unconfirmed reverse entry gives way, else a
+            // confirmed one idle past the hold. Its client flow keeps its connection entry
+            // (see docs/decisions.md, "Reverse entries under pressure"). A bucket of live
+            // confirmed entries gives none: try the next port.
+            None => bucket.head.choose(now, HOLD_CONFIRMED).way,
+            // Our own entry (the flow was evicted or re-chosen), or one whose flow is over.
             Some(w)
                 if w < WAYS
                     && (owned_by(&bucket.ways.ways[w].rev, key)
-                        || stale(&bucket.ways.ways[w].rev, reply, &mut scratch.client)) =>
+                        || released(&bucket, w, reply, now, &mut scratch.client)) =>
             {
                 w
             }
-            Some(_) => {
-                i += 1;
-                continue;
-            }
+            Some(_) => WAYS,
         };
         if way >= WAYS {
-            return Err(Reason::DropNoPort);
+            i += 1;
+            continue;
         }
         let (link, tag) = put_reverse(bucket, way, reply, key, vip_id, backend_id, now);
         return Ok((reply.dport_be, link, tag));
@@ -321,7 +414,7 @@ fn ensure_reverse(entry: &mut FlowEntry, backend: &Backend, snat: &[u32; 4], now
         return;
     };
     let way = match bucket.find(reply) {
-        None => bucket.head.victim(now),
+        None => bucket.head.choose(now, HOLD_CONFIRMED).way,
         // Still there under another way (moved by a re-insert): just relink.
         Some(w) if w < WAYS && owned_by(&bucket.ways.ways[w].rev, &entry.key) => {
             entry.rev_link = link(bucket.index, w);
@@ -331,6 +424,10 @@ fn ensure_reverse(entry: &mut FlowEntry, backend: &Backend, snat: &[u32; 4], now
         // Another client holds the port now: this flow cannot be answered any more.
         Some(_) => return,
     };
+    if way >= WAYS {
+        // Every way holds a live confirmed flow: try again on a later packet.
+        return;
+    }
     let (vip_id, backend_id) = (entry.flow.vip_id, entry.flow.backend_id);
     let (l, t) = put_reverse(bucket, way, reply, &entry.key, vip_id, backend_id, now);
     entry.rev_link = l;
@@ -346,12 +443,27 @@ fn owned_by(old: &NatRev, key: &FlowKey) -> bool {
         && old.vip_be == key.dst_be
 }
 
-/// A reverse entry is live only while its client flow still maps to it.
+/// Is another client's reverse entry (way `w`) over, so its port may be handed out? Only
+/// with proof: its client flow was re-chosen (maps to another backend or port), or that
+/// flow is gone from the connection table and the entry has been idle past its hold (a
+/// second unconfirmed, [`HOLD_CONFIRMED`] confirmed). A flow evicted from the connection
+/// table may still be live: its next packet finds this entry again (see `owned_by`).
 #[inline(always)]
-fn stale(old: &NatRev, reply: &FlowKey, client: &mut FlowKey) -> bool {
+fn released(bucket: &Bucket<RevEntry>, w: usize, reply: &FlowKey, now: u32, client: &mut FlowKey) -> bool {
+    if w >= WAYS {
+        return false;
+    }
+    let old = &bucket.ways.ways[w].rev;
     match client_flow(old, reply, client) {
         Some(flow) => flow.backend_id != old.backend_id || flow.snat_port_be != reply.dport_be,
-        None => true,
+        None => {
+            let hold = if bucket.head.tags[w] & TAG_CONFIRMED != 0 {
+                HOLD_CONFIRMED
+            } else {
+                SECOND
+            };
+            age(now, bucket.head.stamps[w]) >= hold
+        }
     }
 }
 
@@ -393,17 +505,26 @@ pub fn mark_closed(rev: &NatRev, reply: &FlowKey) {
     }
 }
 
-/// Records the flow in its bucket: over its own old entry (a reused 5-tuple), else in a
-/// free or the least recently used way.
+/// The way a new flow takes in its bucket: its own old entry (a reused 5-tuple), else
+/// [`Heads::choose`] with the flood guard's `hold`.
+#[inline(always)]
+pub fn choose_way(bucket: &Bucket<FlowEntry>, key: &FlowKey, hold: u32, now: u32) -> Choice {
+    match bucket.find(key) {
+        Some(way) => Choice { way, kind: TAKE_FREE },
+        None => bucket.head.choose(now, hold),
+    }
+}
+
+/// Records the flow in `way` of its bucket.
 #[inline(always)]
 pub fn record(
     bucket: &mut Bucket<FlowEntry>,
+    way: usize,
     key: &FlowKey,
     flow: Flow,
     (rev_link, rev_tag): (u32, u32),
     now: u32,
 ) -> Result<(), Reason> {
-    let way = bucket.find(key).unwrap_or_else(|| bucket.head.victim(now));
     if way >= WAYS {
         return Err(Reason::DropFlowInsert);
     }

@@ -93,6 +93,23 @@ pub struct AgentConfig {
     /// A UDP flow counts as live until it has been idle this long.
     #[serde(default = "default_udp_idle")]
     pub udp_idle: std::time::Duration,
+    /// Where the maps and links are pinned (on a bpffs); the next agent adopts them there.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// The agent may set the kernel settings its data path needs (false: it refuses to
+    /// start while one differs, naming them).
+    #[serde(default = "default_true")]
+    pub manage_sysctls: bool,
+}
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/veer";
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// IPVS's TCP established timeout.
@@ -161,6 +178,8 @@ struct RawAgent {
     max_backends: Option<Spanned<i64>>,
     tcp_idle: Option<Spanned<String>>,
     udp_idle: Option<Spanned<String>>,
+    pin_dir: Option<Spanned<String>>,
+    manage_sysctls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +474,18 @@ impl Validator<'_> {
             interfaces: a.interfaces.clone(),
             socket: PathBuf::from(a.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
             state_file: PathBuf::from(a.state_file.clone().unwrap_or_else(|| DEFAULT_STATE_FILE.into())),
+            pin_dir: match &a.pin_dir {
+                None => default_pin_dir(),
+                Some(d) if d.get_ref().starts_with('/') && !d.get_ref().contains("/../") => PathBuf::from(d.get_ref()),
+                Some(d) => {
+                    return self.err(
+                        d.span(),
+                        "agent.pin_dir",
+                        format!("{:?} is not an absolute path", d.get_ref()),
+                    );
+                }
+            },
+            manage_sysctls: a.manage_sysctls.unwrap_or(true),
             api_listen,
             api_token_file: a.api_token_file.as_ref().map(|t| PathBuf::from(t.get_ref())),
             metrics,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplane;
 pub mod deploy;
 pub mod health;
+pub mod host;
 pub mod metrics;
 pub mod state;
 

@@ -93,13 +93,18 @@ pub fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
 
 /// [`with_fixture`] with connection tables of `flow_capacity` flows.
 pub fn with_fixture_sized(flow_capacity: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
-    // SAFETY: trivial libc call.
-    if unsafe { libc::geteuid() } != 0 {
+    with_fixture_budget(flow_capacity, u32::MAX, f);
+}
+
+/// [`with_fixture_sized`] with the flood guard's new-flow budget per CPU and window set to
+/// `budget` (u32::MAX: derived from the table, as the agent leaves it).
+pub fn with_fixture_budget(flow_capacity: u32, budget: u32, f: impl FnOnce(&mut Fixture) + Send + 'static) {
+    if !crate::lab::is_root() {
         eprintln!("skipped: packet fixtures need root (BPF_PROG_TEST_RUN, network namespaces)");
         return;
     }
     let handle = std::thread::spawn(move || {
-        let mut fx = Fixture::new(flow_capacity);
+        let mut fx = Fixture::with_budget(flow_capacity, budget);
         f(&mut fx);
     });
     if let Err(panic) = handle.join() {
@@ -110,6 +115,11 @@ pub fn with_fixture_sized(flow_capacity: u32, f: impl FnOnce(&mut Fixture) + Sen
 impl Fixture {
     /// `flow_capacity` sizes the connection and reverse-NAT tables.
     pub fn new(flow_capacity: u32) -> Self {
+        Self::with_budget(flow_capacity, u32::MAX)
+    }
+
+    /// [`Fixture::new`] with the flood guard's budget (see [`with_fixture_budget`]).
+    pub fn with_budget(flow_capacity: u32, budget: u32) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("veer-fx-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let ns = Netns::new(&name).expect("create the fixture namespace");
@@ -176,6 +186,7 @@ impl Fixture {
         let mask = buckets - 1;
         let ebpf = EbpfLoader::new()
             .override_global(lb_common::GLOBAL_CONN_MASK, &mask, true)
+            .override_global(lb_common::GLOBAL_FLOW_BUDGET, &budget, true)
             .map_max_entries(MAP_TABLES, 8 * M)
             .map_max_entries(MAP_FLOWS, buckets)
             .map_max_entries(lb_common::MAP_FLOW_HEADS, buckets)
@@ -196,6 +207,7 @@ impl Fixture {
             .try_into()
             .expect("xdp");
         prog.load().expect("verifier accepts the balancer");
+        veer::dataplane::load_icmp(&mut fx.ebpf).expect("verifier accepts the ICMP program");
         fx.configure();
         fx
     }
@@ -357,6 +369,23 @@ impl Fixture {
             .unwrap()
             .iter()
             .fold(Counters::default(), |a, c| a.add(*c))
+    }
+
+    /// The flood guard's counters summed over CPUs.
+    pub fn guard(&self) -> lb_common::FloodGuard {
+        let m: PerCpuArray<_, lb_common::FloodGuard> =
+            self.ebpf.map(lb_common::MAP_FLOOD_GUARD).unwrap().try_into().unwrap();
+        m.get(&0, 0).unwrap().iter().fold(Default::default(), |a, c| a.add(*c))
+    }
+
+    /// Is this reply 5-tuple in the reverse-NAT table?
+    pub fn has_reverse(&self, reply: &FlowKey) -> bool {
+        let heads: Array<_, Heads> = self.ebpf.map(lb_common::MAP_REV_HEADS).unwrap().try_into().unwrap();
+        let ways: Array<_, lb_common::conntrack::RevWays> = self.ebpf.map(MAP_NAT_REV).unwrap().try_into().unwrap();
+        let slot = lb_common::conntrack::slot(reply, heads.len() - 1);
+        let head = heads.get(&slot.index, 0).unwrap();
+        let ways = ways.get(&slot.index, 0).unwrap();
+        head.find(&ways, reply, slot.tag).is_some()
     }
 
     pub fn reason(&self, r: Reason) -> u64 {

@@ -36,11 +36,13 @@ fn assert_weighted_split(o: &Outcome) {
 
 fn http_and_udp(lab: &Lab, http: SocketAddr, udp: SocketAddr) {
     lab.wait_for_vip(http).unwrap();
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(http, 600).unwrap();
     assert_all_ok(lab, "600 new connections", &o, 600);
     println!("{http}: 600/600 ok in {:?}, spread {:?}", o.elapsed, shares(&o));
     let reply = lab.udp(udp, b"hello").unwrap();
     assert!(reply.starts_with('b'), "UDP reply names a backend: {reply:?}");
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]
@@ -54,9 +56,11 @@ fn backends_weighted_1_1_2_get_25_25_50_percent_of_new_connections() {
     let Some(lab) = lab_with_agent() else { return };
     let vip = SocketAddr::new(VIP4.into(), 80);
     lab.wait_for_vip(vip).unwrap();
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(vip, 2000).unwrap();
     assert_all_ok(&lab, "2000 new connections", &o, 2000);
     assert_weighted_split(&o);
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]
@@ -64,9 +68,11 @@ fn ipv6_http_udp_and_weights_work_the_same() {
     let Some(lab) = lab_with_agent() else { return };
     let vip = SocketAddr::new(VIP6.into(), 80);
     http_and_udp(&lab, vip, SocketAddr::new(VIP6.into(), 53));
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(vip, 2000).unwrap();
     assert_all_ok(&lab, "2000 new IPv6 connections", &o, 2000);
     assert_weighted_split(&o);
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]

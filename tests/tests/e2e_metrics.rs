@@ -43,8 +43,11 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
     lab.start_agent(&config).unwrap();
     let vip = SocketAddr::new(VIP4.into(), 80);
     lab.wait_for_vip(vip).unwrap();
+    let new_flows_before = per_backend(&lab.status().unwrap(), "new_flows");
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(vip, 300).unwrap();
     assert_eq!(o.failed, 0);
+    lab.assert_no_drops(&watch, &[]);
 
     let prom_cfg = lab.dir.join("prometheus.yml");
     std::fs::write(
@@ -65,48 +68,33 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
         .expect("start prometheus");
     let _prom = ChildGuard(child);
 
-    let status = lab.status().unwrap();
-    let mut want = std::collections::BTreeMap::new();
-    for b in status["vips"][0]["pools"][0]["backends"].as_array().unwrap() {
-        want.insert(
-            b["address"].as_str().unwrap().to_string(),
-            b["counters"]["packets"].as_u64().unwrap(),
-        );
-    }
+    let want = per_backend(&lab.status().unwrap(), "packets");
     assert!(want.values().all(|&p| p > 0), "every backend carried traffic: {want:?}");
-
+    // New flows as the client counted them: each GET was one new connection, answered by
+    // the backend it names. Prometheus must show exactly these on top of the baseline.
+    let mut want_flows = new_flows_before.clone();
+    for (i, addr) in (0..WEIGHTS.len()).map(|i| (i, format!("{}:{HTTP_PORT}", backend4(i)))) {
+        *want_flows.entry(addr).or_default() += o.by_backend.get(&backend_name(i)).copied().unwrap_or(0) as u64;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut got = std::collections::BTreeMap::new();
+    let (mut got, mut got_flows) = (Default::default(), Default::default());
     while Instant::now() < deadline {
-        let body = lab
-            .lb
-            .run(|| {
-                get(
-                    "127.0.0.1:9090".parse().unwrap(),
-                    "/api/v1/query?query=veer_backend_packets_total%7Bvip%3D%22web4%22%7D",
-                )
-            })
-            .unwrap()
-            .unwrap_or_default();
-        got.clear();
-        if let Ok(v) = serde_json::from_str::<Value>(&body) {
-            for r in v["data"]["result"].as_array().into_iter().flatten() {
-                let backend = r["metric"]["backend"].as_str().unwrap_or("").to_string();
-                let value: u64 = r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
-                got.insert(backend, value);
-            }
-        }
-        if got == want {
+        got = prom_query(&lab, "veer_backend_packets_total%7Bvip%3D%22web4%22%7D");
+        got_flows = prom_query(&lab, "veer_backend_new_flows_total%7Bvip%3D%22web4%22%7D");
+        if got == want && got_flows == want_flows {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let prom_log = std::fs::read_to_string(lab.dir.join("prometheus.log")).unwrap_or_default();
+    let prom_tail = prom_log.lines().rev().take(10).collect::<Vec<_>>().join("\n");
     assert_eq!(
-        got,
-        want,
-        "Prometheus' view of per-backend packets equals veer status\nprometheus log tail:\n{}",
-        prom_log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+        got, want,
+        "Prometheus' view of per-backend packets equals veer status\nprometheus log tail:\n{prom_tail}"
+    );
+    assert_eq!(
+        got_flows, want_flows,
+        "Prometheus' per-backend new flows equal the connections the client saw each backend answer"
     );
     let metrics = lab
         .lb
@@ -120,5 +108,51 @@ fn prometheus_scrapes_per_backend_packets_that_match_veer_status() {
         "veer_build_info",
     ] {
         assert!(metrics.contains(&format!("# TYPE {name}")), "metrics expose {name}");
+        let samples: Vec<f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(!samples.is_empty(), "{name} has samples");
+        if name != "veer_backend_live_flows" {
+            assert!(
+                samples.iter().any(|&v| v > 0.0),
+                "{name} counted something: {samples:?}"
+            );
+        }
     }
+}
+
+/// A counter of every backend of the first VIP's first pool in `veer status`, by address.
+fn per_backend(status: &Value, counter: &str) -> std::collections::BTreeMap<String, u64> {
+    status["vips"][0]["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["counters"][counter].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// An instant query against the test's Prometheus: value by `backend` label.
+fn prom_query(lab: &Lab, query: &str) -> std::collections::BTreeMap<String, u64> {
+    let path = format!("/api/v1/query?query={query}");
+    let body = lab
+        .lb
+        .run(move || get("127.0.0.1:9090".parse().unwrap(), &path))
+        .unwrap()
+        .unwrap_or_default();
+    let mut got = std::collections::BTreeMap::new();
+    if let Ok(v) = serde_json::from_str::<Value>(&body) {
+        for r in v["data"]["result"].as_array().into_iter().flatten() {
+            let backend = r["metric"]["backend"].as_str().unwrap_or("").to_string();
+            let value: u64 = r["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+            got.insert(backend, value);
+        }
+    }
+    got
 }

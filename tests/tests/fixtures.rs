@@ -32,6 +32,7 @@ fn expected_forward(input: &Spec, i: u8, port: u16) -> Spec {
         sport: input.sport,
         dst: if v6 { backend6(i).into() } else { backend4(i).into() },
         dport: port,
+        ttl: input.ttl - 1,
         ..input.clone()
     }
 }
@@ -81,6 +82,7 @@ fn check_reply(fx: &Fixture, request: &Spec, i: u8, backend_port: u16) {
         sport: request.dport,
         dst: request.src,
         dport: request.sport,
+        ttl: reply.ttl - 1,
         ..reply
     }
     .build();
@@ -374,6 +376,7 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
             lb_common::MAP_BACKEND_STATS,
             lb_common::MAP_BENCH_PACKET,
             lb_common::MAP_BENCH_PROGS,
+            lb_common::MAP_FLOOD_GUARD,
         ] {
             assert!(fx.ebpf.map(name).is_some(), "map {name} missing from the object");
         }
@@ -413,32 +416,54 @@ fn backend_counters_track_new_answered_closed_and_reset_flows() {
         assert_eq!((c.closed_flows, c.opened_not_closed()), (1, 0), "a flow closes once");
         let closed = |fx: &Fixture, s: &Spec| fx.flow(&flow_key(s)).expect("flow in the table").flags & FLOW_F_CLOSED;
         assert_ne!(closed(fx, &syn), 0, "the client's FIN marks the flow closed");
-        // a second flow that the backend resets
+        // A second flow that the backend answers, then resets: a passive health signal.
         let syn2 = Spec::tcp_syn(client4(50001), (VIP4.into(), 80));
         let j = check_forward(fx, &syn2, 0, 8080);
-        let mut rst = Spec {
-            src_mac: backend_mac(j),
-            dst_mac: IF_MAC,
-            src: backend4(j).into(),
-            sport: 8080,
-            dst: SNAT4.into(),
-            dport: 50001,
-            l4: L4::Tcp {
-                syn: false,
-                ack: true,
-                seq: 1,
-            },
-            ..syn2.clone()
-        }
-        .build();
-        rst[14 + 20 + 13] |= 0x04;
+        check_reply(fx, &syn2, j, 8080);
+        let rst_from = |j: u8, port: u16, syn: &Spec| {
+            let mut rst = Spec {
+                src_mac: backend_mac(j),
+                dst_mac: IF_MAC,
+                src: backend4(j).into(),
+                sport: 8080,
+                dst: SNAT4.into(),
+                dport: port,
+                l4: L4::Tcp {
+                    syn: false,
+                    ack: true,
+                    seq: 1,
+                },
+                ..syn.clone()
+            }
+            .build();
+            rst[14 + 20 + 13] |= 0x04;
+            rst
+        };
         assert_eq!(closed(fx, &syn2), 0);
-        let (verdict, _) = fx.run(&rst, None);
+        let resets = fx.backend_counters(j as u32).backend_resets;
+        let (verdict, _) = fx.run(&rst_from(j, 50001, &syn2), None);
         assert_eq!(verdict, XDP_REDIRECT, "the reset still reaches the client");
         assert_ne!(closed(fx, &syn2), 0, "the backend's RST marks the client flow closed");
         let c = fx.backend_counters(j as u32);
-        assert!(c.backend_resets >= 1 && c.opened_not_closed() == c.new_flows - c.closed_flows);
-        assert_eq!(fx.vip_counters(0).new_flows, 2);
+        assert_eq!(c.backend_resets, resets + 1, "a reset of an answered flow counts");
+        assert_eq!(c.opened_not_closed(), c.new_flows - c.closed_flows);
+        // A third flow opened by a bare ACK (any client can send one, spoofed too) that the
+        // backend resets at once: no answer, so no health signal.
+        let ack3 = ack4(50002);
+        let (verdict, out) = fx.run(&ack3.build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let k = backend_of(fx.predict(1, &flow_key(&ack3)), 0);
+        assert_eq!(out[0..6], backend_mac(k));
+        let before = fx.backend_counters(k as u32);
+        let (verdict, _) = fx.run(&rst_from(k, 50002, &ack3), None);
+        assert_eq!(verdict, XDP_REDIRECT, "the reset still reaches the client");
+        let after = fx.backend_counters(k as u32);
+        assert_eq!(
+            after.backend_resets, before.backend_resets,
+            "a reset as the first answer is not counted"
+        );
+        assert_eq!(after.answered_flows, before.answered_flows, "a reset is no answer");
+        assert_eq!(fx.vip_counters(0).new_flows, 3);
     });
 }
 
@@ -715,6 +740,7 @@ fn clients_sharing_a_source_port_get_distinct_nat_ports_and_their_own_replies() 
             sport: 80,
             dst: CLIENT4_B.into(),
             dport: port,
+            ttl: reply_b.ttl - 1,
             ..reply_b
         };
         assert_eq!(
@@ -767,5 +793,230 @@ fn a_local_connection_claims_its_5_tuple_from_a_stale_nat_entry() {
         }
         assert_eq!(fx.reason(Reason::PassNotVip), passed + 2);
         drop(sock);
+    });
+}
+
+/// A client flow answered by its backend and acknowledged by the client (a completed
+/// handshake): confirmed. Returns the backend (1..=3).
+fn establish(fx: &Fixture, port: u16) -> u8 {
+    let i = check_forward(fx, &syn4(port), 0, 8080);
+    check_reply(fx, &syn4(port), i, 8080);
+    let (verdict, out) = fx.run(&ack4(port).build(), None);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(out[0..6], backend_mac(i), "the ACK follows its SYN");
+    i
+}
+
+/// The client's next segment on `port` reaches backend `i` with the client's own port,
+/// and the backend's answer reaches the client.
+fn check_both_ways(fx: &Fixture, port: u16, i: u8) {
+    let (verdict, out) = fx.run(&ack4(port).build(), None);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        expected_forward(&ack4(port), i, 8080).build(),
+        "flow {port} on backend {i} with its own port"
+    );
+    check_reply(fx, &syn4(port), i, 8080);
+}
+
+/// The reply 5-tuple of client flow `spec` on backend `i` with NAT port `nat_port`.
+fn reply_key(spec: &Spec, i: u8, nat_port: u16) -> lb_common::FlowKey {
+    let reply = Spec {
+        src: backend4(i).into(),
+        sport: 8080,
+        dst: SNAT4.into(),
+        dport: nat_port,
+        ..spec.clone()
+    };
+    flow_key(&reply)
+}
+
+/// A SYN from a spoofed source (10.200.0.0/16, which nothing routes back to).
+fn spoofed_syn(n: u32) -> Spec {
+    let src = Ipv4Addr::new(10, 200, (n >> 8) as u8, n as u8);
+    Spec::tcp_syn((src.into(), 1024 + (n % 60000) as u16), (VIP4.into(), 80))
+}
+
+/// A SYN flood over the new-flow budget meets a bucket of confirmed flows: it takes no way
+/// from them (every SYN dropped and counted as `drop_flood`), and each confirmed flow keeps
+/// both its entries, requests and answers. Once one of them closes, the flood churns only
+/// that way.
+#[test]
+fn a_syn_flood_over_the_budget_never_evicts_a_confirmed_flow() {
+    const WAYS: u16 = lb_common::conntrack::WAYS as u16;
+    with_fixture_budget(WAYS as u32, 0, |fx| {
+        let first = 43001;
+        let ports: Vec<u16> = (first..first + WAYS).collect();
+        let backend: Vec<u8> = ports.iter().map(|&p| establish(fx, p)).collect();
+        let g0 = fx.guard();
+        let floods = 200;
+        for n in 0..floods {
+            let (verdict, _) = fx.run(&spoofed_syn(n).build(), None);
+            assert_eq!(verdict, XDP_DROP, "flood SYN {n} takes no confirmed flow's way");
+        }
+        let g = fx.guard();
+        assert_eq!(g.taken[3] - g0.taken[3], floods as u64, "refused, counted");
+        assert_eq!(g.over_budget - g0.over_budget, floods as u64);
+        assert_eq!(fx.reason(Reason::DropFlood), floods as u64);
+        for (&port, &i) in ports.iter().zip(&backend) {
+            assert!(fx.has_flow(&flow_key(&syn4(port))), "flow {port} kept its entry");
+            check_both_ways(fx, port, i);
+        }
+        // The first flow closes (FIN both ways): its ways are open to the flood, the
+        // others' not.
+        let mut fin = ack4(first).build();
+        fin[14 + 20 + 13] |= 0x01;
+        assert_eq!(fx.run(&fin, None).0, XDP_REDIRECT);
+        let i = backend[0];
+        let mut fin = Spec {
+            src_mac: backend_mac(i),
+            dst_mac: IF_MAC,
+            src: backend4(i).into(),
+            sport: 8080,
+            dst: SNAT4.into(),
+            dport: first,
+            ..ack4(first)
+        }
+        .build();
+        fin[14 + 20 + 13] |= 0x01;
+        assert_eq!(fx.run(&fin, None).0, XDP_REDIRECT);
+        let g0 = fx.guard();
+        for n in floods..2 * floods {
+            let (verdict, _) = fx.run(&spoofed_syn(n).build(), None);
+            assert_eq!(verdict, XDP_REDIRECT, "flood SYN {n} takes the closed flow's way");
+        }
+        let g = fx.guard();
+        assert_eq!(
+            g.taken[1] - g0.taken[1],
+            floods as u64,
+            "each evicted an unconfirmed entry"
+        );
+        assert_eq!(g.taken[3], g0.taken[3], "none refused");
+        assert!(!fx.has_flow(&flow_key(&syn4(first))));
+        for &port in &ports[1..] {
+            assert!(
+                fx.has_flow(&flow_key(&syn4(port))),
+                "confirmed flow {port} kept its entry"
+            );
+        }
+    });
+}
+
+/// Within the new-flow budget, a connection-table bucket of confirmed flows gives way to a
+/// new flow as before (least recently used first), and the guard counts that eviction.
+/// (The reverse entry of the flow that gave way stays: see the next test.)
+#[test]
+fn within_the_budget_a_full_bucket_of_confirmed_flows_gives_way_to_its_oldest() {
+    with_fixture_budget(8, 1_000_000, |fx| {
+        let bucket0 = |p: &u16| lb_common::conntrack::slot(&flow_key(&syn4(*p)), 1).index == 0;
+        let ports: Vec<u16> = (44001..50000).filter(bucket0).take(5).collect();
+        for &port in &ports[..4] {
+            establish(fx, port);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let g0 = fx.guard();
+        assert_eq!(g0.taken[0], 4, "the first flows found free ways");
+        let (verdict, _) = fx.run(&syn4(ports[4]).build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let g = fx.guard();
+        assert_eq!((g.taken[2], g.over_budget), (g0.taken[2] + 1, 0));
+        assert!(
+            !fx.has_flow(&flow_key(&syn4(ports[0]))),
+            "the oldest confirmed flow gave way"
+        );
+    });
+}
+
+/// Client A's flow is live (confirmed) but lost its connection entry to a newer flow; its
+/// reverse entry still holds (backend, SNAT address, port). Client B then comes from the
+/// same port to the same backend: B must get another NAT port, A's next packet finds its
+/// own port again, and each answer reaches its own client.
+#[test]
+fn a_live_flows_nat_port_is_never_handed_to_a_second_client() {
+    with_fixture_budget(8, 1_000_000, |fx| {
+        let flows_bucket = |spec: &Spec| lb_common::conntrack::slot(&flow_key(spec), 1).index;
+        let b_syn = |p: u16| Spec::tcp_syn((CLIENT4_B.into(), p), (VIP4.into(), 80));
+        // A: a port where both clients land on one backend, in FLOWS bucket 0.
+        let a = (20000..30000u16)
+            .find(|&p| {
+                fx.predict(1, &flow_key(&syn4(p))) == fx.predict(1, &flow_key(&b_syn(p))) && flows_bucket(&syn4(p)) == 0
+            })
+            .expect("a shared port");
+        // Three more confirmed flows in the same bucket, and a fifth flow that evicts A.
+        let others: Vec<u16> = (a + 1..40000)
+            .filter(|&p| flows_bucket(&syn4(p)) == 0)
+            .take(4)
+            .collect();
+        let i = establish(fx, a);
+        for &p in &others[..3] {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            establish(fx, p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let fifth = others[3];
+        let (verdict, _) = fx.run(&syn4(fifth).build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert!(!fx.has_flow(&flow_key(&syn4(a))), "A lost its connection entry");
+        assert!(
+            fx.has_reverse(&reply_key(&syn4(a), i, a)),
+            "A's reverse entry holds its port"
+        );
+        // B, same port, same backend.
+        let (verdict, out) = fx.run(&b_syn(a).build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[0..6], backend_mac(i), "B on A's backend");
+        let nat_port = u16::from_be_bytes([out[14 + 20], out[14 + 21]]);
+        assert_ne!(nat_port, a, "B must not get live flow A's NAT port");
+        assert_eq!(
+            out,
+            Spec {
+                sport: nat_port,
+                ..expected_forward(&b_syn(a), i, 8080)
+            }
+            .build()
+        );
+        // A's next packet: its own port again (the backend sees one connection), and A's
+        // answers reach A.
+        check_both_ways(fx, a, i);
+    });
+}
+
+/// A backend id that is given to a backend of another VIP and family (the old backend was
+/// deleted) does not carry the old flows with it: a flow whose backend is no longer of its
+/// VIP and family is scheduled afresh on its own VIP's pool.
+#[test]
+fn a_flow_does_not_follow_its_backend_id_to_another_vip_or_family() {
+    with_fixture(|fx| {
+        let req = Spec::udp(client4(5300), (VIP4.into(), 53), b"q");
+        let i = check_forward(fx, &req, 2, 5353);
+        let old_id = 2 * 3 + i as u32;
+        // The agent removes the backend from VIP 2's pool, then reuses its id for an IPv6
+        // backend of VIP 1.
+        let remaining: Vec<(u32, SocketAddr, u32)> = (1..=3u8)
+            .filter(|&j| j != i)
+            .map(|j| (2 * 3 + j as u32, SocketAddr::new(backend4(j).into(), 5353), 1))
+            .collect();
+        fx.write_table(&Pool {
+            table: 3,
+            backends: remaining,
+        });
+        fx.set_backend(
+            old_id,
+            SocketAddr::new(backend6(i).into(), 8080),
+            1,
+            lb_common::BACKEND_READY,
+        );
+        let (verdict, out) = fx.run(&req.build(), None);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let j = backend_of(fx.predict(3, &flow_key(&req)), 2);
+        assert_ne!(j, i);
+        assert_eq!(
+            out,
+            expected_forward(&req, j, 5353).build(),
+            "re-chosen on its own VIP, IPv4"
+        );
+        verify_checksums(&out).expect("checksums");
+        assert_eq!(fx.flow(&flow_key(&req)).expect("flow").backend_id, 2 * 3 + j as u32);
     });
 }

@@ -261,6 +261,14 @@ impl Core {
         })
     }
 
+    /// The config file's text the desired state now grows from (after a SIGHUP reload).
+    pub fn config_source(&mut self, text: &str) {
+        self.persistence.config_hash = super::persist::fnv1a(text);
+        if let Err(e) = self.persist() {
+            tracing::error!("persist state: {e}");
+        }
+    }
+
     fn persist(&self) -> std::io::Result<()> {
         let p = super::persist::Persisted {
             config_hash: self.persistence.config_hash.clone(),
@@ -415,6 +423,7 @@ impl Core {
         let state = id.and_then(|id| self.reconciler.backend(id)).map(|b| b.state);
         let h = self.health.get(&key);
         types::BackendStatus {
+            id,
             address: b.address.to_string(),
             weight: b.weight,
             admin: self.desired.admin(vip, b.address),

@@ -1,6 +1,6 @@
 //! `veer agent`: validate the config, load (or adopt) the data path, build the core over
-//! it, serve the API, run health checks, the canary ticker and metrics. SIGTERM/SIGINT detach
-//! and remove the pins; SIGKILL leaves the data path forwarding for the next agent to adopt.
+//! it, serve the API, run health checks, the canary ticker and metrics. SIGTERM, SIGINT
+//! and SIGKILL all leave the data path forwarding for the next agent to adopt.
 
 use std::{
     collections::BTreeMap,
@@ -11,21 +11,18 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Mutex,
-};
+use tokio::sync::Mutex;
 use tracing::info;
 
 use super::{
-    Core,
+    AgentError, Core,
     core::Persistence,
     persist::{fnv1a, restore},
 };
 use crate::{
     api,
     config::{self, AttachMode, Config},
-    dataplane::{Dataplane, PIN_DIR, Sizes},
+    dataplane::{Dataplane, Sizes},
     state::{Desired, Limits, Reconciler},
 };
 
@@ -41,15 +38,6 @@ pub struct Options {
     pub interfaces: Vec<String>,
     pub socket: Option<PathBuf>,
     pub mode: AttachMode,
-}
-
-/// Why the agent did not start (or `veer check` refused the file).
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{0}")]
-    Rejected(String),
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
 }
 
 pub fn state_file(config: &Config) -> PathBuf {
@@ -119,7 +107,12 @@ pub fn limits(config: &Config) -> Limits {
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
+    crate::host::harden_process();
     let p = prepare(&opts.config, &opts.interfaces)?;
+    let host = crate::host::prepare(&p.config, &p.interfaces).map_err(|e| match e.is_rejected() {
+        true => AgentError::Rejected(e.to_string()),
+        false => AgentError::Failed(e.into()),
+    })?;
     let limits = limits(&p.config);
     let sizes = Sizes {
         flows: p.config.agent.flow_capacity,
@@ -129,9 +122,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
     let state_file = state_file(&p.config);
-    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    let dp = Dataplane::load(sizes, Path::new(PIN_DIR)).context("load the data path")?;
+    let mut signals = super::Signals::install()?;
+    let dp = Dataplane::load(sizes, &p.config.agent.pin_dir).context("load the data path")?;
     let restored = restore(&state_file, &p.config_hash);
     let (desired, reconciler) = match (&restored, dp.adopted) {
         (Some(saved), true) => {
@@ -158,11 +150,20 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         },
     )
     .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    let neighbours = host.neighbours(&core.desired().config);
     for iface in &p.interfaces {
         core.dataplane_mut().attach(iface, opts.mode).context("attach")?;
     }
     let metrics = p.config.agent.metrics;
     let core = Arc::new(Mutex::new(core));
+    let keeper = neighbours.map(|n| {
+        let weak = Arc::downgrade(&core);
+        crate::host::NeighbourKeeper::start(n, move || {
+            Some(crate::host::backend_addresses(
+                &weak.upgrade()?.blocking_lock().desired().config,
+            ))
+        })
+    });
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
@@ -189,10 +190,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         restored = restored.is_some(),
         "veer agent ready"
     );
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: detaching"),
-        _ = sigint.recv() => info!("SIGINT: detaching"),
-    }
+    crate::host::systemd::notify("READY=1");
+    signals.until_stopped(&core, &opts.config).await;
     server.abort();
     health.abort();
     let _ = health.await;
@@ -205,10 +204,11 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         m.abort();
     }
     let _ = std::fs::remove_file(&socket);
+    drop(keeper.map(crate::host::NeighbourKeeper::stop));
     let core = Arc::try_unwrap(core)
         .map_err(|_| anyhow::anyhow!("API still holds the state"))?
         .into_inner();
-    core.into_dataplane().shutdown();
+    core.into_dataplane().release();
     info!("stopped");
     Ok(())
 }

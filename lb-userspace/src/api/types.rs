@@ -185,6 +185,8 @@ pub struct Check {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendStatus {
+    /// The backend's id in the maps (null before it was first programmed).
+    pub id: Option<u32>,
     pub address: String,
     pub weight: u32,
     pub admin: AdminState,

@@ -55,6 +55,21 @@ pub enum Command {
         /// auto (native, else generic with a warning), native or generic.
         #[arg(long, default_value = "auto", value_parser = word::<AttachMode>)]
         xdp_mode: AttachMode,
+        /// Do not run: remove the data path (program, pins), the state file and the
+        /// neighbour entries the agent kept, then exit. Refused while an agent runs.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Remove the data path (program, pins), the state file and the neighbour entries the
+    /// agent kept (like `veer agent --config F --cleanup`). Refused while an agent runs.
+    Detach {
+        /// Read pin_dir, state_file and socket from this config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, conflicts_with = "config")]
+        pin_dir: Option<PathBuf>,
+        #[arg(long, conflicts_with = "config")]
+        state_file: Option<PathBuf>,
     },
     /// Validate a config file without touching the kernel (exit 1 when rejected).
     Check {

@@ -261,7 +261,7 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             let t: Trace = client::call(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None::<&()>)?;
             print(json, &t, render::trace);
         }
-        Command::Agent { .. } | Command::Check { .. } => {
+        Command::Agent { .. } | Command::Check { .. } | Command::Detach { .. } => {
             return Err(ClientError::Rejected("not a client verb".into()));
         }
     }

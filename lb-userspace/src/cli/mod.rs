@@ -42,9 +42,32 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Agent {
+            config, cleanup: true, ..
+        } => {
+            init_logs(cli.log_format);
+            finish_agent(
+                agent::Cleanup::from_config(&config, explicit_socket(&cli.socket))
+                    .and_then(|c| c.run())
+                    .map(|s| print!("{s}")),
+            )
+        }
+        Command::Detach {
+            config,
+            pin_dir,
+            state_file,
+        } => {
+            init_logs(cli.log_format);
+            let cleanup = match config {
+                Some(c) => agent::Cleanup::from_config(&c, explicit_socket(&cli.socket)),
+                None => Ok(agent::Cleanup::from_paths(pin_dir, state_file, cli.socket.clone())),
+            };
+            finish_agent(cleanup.and_then(|c| c.run()).map(|s| print!("{s}")))
+        }
+        Command::Agent {
             config,
             interfaces,
             xdp_mode,
+            cleanup: false,
         } => {
             init_logs(cli.log_format);
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -58,9 +81,7 @@ pub fn main() -> ExitCode {
                     return exit::code(exit::FAILED);
                 }
             };
-            let socket = std::env::var_os("VEER_SOCKET")
-                .map(PathBuf::from)
-                .or_else(|| (cli.socket.as_os_str() != DEFAULT_SOCKET).then(|| cli.socket.clone()));
+            let socket = explicit_socket(&cli.socket);
             finish_agent(rt.block_on(agent::run(agent::Options {
                 config,
                 interfaces,
@@ -86,6 +107,13 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The socket given on the command line or in VEER_SOCKET (None: the config's).
+fn explicit_socket(socket: &std::path::Path) -> Option<PathBuf> {
+    std::env::var_os("VEER_SOCKET")
+        .map(PathBuf::from)
+        .or_else(|| (socket.as_os_str() != DEFAULT_SOCKET).then(|| socket.to_path_buf()))
 }
 
 fn finish_agent(r: Result<(), agent::AgentError>) -> ExitCode {

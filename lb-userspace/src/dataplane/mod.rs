@@ -31,7 +31,8 @@ pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT
 /// A map-less XDP_PASS program for veth peers (XDP_TX/REDIRECT into a veth need one).
 pub const PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-pass"));
 
-pub const PIN_DIR: &str = "/sys/fs/bpf/veer";
+/// The default `agent.pin_dir`.
+pub const PIN_DIR: &str = crate::config::DEFAULT_PIN_DIR;
 
 /// Maps pinned under PIN_DIR: the agent's state lives in them.
 const PINNED: &[&str] = &[
@@ -52,8 +53,33 @@ const PINNED: &[&str] = &[
     MAP_AB_RULES,
 ];
 
+/// Loads the ICMP program and puts it where the balancer tail-calls it (ICMP_PROGS[0]).
+pub fn load_icmp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::PROG_ICMP)
+        .ok_or(DataplaneError::StubObject)?
+        .try_into()?;
+    prog.load()?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(lb_common::MAP_ICMP_PROGS)
+        .ok_or(DataplaneError::StubObject)?;
+    let mut progs: aya::maps::ProgramArray<&mut MapData> =
+        map.try_into().map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    progs.set(0, &fd, 0).map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    Ok(())
+}
+
 /// Pinned maps of earlier layouts, removed when a newer agent adopts the data path.
-const RETIRED: &[&str] = &["FLOWS_V1", "NAT_REV_V1"];
+const RETIRED: &[&str] = &[
+    "FLOWS_V1",
+    "NAT_REV_V1",
+    "NAT_REV_V2",
+    "FLOW_HEADS_V1",
+    "REV_HEADS_V1",
+    "NEXTHOPS_V1",
+    "REASONS_V1",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -100,8 +126,8 @@ pub struct Sizes {
 }
 
 /// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
-/// keeps forwarding when the agent dies; [`Dataplane::shutdown`] (SIGTERM) detaches and
-/// removes the pins. Dropping it otherwise leaves an adopted data path alone and removes
+/// keeps forwarding when the agent exits or dies ([`Dataplane::release`]); removing it is
+/// [`remove_pins`]. Dropping it unreleased leaves an adopted data path alone and removes
 /// only what a failed first start created.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -130,9 +156,20 @@ impl Dataplane {
                 std::io::Error::last_os_error()
             );
         }
-        ensure_bpffs()?;
         std::fs::create_dir_all(pin_dir)?;
         let adopted = pin_dir.join(MAP_VIPS).exists();
+        let loaded = Self::open(sizes, pin_dir, adopted);
+        if loaded.is_err() && !adopted {
+            // A first start that failed half-way leaves nothing for the next one to adopt.
+            for name in PINNED {
+                let _ = std::fs::remove_file(pin_dir.join(name));
+            }
+            let _ = std::fs::remove_dir(pin_dir);
+        }
+        loaded
+    }
+
+    fn open(sizes: Sizes, pin_dir: &Path, adopted: bool) -> Result<Self, DataplaneError> {
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let buckets = conntrack::buckets(sizes.flows);
         let mask = buckets - 1;
@@ -171,6 +208,7 @@ impl Dataplane {
             .ok_or(DataplaneError::StubObject)?
             .try_into()?;
         prog.load()?;
+        load_icmp(&mut ebpf)?;
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
             for name in RETIRED {
@@ -293,6 +331,53 @@ impl Dataplane {
         Ok(())
     }
 
+    /// What the maps hold, for an agent adopting them: the data path's own truth, whatever
+    /// the state file says. Tables are those a VIP names (current and next).
+    pub fn snapshot(&self, ring_size: u32) -> Result<MapsSnapshot, DataplaneError> {
+        let vips_map: HashMap<&MapData, VipKey, VipInfo> = self.map(MAP_VIPS)?;
+        let vips = vips_map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_VIPS))?;
+        let backends_map: Array<&MapData, Backend> = self.map(MAP_BACKENDS)?;
+        let mut backends = std::collections::BTreeMap::new();
+        for id in 1..backends_map.len() {
+            let b = backends_map.get(&id, 0).map_err(map_err(MAP_BACKENDS))?;
+            if b.state != lb_common::BACKEND_UNSET {
+                backends.insert(id, b);
+            }
+        }
+        let filter_map: Array<&MapData, u64> = self.map(MAP_VIP_FILTER)?;
+        let filter = (0..filter_map.len())
+            .map(|i| filter_map.get(&i, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_VIP_FILTER))?;
+        let ab_map: aya::maps::lpm_trie::LpmTrie<&MapData, lb_common::AbKey, u32> = self.map(MAP_AB_RULES)?;
+        let ab_rules = ab_map
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_AB_RULES))?;
+        let config_map: Array<&MapData, Config> = self.map(MAP_CONFIG)?;
+        let config = config_map.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
+        let mut tables = std::collections::BTreeMap::new();
+        for (_, info) in &vips {
+            for id in [info.table_current, info.table_next] {
+                if id != 0 && !tables.contains_key(&id) {
+                    tables.insert(id, self.tables.read(id, ring_size)?);
+                }
+            }
+        }
+        Ok(MapsSnapshot {
+            config: (config.ring_size != 0).then_some(config),
+            vips,
+            backends,
+            filter,
+            ab_rules,
+            tables,
+        })
+    }
+
     /// Slots of table `id` as the kernel holds them (for adoption after a restart).
     pub fn read_table(&self, id: u32, ring_size: u32) -> Result<Vec<u32>, DataplaneError> {
         self.tables.read(id, ring_size)
@@ -351,16 +436,11 @@ impl Dataplane {
         Ok(live)
     }
 
-    /// Detaches from every interface and removes all pins: a clean stop.
-    pub fn shutdown(mut self) {
-        self.remove_on_drop = true;
-        for entry in std::fs::read_dir(&self.pin_dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with("link_") {
-                let _ = std::fs::remove_file(entry.path());
-                info!(link = %name.to_string_lossy(), "detached");
-            }
-        }
+    /// The agent exits (SIGTERM, SIGINT): program, links and maps stay pinned and keep
+    /// forwarding; the next agent adopts them.
+    pub fn release(mut self) {
+        self.remove_on_drop = false;
+        info!(pin_dir = %self.pin_dir.display(), "data path left attached and pinned for the next agent");
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
@@ -501,22 +581,24 @@ impl Drop for TableMemory {
     }
 }
 
-/// Pinning needs bpffs at /sys/fs/bpf; systemd mounts it on most hosts, mount it if not.
-fn ensure_bpffs() -> Result<(), DataplaneError> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
-        return Ok(());
+/// Removes every pin under `pin_dir` and the directory: unpinning a link no process holds
+/// detaches the program from its interface, and the maps go with the last reference.
+/// Returns the names removed (links first).
+pub fn remove_pins(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = match std::fs::read_dir(pin_dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    names.sort_by_key(|n| (!n.starts_with("link_"), n.clone()));
+    for n in &names {
+        std::fs::remove_file(pin_dir.join(n))?;
     }
-    info!("mounting bpffs at /sys/fs/bpf");
-    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: valid C strings; mounting needs CAP_SYS_ADMIN, which loading XDP needs too.
-    if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    Ok(())
+    std::fs::remove_dir(pin_dir)?;
+    Ok(names)
 }
 
 pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
@@ -526,6 +608,20 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
         0 => Err(DataplaneError::NoInterface(iface.into())),
         i => Ok(i),
     }
+}
+
+/// The maps' contents at adoption (see [`Dataplane::snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct MapsSnapshot {
+    pub config: Option<Config>,
+    pub vips: Vec<(VipKey, VipInfo)>,
+    /// Backend slots in use (state not unset), by id.
+    pub backends: std::collections::BTreeMap<u32, Backend>,
+    pub filter: Vec<u64>,
+    /// A/B rules: (prefix length, key).
+    pub ab_rules: Vec<(u32, lb_common::AbKey)>,
+    /// Slots of every table a VIP names.
+    pub tables: std::collections::BTreeMap<u32, Vec<u32>>,
 }
 
 /// Live flows counted in the connection table (see [`Dataplane::live_flows`]).

@@ -158,6 +158,7 @@ mod tests {
                 .states
                 .iter()
                 .map(|(a, admin, live)| BackendStatus {
+                    id: None,
                     address: a.clone(),
                     weight: 100,
                     admin: *admin,

@@ -5,6 +5,7 @@
 mod netns;
 mod servers;
 mod traffic;
+mod watch;
 
 use std::{
     collections::BTreeMap,
@@ -21,8 +22,10 @@ use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
 pub use servers::Servers;
 pub use traffic::{
-    Outcome, http_get, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request, without_counters,
+    Outcome, http_get, http_get_bound, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request,
+    wait_for_requests, without_counters,
 };
+pub use watch::{Watch, syn_retransmits};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x100);
@@ -47,10 +50,19 @@ pub fn backend_name(i: usize) -> String {
     format!("b{}", i + 1)
 }
 
-/// Is this process root? The lab needs it; tests skip (with a printed reason) otherwise.
+/// Is this process root? The lab and the fixtures need it. Outside `cargo xtask test` a test
+/// that is not root skips with a printed reason; under it (VEER_REQUIRE_ROOT=1, as in CI) a
+/// skip would hide a whole suite, so not being root is a failure.
 pub fn is_root() -> bool {
     // SAFETY: trivial libc call.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root && std::env::var_os("VEER_REQUIRE_ROOT").is_some_and(|v| v == "1") {
+        panic!(
+            "this test needs root (network namespaces, XDP, BPF_PROG_TEST_RUN) and VEER_REQUIRE_ROOT=1 \
+             forbids skipping it: run `cargo xtask test` as root"
+        );
+    }
+    root
 }
 
 /// The `veer` binary: $VEER_BIN (set by `cargo xtask test/run`), else next to this test
@@ -85,7 +97,8 @@ impl LabLock {
     }
 }
 
-/// The running agent: SIGTERM on drop, SIGKILL if it does not stop within 5 s.
+/// The running agent: SIGTERM on drop, SIGKILL if it does not stop within 5 s. Either way
+/// the data path stays (as on a host); the lab removes it with `--cleanup` when it goes.
 pub struct Agent {
     child: Option<Child>,
     pub log: PathBuf,
@@ -98,6 +111,14 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (SIGHUP: reload the config file).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
     }
 
     /// SIGKILL: the agent dies without cleaning up; the data path must keep forwarding.
@@ -148,10 +169,25 @@ pub struct Lab {
     pub agent: Option<Agent>,
     _pass: Option<aya::Ebpf>,
     _lock: LabLock,
+    /// The lab set no sysctl in the balancer's namespace: it is as a fresh host finds it.
+    untuned: bool,
+    /// The config the agent was last started with: the lab's cleanup reads it.
+    config: Option<PathBuf>,
 }
 
 impl Lab {
     pub fn new(opts: &LabOptions) -> anyhow::Result<Lab> {
+        Lab::build(opts, false)
+    }
+
+    /// A lab whose balancer namespace is left as a fresh host is: no sysctl set by the lab
+    /// (forwarding, accept_local, rp_filter, redirects keep their defaults), no neighbour
+    /// resolved by earlier traffic. What the data path needs, the agent must do itself.
+    pub fn untuned(opts: &LabOptions) -> anyhow::Result<Lab> {
+        Lab::build(opts, true)
+    }
+
+    fn build(opts: &LabOptions, untuned: bool) -> anyhow::Result<Lab> {
         let lock = LabLock::acquire()?;
         ensure!(
             !Path::new(veer::dataplane::PIN_DIR).exists(),
@@ -170,6 +206,8 @@ impl Lab {
             agent: None,
             _pass: None,
             _lock: lock,
+            untuned,
+            config: None,
             prefix: prefix.clone(),
             dir: std::env::temp_dir().join(&prefix),
         };
@@ -263,16 +301,21 @@ impl Lab {
             &LB6.to_string(),
         ])?;
         let lb = self.lb.name.as_str();
-        for s in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-            "net.ipv4.conf.all.accept_local=1",
-            "net.ipv4.conf.eth0.accept_local=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.eth0.rp_filter=0",
-            "net.ipv4.conf.all.send_redirects=0",
-            "net.ipv4.conf.eth0.send_redirects=0",
-        ] {
+        let tuning: &[&str] = if self.untuned {
+            &[]
+        } else {
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.accept_local=1",
+                "net.ipv4.conf.eth0.accept_local=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ]
+        };
+        for s in tuning {
             run_cmd(&["ip", "netns", "exec", lb, "sysctl", "-qw", s])?;
         }
         let pass = self.bridge.run(|| -> anyhow::Result<aya::Ebpf> {
@@ -362,7 +405,26 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.agent = Some(agent);
+        self.config = Some(config.to_path_buf());
         Ok(())
+    }
+
+    /// `veer agent --config FILE --cleanup` in the balancer namespace (the agent must be
+    /// stopped): removes program, pins, state; returns (exit code, stdout, stderr).
+    pub fn cleanup(&self) -> anyhow::Result<(i32, String, String)> {
+        let config = self.config.as_ref().context("no agent was started")?;
+        let out = command_in(&self.lb, &veer_bin()?)?
+            .args(["agent", "--config"])
+            .arg(config)
+            .arg("--cleanup")
+            .stdin(Stdio::null())
+            .output()
+            .context("run veer agent --cleanup")?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// Stops backend `i`'s servers (connections to it are refused from now on).
@@ -557,8 +619,16 @@ impl Drop for Lab {
             s.stop();
         }
         self._pass = None;
-        // Namespaces are deleted by their own guards (fields drop after this).
-        // If the agent was killed, its pins are ours to remove.
+        // Namespaces are deleted by their own guards (fields drop after this). A stopped
+        // agent leaves its data path, as on a host: removing it is explicit. Should that
+        // fail, the pins are removed by hand (a lab never leaves any behind).
+        if self.config.is_some() {
+            match self.cleanup() {
+                Ok((0, _, _)) => {}
+                Ok((code, _, err)) => eprintln!("lab: veer agent --cleanup exited {code}: {err}"),
+                Err(e) => eprintln!("lab: veer agent --cleanup: {e:#}"),
+            }
+        }
         if let Ok(entries) = fs::read_dir(veer::dataplane::PIN_DIR) {
             for e in entries.flatten() {
                 let _ = fs::remove_file(e.path());

@@ -9,6 +9,24 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// Successful new-connection GETs of every load in this process so far: a test watches
+/// it grow to know that requests are being served right now (e.g. while no agent runs).
+pub static HTTP_OK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Waits (bounded) until `n` more new-connection GETs have succeeded; false on timeout.
+pub fn wait_for_requests(n: u64, limit: Duration) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let start = HTTP_OK.load(Relaxed);
+    let deadline = Instant::now() + limit;
+    while HTTP_OK.load(Relaxed) < start + n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 /// What a load run saw.
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
@@ -29,14 +47,20 @@ pub fn http_get(vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
 
 /// Like [`http_get`], from a chosen source address (a client alias).
 pub fn http_get_from(src: std::net::IpAddr, vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    http_get_bound(SocketAddr::new(src, 0), vip, timeout)
+}
+
+/// Like [`http_get`], from a chosen source address and port (port 0: any): the same
+/// source port gives the same 5-tuple, so a test can ask where that flow goes now.
+pub fn http_get_bound(src: SocketAddr, vip: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
     let domain = if vip.is_ipv4() {
         socket2::Domain::IPV4
     } else {
         socket2::Domain::IPV6
     };
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(src, 0).into())
-        .with_context(|| format!("bind {src}"))?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&src.into()).with_context(|| format!("bind {src}"))?;
     sock.connect_timeout(&vip.into(), timeout)
         .with_context(|| format!("connect {vip} from {src}"))?;
     get_on(sock.into(), vip, timeout)
@@ -79,6 +103,7 @@ pub fn run_http_load_until(
         }
         match http_get(vip, timeout) {
             Ok(name) => {
+                HTTP_OK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 out.ok += 1;
                 *out.by_backend.entry(name).or_default() += 1;
             }
@@ -103,8 +128,11 @@ pub fn udp_request(vip: SocketAddr, payload: &[u8], timeout: Duration) -> anyhow
     };
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
-    // A few tries: the first datagram may be spent resolving neighbours.
-    for _ in 0..5 {
+    // A few tries, each resend counted: a lost datagram must not pass unseen.
+    for attempt in 0..5 {
+        if attempt > 0 {
+            super::watch::UDP_RESENDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         s.send_to(payload, vip)?;
         let mut buf = [0u8; 1500];
         if let Ok((n, from)) = s.recv_from(&mut buf) {
