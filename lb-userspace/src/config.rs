@@ -777,4 +777,27 @@ backends = [ { address = "10.0.2.10:8080" } ]
                 .ends_with("expect")
         );
     }
+
+    #[test]
+    fn durations_take_compound_forms_and_huge_ones_are_refused() {
+        let c = parse(&GOOD.replace("interval = \"1s\"", "interval = \"1m30s\""), "veer.toml").unwrap();
+        assert_eq!(
+            c.vips[0].health.as_ref().unwrap().interval,
+            std::time::Duration::from_secs(90)
+        );
+        for huge in ["99999999999999999999h", "18446744073709551615s", "2years"] {
+            let e = err(&GOOD.replace("interval = \"1s\"", &format!("interval = \"{huge}\"")));
+            assert_eq!(e.field, "vip.health.interval", "{huge}: {e}");
+        }
+        let e = err(&GOOD.replace("interfaces", "udp_idle = \"1000000000000000h\"\ninterfaces"));
+        assert_eq!(e.field, "agent.udp_idle", "{e}");
+    }
+
+    #[test]
+    fn backends_on_loopback_or_link_local_addresses_are_refused_with_their_line() {
+        for bad in ["127.0.0.1:8080", "169.254.0.5:8080"] {
+            let e = err(&GOOD.replace("10.0.2.10:8080", bad));
+            assert_eq!((e.line, e.field.as_str()), (21, "vip.pool.backends.address"), "{e}");
+        }
+    }
 }
