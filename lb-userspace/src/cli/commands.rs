@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 #[derive(Parser)]
 #[command(name = "veer", version, about = "XDP load balancer for zero-downtime deployments")]
-struct Cli {
+pub struct Cli {
     /// Log format on stderr (agent).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,

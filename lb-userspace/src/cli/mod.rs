@@ -3,4 +3,4 @@
 pub mod client;
 mod commands;
 
-pub use commands::main;
+pub use commands::{Cli, main};
