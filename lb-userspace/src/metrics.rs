@@ -13,7 +13,7 @@ pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle
     let listener = TcpListener::bind(addr).await?;
     let app = Router::new().route("/metrics", get(metrics)).with_state(core);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(crate::api::limits::Limited::new(listener, "metrics"), app).await {
             tracing::error!("metrics server: {e}");
         }
     }))

@@ -161,7 +161,7 @@ fn dist_package_holds_binary_unit_conffile_completions_man_pages_and_docs() {
         "Restart=on-failure",
         "StateDirectory=veer",
         "RuntimeDirectory=veer",
-        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
     ] {
         assert!(unit.lines().any(|l| l == want), "{want:?} not in the unit:\n{unit}");
     }

@@ -287,26 +287,45 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() {
     stream.assert_alive(&lab, "after a bad SIGHUP");
 }
 
+const CUSTOM_PIN_DIR: &str = "/sys/fs/bpf/veer-lab-custom";
+
 #[test]
-fn cleanup_removes_program_pins_and_state_and_is_refused_while_an_agent_runs() {
-    let Some(mut lab) = tuned_lab(2, &web4(&backend_list(0..2, HTTP_PORT))) else {
+fn detach_removes_program_pins_and_state_under_a_custom_pin_dir_and_is_refused_while_an_agent_runs() {
+    let Some(mut lab) = Lab::with_config(
+        2,
+        &format!("pin_dir = \"{CUSTOM_PIN_DIR}\"\n"),
+        &web4(&backend_list(0..2, HTTP_PORT)),
+    ) else {
         return;
     };
+    lab.wait_for_vip(vip4()).expect("VIP answers");
+    let pins = std::path::Path::new(CUSTOM_PIN_DIR);
+    assert!(pins.join("link_eth0").exists(), "pinned under agent.pin_dir");
     let (code, _, err) = lab.cleanup().unwrap();
     assert_eq!(code, 1, "cleanup is refused while the agent runs: {err}");
     assert!(err.contains("an agent is running"), "{err}");
     agent(&mut lab).stop();
     lab.wait_for_vip(vip4()).expect("the data path outlives the agent");
-    let (code, out, err) = lab.cleanup().unwrap();
-    assert_eq!(code, 0, "veer agent --cleanup: {out}{err}");
+    let detach = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .args(["detach", "--config"])
+        .arg(lab.dir.join("veer.toml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&detach.stdout);
+    assert!(
+        detach.status.success(),
+        "veer detach: {out}{}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
     assert!(out.contains("detached from eth0"), "{out}");
-    assert!(!std::path::Path::new(veer::dataplane::PIN_DIR).exists(), "no pins left");
+    assert!(!pins.exists(), "no pins left");
     assert!(!lab.dir.join("state.json").exists(), "no state file left");
-    let xdp = std::process::Command::new("ip")
+    let link = std::process::Command::new("ip")
         .args(["-n", &lab.lb.name, "link", "show", "dev", "eth0"])
         .output()
         .unwrap();
-    let link = String::from_utf8_lossy(&xdp.stdout);
+    let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("xdp"), "no XDP program on eth0: {link}");
     let answered = lab
         .client
@@ -319,4 +338,149 @@ fn cleanup_removes_program_pins_and_state_and_is_refused_while_an_agent_runs() {
         .unwrap();
     let neigh = String::from_utf8_lossy(&neigh.stdout);
     assert!(!neigh.contains("managed"), "managed neighbour entries removed: {neigh}");
+}
+
+#[test]
+fn an_agent_under_ip_netns_exec_warns_that_its_pins_die_with_it() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return;
+    }
+    let lab = Lab::new(&LabOptions { weights: vec![1] }).expect("build the lab");
+    let config = lab
+        .write_config_text(
+            "veer.toml",
+            &format!("{}\n{}", lab.agent_section(), web4(&backend_list(0..1, HTTP_PORT))),
+        )
+        .unwrap();
+    let log_path = lab.dir.join("netns-exec.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb.name])
+        .arg(veer_bin().unwrap())
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("veer agent ready") || agent.0.try_wait().ok().flatten().is_some() {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "agent not ready:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: signalling our own child by PID (ip netns exec execs the agent).
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let _ = agent.0.wait();
+    assert!(text.contains("mount namespace of its own"), "the agent warns:\n{text}");
+    assert!(text.contains("nsenter --net="), "and says what to do instead:\n{text}");
+}
+
+#[test]
+fn the_systemd_unit_keeps_to_the_contract_and_passes_systemd_analyze_verify() {
+    let unit_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/veer.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("dist/veer.service");
+    let value = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key}= missing from the unit"))
+            .to_string()
+    };
+    assert_eq!(value("Type"), "notify");
+    assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(value("Restart"), "on-failure");
+    assert_eq!(value("StateDirectory"), "veer");
+    assert_eq!(value("RuntimeDirectory"), "veer");
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        assert_eq!(
+            value(key),
+            "CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
+            "{key}: what BPF+XDP+netlink need"
+        );
+    }
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: verify skipped");
+        return;
+    };
+    assert!(out.status.success());
+    // verify checks that the binary exists: point the copy at the one under test.
+    let dir = std::env::temp_dir().join(format!("veer-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("veer.service");
+    let veer = veer_bin().unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/veer", &veer.display().to_string())).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn readiness_reaches_systemd_after_the_attach_and_stopping_on_sigterm() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return;
+    }
+    let lab = Lab::new(&LabOptions { weights: vec![1] }).expect("build the lab");
+    let config = lab
+        .write_config_text(
+            "veer.toml",
+            &format!("{}\n{}", lab.agent_section(), web4(&backend_list(0..1, HTTP_PORT))),
+        )
+        .unwrap();
+    let notify_path = lab.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let log_path = lab.dir.join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut agent = ChildGuard(child);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+        panic!(
+            "no notification ({e}):\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    });
+    assert_eq!(&buf[..n], b"READY=1");
+    let link = std::process::Command::new("ip")
+        .args(["-n", &lab.lb.name, "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "READY=1 comes after the attach"
+    );
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let _ = agent.0.wait();
+    let detach = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .args(["detach", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
 }

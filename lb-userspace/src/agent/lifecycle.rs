@@ -37,10 +37,12 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => {
                     info!("SIGTERM: exiting; the data path stays attached for the next agent");
+                    crate::host::systemd::notify("STOPPING=1");
                     return;
                 }
                 _ = self.int.recv() => {
                     info!("SIGINT: exiting; the data path stays attached for the next agent");
+                    crate::host::systemd::notify("STOPPING=1");
                     return;
                 }
                 _ = self.hup.recv() => reload(core, config_path).await,
@@ -52,6 +54,12 @@ impl Signals {
 /// SIGHUP: the config file again, applied like `veer apply -f FILE` (validated, one
 /// step, runtime changes kept for what remains). A bad file is logged and changes nothing.
 async fn reload(core: &api::Shared, path: &Path) {
+    crate::host::systemd::notify("RELOADING=1");
+    reload_file(core, path).await;
+    crate::host::systemd::notify("READY=1");
+}
+
+async fn reload_file(core: &api::Shared, path: &Path) {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -336,6 +336,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         restored = restored.is_some(),
         "veer agent ready"
     );
+    crate::host::systemd::notify("READY=1");
     signals.until_stopped(&core, &opts.config).await;
     server.abort();
     health.abort();

@@ -1,5 +1,6 @@
 //! The agent's HTTP+JSON API.
 
+pub mod limits;
 mod routes;
 
 pub use routes::*;

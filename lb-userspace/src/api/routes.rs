@@ -73,11 +73,12 @@ pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHand
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(socket);
+    // Created 0600 (the agent runs with umask 077: no moment in which others may connect).
     let listener = UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = router(core);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "api socket"), app).await {
             tracing::error!("API server: {e}");
         }
     }))
@@ -117,7 +118,7 @@ pub async fn serve_tcp(core: Shared, addr: SocketAddr, token_file: &Path) -> std
         },
     ));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "TCP API"), app).await {
             tracing::error!("TCP API server: {e}");
         }
     }))

@@ -53,8 +53,31 @@ const PINNED: &[&str] = &[
     MAP_AB_RULES,
 ];
 
+/// Loads the ICMP program and puts it where the balancer tail-calls it (ICMP_PROGS[0]).
+pub fn load_icmp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::PROG_ICMP)
+        .ok_or(DataplaneError::StubObject)?
+        .try_into()?;
+    prog.load()?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf.map_mut(lb_common::MAP_ICMP_PROGS).ok_or(DataplaneError::StubObject)?;
+    let mut progs: aya::maps::ProgramArray<&mut MapData> =
+        map.try_into().map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    progs.set(0, &fd, 0).map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    Ok(())
+}
+
 /// Pinned maps of earlier layouts, removed when a newer agent adopts the data path.
-const RETIRED: &[&str] = &["FLOWS_V1", "NAT_REV_V1"];
+const RETIRED: &[&str] = &[
+    "FLOWS_V1",
+    "NAT_REV_V1",
+    "NAT_REV_V2",
+    "FLOW_HEADS_V1",
+    "REV_HEADS_V1",
+    "NEXTHOPS_V1",
+    "REASONS_V1",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -141,6 +164,18 @@ impl Dataplane {
         }
         std::fs::create_dir_all(pin_dir)?;
         let adopted = pin_dir.join(MAP_VIPS).exists();
+        let loaded = Self::open(sizes, pin_dir, adopted);
+        if loaded.is_err() && !adopted {
+            // A first start that failed half-way leaves nothing for the next one to adopt.
+            for name in PINNED {
+                let _ = std::fs::remove_file(pin_dir.join(name));
+            }
+            let _ = std::fs::remove_dir(pin_dir);
+        }
+        loaded
+    }
+
+    fn open(sizes: Sizes, pin_dir: &Path, adopted: bool) -> Result<Self, DataplaneError> {
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let buckets = conntrack::buckets(sizes.flows);
         let mask = buckets - 1;
@@ -179,6 +214,7 @@ impl Dataplane {
             .ok_or(DataplaneError::StubObject)?
             .try_into()?;
         prog.load()?;
+        load_icmp(&mut ebpf)?;
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
             for name in RETIRED {
@@ -299,6 +335,53 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// What the maps hold, for an agent adopting them: the data path's own truth, whatever
+    /// the state file says. Tables are those a VIP names (current and next).
+    pub fn snapshot(&self, ring_size: u32) -> Result<MapsSnapshot, DataplaneError> {
+        let vips_map: HashMap<&MapData, VipKey, VipInfo> = self.map(MAP_VIPS)?;
+        let vips = vips_map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_VIPS))?;
+        let backends_map: Array<&MapData, Backend> = self.map(MAP_BACKENDS)?;
+        let mut backends = std::collections::BTreeMap::new();
+        for id in 1..backends_map.len() {
+            let b = backends_map.get(&id, 0).map_err(map_err(MAP_BACKENDS))?;
+            if b.state != lb_common::BACKEND_UNSET {
+                backends.insert(id, b);
+            }
+        }
+        let filter_map: Array<&MapData, u64> = self.map(MAP_VIP_FILTER)?;
+        let filter = (0..filter_map.len())
+            .map(|i| filter_map.get(&i, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_VIP_FILTER))?;
+        let ab_map: aya::maps::lpm_trie::LpmTrie<&MapData, lb_common::AbKey, u32> = self.map(MAP_AB_RULES)?;
+        let ab_rules = ab_map
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(MAP_AB_RULES))?;
+        let config_map: Array<&MapData, Config> = self.map(MAP_CONFIG)?;
+        let config = config_map.get(&0, 0).map_err(map_err(MAP_CONFIG))?;
+        let mut tables = std::collections::BTreeMap::new();
+        for (_, info) in &vips {
+            for id in [info.table_current, info.table_next] {
+                if id != 0 && !tables.contains_key(&id) {
+                    tables.insert(id, self.tables.read(id, ring_size)?);
+                }
+            }
+        }
+        Ok(MapsSnapshot {
+            config: (config.ring_size != 0).then_some(config),
+            vips,
+            backends,
+            filter,
+            ab_rules,
+            tables,
+        })
     }
 
     /// Slots of table `id` as the kernel holds them (for adoption after a restart).
@@ -531,6 +614,20 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
         0 => Err(DataplaneError::NoInterface(iface.into())),
         i => Ok(i),
     }
+}
+
+/// The maps' contents at adoption (see [`Dataplane::snapshot`]).
+#[derive(Debug, Clone, Default)]
+pub struct MapsSnapshot {
+    pub config: Option<Config>,
+    pub vips: Vec<(VipKey, VipInfo)>,
+    /// Backend slots in use (state not unset), by id.
+    pub backends: std::collections::BTreeMap<u32, Backend>,
+    pub filter: Vec<u64>,
+    /// A/B rules: (prefix length, key).
+    pub ab_rules: Vec<(u32, lb_common::AbKey)>,
+    /// Slots of every table a VIP names.
+    pub tables: std::collections::BTreeMap<u32, Vec<u32>>,
 }
 
 /// Live flows counted in the connection table (see [`Dataplane::live_flows`]).

@@ -28,8 +28,9 @@ pub enum BpffsError {
 pub struct Bpffs {
     /// The agent mounted the bpffs itself: none was there.
     pub mounted_by_agent: bool,
-    /// The agent's mount namespace is not PID 1's: its mounts are not the host's.
-    pub private_mounts: bool,
+    /// The agent's mount namespace is not the host's (PID 1's, or if that cannot be read,
+    /// the parent's): its mounts are not the host's. None: could not tell.
+    pub private_mounts: Option<bool>,
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -41,15 +42,17 @@ fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
-/// True when this process's mount namespace differs from PID 1's (unknown: false).
-fn private_mount_namespace() -> bool {
-    match (
-        std::fs::read_link("/proc/self/ns/mnt"),
-        std::fs::read_link("/proc/1/ns/mnt"),
-    ) {
-        (Ok(a), Ok(b)) => a != b,
-        _ => false,
+/// Whether this process's mount namespace differs from PID 1's. PID 1's may be closed to
+/// us (ptrace rules); then a parent in another namespace still tells (under `ip netns
+/// exec` the parent is the shell, in the host's), a parent in ours does not. None: unknown.
+fn private_mount_namespace() -> Option<bool> {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    if let Ok(init) = std::fs::read_link("/proc/1/ns/mnt") {
+        return Some(init != own);
     }
+    // SAFETY: getppid cannot fail.
+    let parent = std::fs::read_link(format!("/proc/{}/ns/mnt", unsafe { libc::getppid() })).ok()?;
+    (parent != own).then_some(true)
 }
 
 /// Makes sure `pin_dir` can hold pins (mounting a bpffs at /sys/fs/bpf when none is
@@ -78,21 +81,29 @@ pub fn prepare(pin_dir: &Path) -> Result<Bpffs, BpffsError> {
         private_mounts: private_mount_namespace(),
     };
     match (found.private_mounts, found.mounted_by_agent) {
-        (true, true) => warn!(
+        (Some(true), true) => warn!(
             pin_dir = %pin_dir.display(),
             "the agent runs in a mount namespace of its own (as under `ip netns exec`) where no bpffs \
              was mounted, and mounted one itself: its pins vanish when it exits, and a crash or kill -9 \
              then stops the data path. Start it in the host's mount namespace (systemd, or \
              `nsenter --net=/run/netns/NAME veer agent ...` for a network namespace)"
         ),
-        (true, false) => warn!(
+        // systemd's sandboxing (ProtectSystem=) makes a mount namespace too, with the
+        // host's bpffs propagated into it: pins there are the host's.
+        (Some(true), false) => info!(
             pin_dir = %pin_dir.display(),
-            "the agent runs in a mount namespace other than the host's (as under `ip netns exec`): its \
-             pins are not the host's, another agent may not find them, and they can vanish with this \
-             namespace. Prefer the host's mount namespace (`nsenter --net=/run/netns/NAME` keeps it)"
+            "the agent runs in a mount namespace of its own; its bpffs was mounted there already \
+             (as systemd's sandboxing passes on the host's)"
         ),
-        (false, true) => info!("no bpffs was mounted at {DEFAULT_BPFFS}: mounted one (pins outlive the agent)"),
-        (false, false) => {}
+        (Some(false), true) => info!("no bpffs was mounted at {DEFAULT_BPFFS}: mounted one (pins outlive the agent)"),
+        (None, true) => warn!(
+            pin_dir = %pin_dir.display(),
+            "no bpffs was mounted at {DEFAULT_BPFFS}: the agent mounted one. If it runs in a mount \
+             namespace of its own (as under `ip netns exec`), its pins vanish when it exits and a \
+             crash then stops the data path; start it in the host's mount namespace (systemd, or \
+             `nsenter --net=/run/netns/NAME veer agent ...`)"
+        ),
+        (_, false) => {}
     }
     Ok(found)
 }

@@ -5,6 +5,7 @@
 pub mod bpffs;
 pub mod neigh;
 pub mod sysctl;
+pub mod systemd;
 
 use std::{
     collections::BTreeSet,
