@@ -110,7 +110,10 @@ async fn probe_loop(core: Shared, sem: Arc<Semaphore>, key: String, addr: Socket
     loop {
         let result = {
             let Ok(_permit) = sem.acquire().await else { return };
-            probe(&cfg, addr).await
+            let started = Instant::now();
+            let result = probe(&cfg, addr).await;
+            crate::metrics::observe_check(&key, addr, &result.reason, started.elapsed());
+            result
         };
         let delay = {
             let mut c = core.lock().await;
