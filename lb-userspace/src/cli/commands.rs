@@ -134,7 +134,7 @@ enum Command {
         dry_run: bool,
     },
     /// Rolling rollout over POOL: per batch, drain, wait for 0 live flows, run CMD (with
-    /// `{addr}` replaced), return to ready, wait until healthy.
+    /// `{addr}`, `{host}` and `{port}` replaced), return to ready, wait until healthy.
     Rollout {
         vip: String,
         pool: String,
@@ -674,7 +674,10 @@ fn rollout(
         }
         for a in group {
             bar.set_message(format!("running the hook for {a}"));
-            let cmd = exec.replace("{addr}", a);
+            let cmd = match a.parse() {
+                Ok(backend) => super::hook::hook_command(exec, backend),
+                Err(_) => exec.replace("{addr}", a),
+            };
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(&cmd)

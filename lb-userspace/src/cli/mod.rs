@@ -2,5 +2,6 @@
 
 pub mod client;
 mod commands;
+mod hook;
 
 pub use commands::{Cli, main};
