@@ -187,6 +187,8 @@ pub fn status_json(core: &Core) -> Value {
                     "health": match h { None => "unchecked", Some(h) if h.state.up => "up", Some(_) => "down" },
                     "check": h.map(|h| json!({
                         "last": h.state.last.as_ref().map(|r| r.reason.clone()),
+                        "checks": h.state.checks,
+                        "failures": h.state.failures,
                         "in_state_s": now.saturating_duration_since(h.state.since).as_secs_f64(),
                         "slowstart_pct": h.state.slowstart_pct(&h.cfg, now),
                     })),

@@ -107,6 +107,9 @@ pub struct HealthState {
     /// When it last came up (slow start measures from here).
     pub up_since: Option<Instant>,
     pub last: Option<CheckResult>,
+    /// Probe results recorded, and how many of them failed (for status and metrics).
+    pub checks: u64,
+    pub failures: u64,
 }
 
 impl HealthState {
@@ -117,6 +120,8 @@ impl HealthState {
             since: now,
             up_since: None,
             last: None,
+            checks: 0,
+            failures: 0,
         }
     }
 
@@ -124,6 +129,8 @@ impl HealthState {
     /// results count: one success resets the failure streak and vice versa.
     pub fn observe(&mut self, result: CheckResult, now: Instant, rise: u32, fall: u32) -> Option<bool> {
         let agrees = result.ok == self.up;
+        self.checks += 1;
+        self.failures += u64::from(!result.ok);
         self.last = Some(result);
         if agrees {
             self.streak = 0;
