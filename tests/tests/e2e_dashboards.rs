@@ -1,7 +1,7 @@
 //! The shipped Grafana dashboard (docs/grafana/veer.json) and Prometheus alert rules
 //! (docs/prometheus/alerts.yml) against a live agent: every metric they name is in its
 //! scrape after real traffic, health checks and a canary; promtool accepts the rules and
-//! every dashboard query.
+//! every dashboard query, and each alert fires on synthetic series of its situation.
 
 use std::{
     collections::BTreeSet,
@@ -131,6 +131,54 @@ fn alert_rules_and_dashboard_queries_pass_promtool() {
     std::fs::write(&file, text).unwrap();
     promtool(&["check", "rules"], &file);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `alerts.yml` without its `annotations:` blocks.
+fn without_annotations(rules: &str) -> String {
+    let mut out = Vec::new();
+    let mut skip_deeper_than = None;
+    for line in rules.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(level) = skip_deeper_than {
+            if line.trim().is_empty() || indent > level {
+                continue;
+            }
+            skip_deeper_than = None;
+        }
+        if line.trim() == "annotations:" {
+            skip_deeper_than = Some(indent);
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}
+
+#[test]
+fn alert_rules_fire_on_the_situations_they_name_and_not_before() {
+    // tests/prometheus/alerts_test.yml: synthetic series per alert, with the times it must
+    // stay silent and the labels it must fire with.
+    let dir = std::env::temp_dir().join(format!("veer-alerts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("alerts.yml"),
+        without_annotations(&docs("prometheus/alerts.yml")),
+    )
+    .unwrap();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/alerts_test.yml");
+    std::fs::copy(&spec, dir.join("alerts_test.yml")).unwrap();
+    let out = Command::new("/usr/bin/promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool is installed by `cargo xtask setup`");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
