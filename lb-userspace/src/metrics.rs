@@ -34,9 +34,11 @@ use prometheus_client::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
-    agent::Core,
-    api::Shared,
-    state::{CanaryOutcome, backend_key},
+    agent::{Core, Shared},
+    api::types::{
+        BackendStatus, CanaryOutcome, CanaryStatus, Counters, DataState, Health, PoolStatus, Status, VipStatus,
+    },
+    config::Mode,
 };
 
 /// Ports one SNAT address has toward one backend: the data path allocates from
@@ -50,7 +52,7 @@ pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle
         .route("/healthz", get(healthz))
         .with_state(core);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(crate::api::limits::Limited::new(listener, "metrics"), app).await {
             tracing::error!("metrics server: {e}");
         }
     }))
@@ -139,123 +141,28 @@ pub async fn track_api(request: Request, next: Next) -> Response {
 
 // ---- state, read from the core at each scrape ----
 
-#[derive(Debug, Default)]
+/// What one scrape reports: the core's status (the same `veer status` shows) and the
+/// connection table's capacity.
+#[derive(Debug)]
 struct Snapshot {
-    vips: Vec<VipSnap>,
-    reasons: Vec<(&'static str, u64)>,
+    status: Status,
     flow_capacity: u64,
-    live_flows: Option<u64>,
-}
-
-#[derive(Debug)]
-struct VipSnap {
-    name: String,
-    nat: bool,
-    active: String,
-    /// The pool a split sends `percent` of new flows to.
-    split: Option<(String, f64)>,
-    canary: Option<CanarySnap>,
-    counters: lb_common::Counters,
-    live: Option<u64>,
-    pools: Vec<PoolSnap>,
-}
-
-#[derive(Debug)]
-struct CanarySnap {
-    pool: String,
-    /// 1-based step; the percent of that step.
-    step: usize,
-    percent: f64,
-    state: &'static str,
-}
-
-#[derive(Debug)]
-struct PoolSnap {
-    name: String,
-    backends: Vec<BackendSnap>,
-}
-
-#[derive(Debug)]
-struct BackendSnap {
-    address: String,
-    weight: u32,
-    /// Takes new flows: admin ready, weight > 0, healthy.
-    up: bool,
-    /// Health checks find it up (or it is not checked).
-    healthy: bool,
-    counters: lb_common::Counters,
-    live: Option<u64>,
 }
 
 const CANARY_STATES: [&str; 3] = ["running", "done", "rolled_back"];
 
-fn snapshot(core: &Core) -> Snapshot {
-    let live = core.live_flows();
-    let mut vips = Vec::new();
-    for v in &core.desired.config.vips {
-        let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else {
-            continue;
-        };
-        let deploy = core.desired.deploy.get(&v.name);
-        let mut pools = Vec::new();
-        for p in &v.pools {
-            let mut backends = Vec::new();
-            for b in &p.backends {
-                let key = backend_key(&v.name, b.address);
-                let Some(&id) = core.reconciler.ids.backends.get(&key) else {
-                    continue;
-                };
-                backends.push(BackendSnap {
-                    address: b.address.to_string(),
-                    weight: b.weight,
-                    up: core
-                        .reconciler
-                        .backend(id)
-                        .is_some_and(|b| b.state == lb_common::BACKEND_READY),
-                    healthy: core.health.get(&key).is_none_or(|h| h.state.up),
-                    counters: core.dp.backend_counters(id).unwrap_or_default(),
-                    live: live.as_ref().map(|l| l.backend(id)),
-                });
-            }
-            pools.push(PoolSnap {
-                name: p.name.clone(),
-                backends,
-            });
-        }
-        vips.push(VipSnap {
-            name: v.name.clone(),
-            nat: v.mode == crate::config::Mode::Nat,
-            active: v.active.clone(),
-            split: deploy
-                .and_then(|d| d.split.as_ref())
-                .map(|s| (s.pool.clone(), s.bp as f64 / 100.0)),
-            canary: deploy.and_then(|d| d.canary.as_ref()).map(|c| CanarySnap {
-                pool: c.pool.clone(),
-                step: c.step + 1,
-                percent: c.steps.get(c.step).copied().unwrap_or(0.0),
-                state: match c.outcome {
-                    CanaryOutcome::Running => CANARY_STATES[0],
-                    CanaryOutcome::Done => CANARY_STATES[1],
-                    CanaryOutcome::RolledBack(_) => CANARY_STATES[2],
-                },
-            }),
-            counters: core.dp.vip_counters(vid).unwrap_or_default(),
-            live: live.as_ref().map(|l| l.vip(vid)),
-            pools,
-        });
+fn canary_state(outcome: &CanaryOutcome) -> &'static str {
+    match outcome {
+        CanaryOutcome::Running => CANARY_STATES[0],
+        CanaryOutcome::Done => CANARY_STATES[1],
+        CanaryOutcome::RolledBack(_) => CANARY_STATES[2],
     }
-    let live_flows = vips.iter().map(|v| v.live).sum();
+}
+
+fn snapshot(core: &Core) -> Snapshot {
     Snapshot {
-        vips,
-        reasons: core
-            .dp
-            .reasons()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(r, n)| (r.name(), n))
-            .collect(),
-        flow_capacity: core.desired.config.agent.flow_capacity as u64,
-        live_flows,
+        status: core.status(),
+        flow_capacity: core.desired().config.agent.flow_capacity as u64,
     }
 }
 
@@ -308,15 +215,15 @@ fn family<V: EncodeCounterValue + EncodeGaugeValue>(
 }
 
 /// A counter family read from the data path's counters: name, help, which field.
-type CounterColumn = (&'static str, &'static str, fn(&lb_common::Counters) -> u64);
+type CounterColumn = (&'static str, &'static str, fn(&Counters) -> u64);
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter as C, Gauge as G};
-        let vip_l = |v: &VipSnap| vec![("vip", v.name.clone())];
-        let pool_l = |v: &VipSnap, p: &PoolSnap| vec![("vip", v.name.clone()), ("pool", p.name.clone())];
+        let vip_l = |v: &VipStatus| vec![("vip", v.name.clone())];
+        let pool_l = |v: &VipStatus, p: &PoolStatus| vec![("vip", v.name.clone()), ("pool", p.name.clone())];
         let backends = || {
-            self.vips.iter().flat_map(|v| {
+            self.status.vips.iter().flat_map(|v| {
                 v.pools.iter().flat_map(move |p| {
                     p.backends.iter().map(move |b| {
                         let l = vec![
@@ -329,8 +236,10 @@ impl Collector for Snapshot {
                 })
             })
         };
-        let vips = || self.vips.iter();
-        let pools = || self.vips.iter().flat_map(|v| v.pools.iter().map(move |p| (v, p)));
+        let vips = || self.status.vips.iter();
+        let pools = || vips().flat_map(|v| v.pools.iter().map(move |p| (v, p)));
+        // Takes new flows: admin ready, weight > 0, healthy.
+        let up = |b: &BackendStatus| b.state == DataState::Ready;
 
         let vip_counters: [CounterColumn; 4] = [
             ("veer_vip_packets", "Client-to-backend packets to the VIP", |c| {
@@ -351,7 +260,7 @@ impl Collector for Snapshot {
             "veer_vip_live_flows",
             "Flows in the connection table not seen closing and used within agent.tcp_idle / udp_idle",
             G,
-            vips().filter_map(|v| v.live.map(|n| (vip_l(v), n))),
+            vips().filter_map(|v| v.counters.live_flows.map(|n| (vip_l(v), n))),
         )?;
         let backend_counters: [CounterColumn; 5] = [
             ("veer_backend_packets", "Client-to-backend packets", |c| c.packets),
@@ -380,7 +289,7 @@ impl Collector for Snapshot {
             "veer_backend_live_flows",
             "Flows open on the backend",
             G,
-            backends().filter_map(|(_, l, b)| b.live.map(|n| (l, n))),
+            backends().filter_map(|(_, l, b)| b.counters.live_flows.map(|n| (l, n))),
         )?;
         family(
             &mut enc,
@@ -394,14 +303,14 @@ impl Collector for Snapshot {
             "veer_backend_up",
             "1 if the backend takes new flows (admin ready, weight > 0, healthy)",
             G,
-            backends().map(|(_, l, b)| (l, b.up as u64)),
+            backends().map(|(_, l, b)| (l, up(b) as u64)),
         )?;
         family(
             &mut enc,
             "veer_backend_health_up",
             "1 if health checks find the backend up (or it is not checked)",
             G,
-            backends().map(|(_, l, b)| (l, b.healthy as u64)),
+            backends().map(|(_, l, b)| (l, (b.health != Health::Down) as u64)),
         )?;
         family(
             &mut enc,
@@ -415,7 +324,7 @@ impl Collector for Snapshot {
             "veer_pool_healthy_backends",
             "Backends of the pool that take new flows (admin ready, weight > 0, healthy)",
             G,
-            pools().map(|(v, p)| (pool_l(v, p), p.backends.iter().filter(|b| b.up).count() as u64)),
+            pools().map(|(v, p)| (pool_l(v, p), p.backends.iter().filter(|b| up(b)).count() as u64)),
         )?;
 
         // Deployment state.
@@ -433,8 +342,8 @@ impl Collector for Snapshot {
             G,
             pools().map(|(v, p)| {
                 let pct = match &v.split {
-                    Some((next, pct)) if *next == p.name => *pct,
-                    Some((_, pct)) if p.name == v.active => 100.0 - pct,
+                    Some(s) if s.pool == p.name => s.percent,
+                    Some(s) if p.name == v.active => 100.0 - s.percent,
                     None if p.name == v.active => 100.0,
                     _ => 0.0,
                 };
@@ -442,20 +351,20 @@ impl Collector for Snapshot {
             }),
         )?;
         let canaries = || vips().filter_map(|v| v.canary.as_ref().map(|c| (v, c)));
-        let canary_l = |v: &VipSnap, c: &CanarySnap| vec![("vip", v.name.clone()), ("pool", c.pool.clone())];
+        let canary_l = |v: &VipStatus, c: &CanaryStatus| vec![("vip", v.name.clone()), ("pool", c.pool.clone())];
         family(
             &mut enc,
             "veer_canary_step",
             "The stepped canary's current step (1-based) of the VIP's last or running canary",
             G,
-            canaries().map(|(v, c)| (canary_l(v, c), c.step as u64)),
+            canaries().map(|(v, c)| (canary_l(v, c), c.step as u64 + 1)),
         )?;
         family(
             &mut enc,
             "veer_canary_percent",
             "Percent of new flows the canary's current step sends to its pool",
             G,
-            canaries().map(|(v, c)| (canary_l(v, c), c.percent)),
+            canaries().map(|(v, c)| (canary_l(v, c), c.percent.unwrap_or(0.0))),
         )?;
         family(
             &mut enc,
@@ -466,7 +375,7 @@ impl Collector for Snapshot {
                 CANARY_STATES.map(|s| {
                     let mut l = canary_l(v, c);
                     l.push(("state", s.to_string()));
-                    (l, (c.state == s) as u64)
+                    (l, (canary_state(&c.outcome) == s) as u64)
                 })
             }),
         )?;
@@ -484,7 +393,10 @@ impl Collector for Snapshot {
             "veer_flow_table_live_flows",
             "Live flows in the connection table, all VIPs together",
             G,
-            self.live_flows.map(|n| (Labels::new(), n)),
+            vips()
+                .map(|v| v.counters.live_flows)
+                .sum::<Option<u64>>()
+                .map(|n| (Labels::new(), n)),
         )?;
         family(
             &mut enc,
@@ -499,8 +411,8 @@ impl Collector for Snapshot {
             "SNAT ports held toward the backend (one per live NAT flow)",
             G,
             backends()
-                .filter(|(v, _, _)| v.nat)
-                .filter_map(|(_, l, b)| b.live.map(|n| (l, n))),
+                .filter(|(v, _, _)| v.mode == Mode::Nat)
+                .filter_map(|(_, l, b)| b.counters.live_flows.map(|n| (l, n))),
         )?;
 
         family(
@@ -508,7 +420,11 @@ impl Collector for Snapshot {
             "veer_xdp_packets",
             "Packets by the XDP program's verdict reason",
             C,
-            self.reasons.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)),
+            self.status
+                .counters
+                .reasons
+                .iter()
+                .map(|(r, n)| (vec![("reason", r.clone())], *n)),
         )?;
         family(
             &mut enc,

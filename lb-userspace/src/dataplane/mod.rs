@@ -24,7 +24,7 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::state::Op;
+use crate::{config::AttachMode, state::Op};
 
 /// The balancer's object (built by build.rs from lb-ebpf).
 pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
@@ -61,7 +61,9 @@ pub fn load_icmp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
         .try_into()?;
     prog.load()?;
     let fd = prog.fd()?.try_clone()?;
-    let map = ebpf.map_mut(lb_common::MAP_ICMP_PROGS).ok_or(DataplaneError::StubObject)?;
+    let map = ebpf
+        .map_mut(lb_common::MAP_ICMP_PROGS)
+        .ok_or(DataplaneError::StubObject)?;
     let mut progs: aya::maps::ProgramArray<&mut MapData> =
         map.try_into().map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
     progs.set(0, &fd, 0).map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
@@ -112,14 +114,6 @@ pub enum DataplaneError {
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
-}
-
-/// How to attach: `Auto` tries native (driver) mode and falls back to generic with a warning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Native,
-    Generic,
 }
 
 /// Map sizes fixed at load time.

@@ -73,22 +73,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// `500ms`, `2s`, `1m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 /// One probe's result, with an HAProxy-style reason (`L4OK`, `L4TOUT`, `L4CON`, `L7OK`,
 /// `L7STS 503`, `L7TOUT`, `L7RSP`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -295,14 +279,5 @@ mod tests {
                 "{d:?}"
             );
         }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("2"), None);
-        assert_eq!(parse_duration("fast"), None);
     }
 }
