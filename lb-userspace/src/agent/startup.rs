@@ -1,30 +1,31 @@
-//! `veer agent`: validate the config, load (or adopt) the data path, reconcile the maps
-//! with the desired state, serve the API, and persist every change. SIGTERM, SIGINT and
-//! SIGKILL all leave the data path forwarding for the next agent to adopt.
+//! `veer agent`: validate the config, load (or adopt) the data path, build the core over
+//! it, serve the API, run health checks, the canary ticker and metrics. SIGTERM, SIGINT
+//! and SIGKILL all leave the data path forwarding for the next agent to adopt.
 
 use std::{
     collections::BTreeMap,
     ffi::CStr,
-    io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::info;
 
+use super::{
+    AgentError, Core,
+    core::Persistence,
+    persist::{fnv1a, restore},
+};
 use crate::{
     api,
-    config::{self, Config},
-    dataplane::{AttachMode, Dataplane, Sizes},
-    state::{Desired, Ids, Limits, Reconciler},
+    config::{self, AttachMode, Config},
+    dataplane::{Dataplane, Sizes},
+    state::{Desired, Limits, Reconciler},
 };
 
-/// Exit code for rejected input (a bad config), per the CLI contract.
-pub const EXIT_REJECTED: i32 = 1;
 /// Tables resident at once: every pool twice (a rebuild goes to a free id, then flips),
 /// and never fewer than 64 so pools added at runtime find room.
 pub fn max_tables(config: &Config) -> u32 {
@@ -37,136 +38,6 @@ pub struct Options {
     pub interfaces: Vec<String>,
     pub socket: Option<PathBuf>,
     pub mode: AttachMode,
-}
-
-/// An error that maps to an exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{0}")]
-    Rejected(String),
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
-
-impl AgentError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            AgentError::Rejected(_) => EXIT_REJECTED,
-            AgentError::Failed(_) => 10,
-        }
-    }
-}
-
-/// What is persisted: the desired state and the ids in the maps.
-#[derive(Serialize, Deserialize)]
-struct Persisted {
-    /// FNV-1a of the config file the state grew from.
-    config_hash: String,
-    desired: Desired,
-    ids: Ids,
-}
-
-/// FNV-1a 64: a stable digest of the config text (not for security).
-pub fn fnv1a(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// The agent's state behind the API.
-pub struct Core {
-    pub desired: Desired,
-    pub reconciler: Reconciler,
-    pub dp: Dataplane,
-    pub snat_v4: Option<Ipv4Addr>,
-    pub snat_v6: Option<Ipv6Addr>,
-    pub state_file: PathBuf,
-    config_hash: String,
-    /// Health of every checked backend, by `backend_key`.
-    pub health: BTreeMap<String, crate::health::task::BackendHealth>,
-}
-
-impl Core {
-    /// Live flows per backend and VIP, from the connection table; None if it cannot be read
-    /// (status then shows null, which `--wait` and rollouts never take for drained).
-    pub fn live_flows(&self) -> Option<crate::dataplane::LiveFlows> {
-        let a = &self.desired.config.agent;
-        self.dp
-            .live_flows(a.tcp_idle, a.udp_idle)
-            .map_err(|e| tracing::warn!("reading the connection table: {e}"))
-            .ok()
-    }
-
-    /// Applies `next` as the new desired state: reconcile, write the maps, persist.
-    /// Validation errors change nothing.
-    pub fn set_desired(&mut self, next: Desired) -> Result<(), api::ApiError> {
-        let mut rec = self.reconciler.clone();
-        let ops = rec
-            .reconcile(&next, self.snat_v4, self.snat_v6)
-            .map_err(|e| api::ApiError::bad(e.to_string()))?;
-        self.dp
-            .execute(&ops)
-            .map_err(|e| api::ApiError::internal(format!("map write failed: {e}")))?;
-        self.reconciler = rec;
-        self.desired = next;
-        self.persist()
-            .map_err(|e| api::ApiError::internal(format!("persist state: {e}")))
-    }
-
-    /// Recomputes what health observes (down set, slow-start weights) and reconciles the
-    /// data path when it changed.
-    pub fn sync_observed(&mut self) {
-        let now = std::time::Instant::now();
-        let mut observed = crate::state::Observed::default();
-        for (key, h) in &self.health {
-            if !h.state.up {
-                observed.down.insert(key.clone());
-            } else if let Some(pct) = h.state.slowstart_pct(&h.cfg, now) {
-                observed.weight_pct.insert(key.clone(), pct);
-            }
-        }
-        if observed != self.desired.observed {
-            let mut next = self.desired.clone();
-            next.observed = observed;
-            if let Err(e) = self.set_desired(next) {
-                tracing::error!("applying health changes: {e}");
-            }
-        }
-    }
-
-    /// The config file's text the desired state now grows from (after a SIGHUP reload).
-    pub fn config_source(&mut self, text: &str) {
-        self.config_hash = fnv1a(text);
-        if let Err(e) = self.persist() {
-            tracing::error!("persist state: {e}");
-        }
-    }
-
-    pub fn persist(&self) -> std::io::Result<()> {
-        let p = Persisted {
-            config_hash: self.config_hash.clone(),
-            desired: self.desired.clone(),
-            ids: self.reconciler.ids.clone(),
-        };
-        write_atomic(&self.state_file, &serde_json::to_vec_pretty(&p)?)
-    }
 }
 
 pub fn state_file(config: &Config) -> PathBuf {
@@ -231,22 +102,7 @@ pub fn limits(config: &Config) -> Limits {
         max_backends: config.agent.max_backends,
         max_tables: max_tables(config),
         max_vips: lb_common::DEFAULT_MAX_VIPS,
-    }
-}
-
-/// The persisted state, if it grew from this very config text.
-fn restore(state_file: &Path, config_hash: &str) -> Option<Persisted> {
-    let text = std::fs::read_to_string(state_file).ok()?;
-    match serde_json::from_str::<Persisted>(&text) {
-        Ok(p) if p.config_hash == config_hash => Some(p),
-        Ok(_) => {
-            warn!(file = %state_file.display(), "the config file changed since the state was saved: starting from the config");
-            None
-        }
-        Err(e) => {
-            warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config");
-            None
-        }
+        max_ab_rules: lb_common::DEFAULT_MAX_AB_RULES,
     }
 }
 
@@ -284,29 +140,31 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         (Some(saved), false) => (saved.desired.clone(), Reconciler::new(limits)),
         (None, _) => (Desired::new(p.config.clone()), Reconciler::new(limits)),
     };
-    let mut core = Core {
-        desired: Desired::new(p.config.clone()),
-        reconciler,
-        dp,
-        snat_v4: p.snat_v4,
-        snat_v6: p.snat_v6,
-        state_file,
-        config_hash: p.config_hash.clone(),
-        health: BTreeMap::new(),
-    };
-    core.set_desired(desired)
-        .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
-    let neighbours = host.neighbours(&core.desired.config);
+    let mut core = Core::start(
+        (p.config.clone(), desired),
+        (reconciler, dp),
+        (p.snat_v4, p.snat_v6),
+        Persistence {
+            state_file,
+            config_hash: p.config_hash.clone(),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    let neighbours = host.neighbours(&core.desired().config);
     for iface in &p.interfaces {
-        core.dp.attach(iface, opts.mode).context("attach")?;
+        core.dataplane_mut().attach(iface, opts.mode).context("attach")?;
     }
     let metrics = p.config.agent.metrics;
+    let neighbours = neighbours.map(|n| Arc::new(std::sync::Mutex::new(n)));
+    if let Some(n) = &neighbours {
+        core.set_neighbours(n.clone());
+    }
     let core = Arc::new(Mutex::new(core));
     let keeper = neighbours.map(|n| {
         let weak = Arc::downgrade(&core);
         crate::host::NeighbourKeeper::start(n, move || {
             Some(crate::host::backend_addresses(
-                &weak.upgrade()?.blocking_lock().desired.config,
+                &weak.upgrade()?.blocking_lock().desired().config,
             ))
         })
     });
@@ -354,7 +212,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let core = Arc::try_unwrap(core)
         .map_err(|_| anyhow::anyhow!("API still holds the state"))?
         .into_inner();
-    core.dp.release();
+    core.into_dataplane().release();
     info!("stopped");
     Ok(())
 }

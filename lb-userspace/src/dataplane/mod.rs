@@ -24,7 +24,7 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::state::Op;
+use crate::{config::AttachMode, state::Op};
 
 /// The balancer's object (built by build.rs from lb-ebpf).
 pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
@@ -116,14 +116,6 @@ pub enum DataplaneError {
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
-}
-
-/// How to attach: `Auto` tries native (driver) mode and falls back to generic with a warning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Native,
-    Generic,
 }
 
 /// Map sizes fixed at load time.

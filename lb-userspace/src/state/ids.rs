@@ -8,7 +8,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::StateError;
+/// No id is free: the map is full.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
+pub struct Exhausted {
+    pub what: &'static str,
+    pub capacity: u32,
+    pub setting: &'static str,
+}
 
 /// Ids in use in the maps. Persisted with the desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +43,7 @@ pub struct Limits {
     pub max_backends: u32,
     pub max_tables: u32,
     pub max_vips: u32,
+    pub max_ab_rules: u32,
 }
 
 /// Hands out the lowest free ids from a cursor: O(1) amortised per id, so 10,000 backends
@@ -68,14 +76,14 @@ impl IdAllocator {
         }
     }
 
-    pub(super) fn alloc(&mut self) -> Result<u32, StateError> {
+    pub(super) fn alloc(&mut self) -> Result<u32, Exhausted> {
         while self.next < self.capacity && self.used.contains(&self.next) {
             self.next += 1;
         }
         if self.next >= self.capacity {
             // ids freed below the cursor are reused only when the top is exhausted
             let free = (self.first..self.capacity).find(|i| !self.used.contains(i));
-            let id = free.ok_or(StateError::Exhausted {
+            let id = free.ok_or(Exhausted {
                 what: self.what,
                 capacity: self.capacity,
                 setting: self.setting,
