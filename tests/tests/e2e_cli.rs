@@ -196,10 +196,8 @@ fn backend_add_del_and_maint_change_where_new_connections_go() {
         .unwrap()
         .len();
     assert_eq!(backends, 2, "the deleted backend is gone from status");
-    // Known defect, to fix: a backend added at runtime takes flows before its neighbour
-    // entry exists (the agent adds entries on a one-second cycle), so its first packet
-    // rides the stack.
-    lab.assert_no_drops(&watch, &["pass_no_neigh<=1"]);
+    // The added backend's neighbour entry is installed before it takes a flow.
+    lab.assert_no_drops(&watch, &[]);
 }
 
 #[test]

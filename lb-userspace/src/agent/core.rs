@@ -146,7 +146,14 @@ pub struct Core {
     snat_v6: Option<Ipv6Addr>,
     persistence: Persistence,
     health: BTreeMap<String, HealthReport>,
+    /// The managed neighbour entries, shared with the keeper thread: a backend that a
+    /// change adds gets its entry (resolved, or given a moment) before any flow can reach it.
+    neighbours: Option<crate::host::SharedNeighbours>,
 }
+
+/// How long a change that adds backends waits for their neighbour entries to resolve
+/// before it programs the maps anyway (the stack then resolves in band).
+const NEIGHBOUR_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Core {
     /// A core over a loaded data path, programmed to `desired` (validated already).
@@ -164,6 +171,7 @@ impl Core {
             snat_v6: snat.1,
             persistence,
             health: BTreeMap::new(),
+            neighbours: None,
         };
         core.commit(
             Edit {
@@ -246,6 +254,7 @@ impl Core {
             .map(|v| (v.name.clone(), moved_share(&self.reconciler, &rec, &v.name) * 100.0))
             .collect();
         if !dry_run {
+            self.prepare_neighbours(&edit.next.config);
             self.dp
                 .execute(&ops)
                 .map_err(|e| CoreError::Failed(format!("map write failed: {e}")))?;
@@ -262,6 +271,29 @@ impl Core {
             changes: edit.changes,
             moved_pct,
         })
+    }
+
+    /// From now on, changes install neighbour entries through `n` before they program the maps.
+    pub fn set_neighbours(&mut self, n: crate::host::SharedNeighbours) {
+        self.neighbours = Some(n);
+    }
+
+    /// Installs the entries of backends `next` adds (keeping every current one: the keeper
+    /// removes unused entries later) and waits briefly for them to resolve.
+    fn prepare_neighbours(&self, next: &Config) {
+        let Some(n) = &self.neighbours else { return };
+        let current = crate::host::backend_addresses(&self.desired.config);
+        let wanted = crate::host::backend_addresses(next);
+        if wanted.is_subset(&current) {
+            return;
+        }
+        let mut n = n.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        n.sync(&current.union(&wanted).copied().collect());
+        let pending = n.wait_resolved(NEIGHBOUR_WAIT);
+        if !pending.is_empty() {
+            let names: Vec<String> = pending.iter().map(|h| h.addr.to_string()).collect();
+            tracing::warn!(unresolved = ?names, "new next hops do not answer ARP/ND yet: their first packets take the stack's path");
+        }
     }
 
     /// The config file's text the desired state now grows from (after a SIGHUP reload).

@@ -155,6 +155,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         core.dataplane_mut().attach(iface, opts.mode).context("attach")?;
     }
     let metrics = p.config.agent.metrics;
+    let neighbours = neighbours.map(|n| Arc::new(std::sync::Mutex::new(n)));
+    if let Some(n) = &neighbours {
+        core.set_neighbours(n.clone());
+    }
     let core = Arc::new(Mutex::new(core));
     let keeper = neighbours.map(|n| {
         let weak = Arc::downgrade(&core);
