@@ -20,7 +20,10 @@ pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle
 }
 
 async fn metrics(State(core): State<Shared>) -> impl IntoResponse {
-    let text = render(&*core.lock().await);
+    // The connection-table scan runs without the lock (see api::status).
+    let scan = core.lock().await.live_scan();
+    let live = scan.run_blocking().await;
+    let text = render(&*core.lock().await, live);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
@@ -48,7 +51,7 @@ struct Family {
     samples: Vec<(String, u64)>,
 }
 
-pub fn render(core: &Core) -> String {
+pub fn render(core: &Core, live: Option<crate::dataplane::LiveFlows>) -> String {
     let counter = |name, help| Family {
         name,
         help,
@@ -89,7 +92,6 @@ pub fn render(core: &Core) -> String {
         ),
     ];
     // Unknown live counts are left out of the scrape rather than reported as 0.
-    let live = core.live_flows();
     for v in &core.desired.config.vips {
         let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else {
             continue;

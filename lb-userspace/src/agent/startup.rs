@@ -90,6 +90,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A connection-table scan taken from the core (see [`Core::live_scan`]).
+pub struct LiveScan {
+    scan: Option<crate::dataplane::FlowScan>,
+    tcp_idle: std::time::Duration,
+    udp_idle: std::time::Duration,
+}
+
+impl LiveScan {
+    pub fn run(self) -> Option<crate::dataplane::LiveFlows> {
+        Some(self.scan?.live_flows(self.tcp_idle, self.udp_idle))
+    }
+
+    /// Runs the scan on a blocking thread (the runtime's workers stay free).
+    pub async fn run_blocking(self) -> Option<crate::dataplane::LiveFlows> {
+        tokio::task::spawn_blocking(move || self.run()).await.ok().flatten()
+    }
+}
+
 /// The agent's state behind the API.
 pub struct Core {
     pub desired: Desired,
@@ -107,27 +125,44 @@ impl Core {
     /// Live flows per backend and VIP, from the connection table; None if it cannot be read
     /// (status then shows null, which `--wait` and rollouts never take for drained).
     pub fn live_flows(&self) -> Option<crate::dataplane::LiveFlows> {
+        self.live_scan().run()
+    }
+
+    /// What [`Core::live_flows`] needs, to run without the lock: take it under the lock,
+    /// [`LiveScan::run`] it after letting go (on a blocking thread: a 1M-flow table takes
+    /// tens of milliseconds).
+    pub fn live_scan(&self) -> LiveScan {
         let a = &self.desired.config.agent;
-        self.dp
-            .live_flows(a.tcp_idle, a.udp_idle)
-            .map_err(|e| tracing::warn!("reading the connection table: {e}"))
-            .ok()
+        LiveScan {
+            scan: self
+                .dp
+                .flow_scan()
+                .map_err(|e| tracing::warn!("reading the connection table: {e}"))
+                .ok(),
+            tcp_idle: a.tcp_idle,
+            udp_idle: a.udp_idle,
+        }
     }
 
     /// Applies `next` as the new desired state: reconcile, write the maps, persist.
     /// Validation errors change nothing.
+    /// The state file is written before the maps, so it is never behind them: a persist
+    /// failure changes nothing. (A crash between the two leaves the file ahead, which the
+    /// next agent's adoption converges to.)
     pub fn set_desired(&mut self, next: Desired) -> Result<(), api::ApiError> {
         let mut rec = self.reconciler.clone();
         let ops = rec
             .reconcile(&next, self.snat_v4, self.snat_v6)
             .map_err(|e| api::ApiError::bad(e.to_string()))?;
-        self.dp
-            .execute(&ops)
-            .map_err(|e| api::ApiError::internal(format!("map write failed: {e}")))?;
+        self.write_state(&next, &rec.ids)
+            .map_err(|e| api::ApiError::internal(format!("persist state: {e}: nothing changed")))?;
+        if let Err(e) = self.dp.execute(&ops) {
+            let _ = self.persist();
+            return Err(api::ApiError::internal(format!("map write failed: {e}")));
+        }
         self.reconciler = rec;
         self.desired = next;
-        self.persist()
-            .map_err(|e| api::ApiError::internal(format!("persist state: {e}")))
+        Ok(())
     }
 
     /// Recomputes what health observes (down set, slow-start weights) and reconciles the
@@ -160,10 +195,14 @@ impl Core {
     }
 
     pub fn persist(&self) -> std::io::Result<()> {
+        self.write_state(&self.desired, &self.reconciler.ids)
+    }
+
+    fn write_state(&self, desired: &Desired, ids: &Ids) -> std::io::Result<()> {
         let p = Persisted {
             config_hash: self.config_hash.clone(),
-            desired: self.desired.clone(),
-            ids: self.reconciler.ids.clone(),
+            desired: desired.clone(),
+            ids: ids.clone(),
         };
         write_atomic(&self.state_file, &serde_json::to_vec_pretty(&p)?)
     }
@@ -234,20 +273,12 @@ pub fn limits(config: &Config) -> Limits {
     }
 }
 
-/// The persisted state, if it grew from this very config text.
-fn restore(state_file: &Path, config_hash: &str) -> Option<Persisted> {
+/// The persisted state, if readable.
+fn restore(state_file: &Path) -> Option<Persisted> {
     let text = std::fs::read_to_string(state_file).ok()?;
-    match serde_json::from_str::<Persisted>(&text) {
-        Ok(p) if p.config_hash == config_hash => Some(p),
-        Ok(_) => {
-            warn!(file = %state_file.display(), "the config file changed since the state was saved: starting from the config");
-            None
-        }
-        Err(e) => {
-            warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config");
-            None
-        }
-    }
+    serde_json::from_str::<Persisted>(&text)
+        .map_err(|e| warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config"))
+        .ok()
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
@@ -268,22 +299,24 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let state_file = state_file(&p.config);
     let mut signals = super::Signals::install()?;
     let dp = Dataplane::load(sizes, &p.config.agent.pin_dir).context("load the data path")?;
-    let restored = restore(&state_file, &p.config_hash);
-    let (desired, reconciler) = match (&restored, dp.adopted) {
-        (Some(saved), true) => {
-            // Same ids as the maps hold; table contents read back for minimal-disruption rebuilds.
-            let mut tables = BTreeMap::new();
-            for &id in saved.ids.tables.values() {
-                tables.insert(id, dp.read_table(id, limits.ring_size).context("read adopted table")?);
-            }
-            (
-                saved.desired.clone(),
-                Reconciler::adopt(limits, saved.ids.clone(), tables),
-            )
+    let restored = restore(&state_file);
+    // What to converge to: the saved state if it grew from this very file, else the file
+    // over the saved state as `veer apply -f` would put it, else the file.
+    let desired = match &restored {
+        Some(saved) if saved.config_hash == p.config_hash => saved.desired.clone(),
+        Some(saved) => {
+            info!(file = %opts.config.display(), "the config file changed since the state was saved: applying it over the saved state");
+            saved.desired.with_config(p.config.clone())
         }
-        (Some(saved), false) => (saved.desired.clone(), Reconciler::new(limits)),
-        (None, _) => (Desired::new(p.config.clone()), Reconciler::new(limits)),
+        None => Desired::new(p.config.clone()),
     };
+    let reconciler = if dp.adopted {
+        let maps = dp.snapshot(limits.ring_size).context("read the adopted maps")?;
+        Reconciler::from_maps(limits, maps, restored.as_ref().map(|s| &s.ids), &desired)
+    } else {
+        Reconciler::new(limits)
+    };
+    let found = reconciler.ids.clone();
     let mut core = Core {
         desired: Desired::new(p.config.clone()),
         reconciler,
@@ -296,6 +329,19 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     };
     core.set_desired(desired)
         .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    if core.dp.adopted {
+        let kept = &core.reconciler.ids;
+        let gone = |found: &BTreeMap<String, u32>, kept: &BTreeMap<String, u32>| -> Vec<String> {
+            found.keys().filter(|k| !kept.contains_key(*k)).cloned().collect()
+        };
+        info!(
+            vips = found.vips.len(),
+            backends = found.backends.len(),
+            removed_vips = ?gone(&found.vips, &kept.vips),
+            removed_backends = ?gone(&found.backends, &kept.backends),
+            "adopted maps converged to the desired state (surviving backends keep their ids)"
+        );
+    }
     let neighbours = host.neighbours(&core.desired.config);
     for iface in &p.interfaces {
         core.dp.attach(iface, opts.mode).context("attach")?;

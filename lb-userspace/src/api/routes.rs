@@ -158,8 +158,9 @@ fn counters_json(c: &lb_common::Counters, live: Option<u64>) -> Value {
 }
 
 /// The status document: configuration and state, with every counter under "counters".
-pub fn status_json(core: &Core) -> Value {
-    let live = core.live_flows();
+/// `live`: the connection table's live flows, scanned without the lock (see
+/// [`crate::agent::LiveScan`]).
+pub fn status_json(core: &Core, live: Option<crate::dataplane::LiveFlows>) -> Value {
     let mut vips = Vec::new();
     for v in &core.desired.config.vips {
         let vip_id = core.reconciler.ids.vips.get(&v.name).copied();
@@ -250,7 +251,11 @@ pub fn status_json(core: &Core) -> Value {
 }
 
 async fn status(State(core): State<Shared>) -> Json<Value> {
-    Json(status_json(&*core.lock().await))
+    // The scan of a large connection table must not hold the lock that API changes and
+    // health updates wait for.
+    let scan = core.lock().await.live_scan();
+    let live = scan.run_blocking().await;
+    Json(status_json(&*core.lock().await, live))
 }
 
 #[derive(Deserialize)]
@@ -441,24 +446,7 @@ pub fn apply_config(core: &mut Core, cfg: config::Config, dry_run: bool) -> Resu
         ));
     }
     let changes = diff(&core.desired, &cfg);
-    let mut next = Desired::new(cfg);
-    // Deployment state (split, A/B rules, rollback target) survives for VIPs that remain.
-    for (vip, d) in &core.desired.deploy {
-        if next.vip(vip).is_some() {
-            next.deploy.insert(vip.clone(), d.clone());
-        }
-    }
-    // Admin states survive for backends that remain.
-    for (vip, m) in &core.desired.admin {
-        if let Some(v) = next.vip(vip).cloned() {
-            let keep: BTreeMap<SocketAddr, AdminState> = m
-                .iter()
-                .filter(|(a, _)| v.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == **a))
-                .map(|(a, s)| (*a, *s))
-                .collect();
-            next.admin.insert(vip.clone(), keep);
-        }
-    }
+    let next = core.desired.with_config(cfg);
     change(core, next, changes, dry_run)
 }
 
