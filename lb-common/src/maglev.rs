@@ -64,12 +64,16 @@ pub fn build_table(backends: &[TableBackend], m: u32, previous: Option<&[u32]>) 
     let index: HashMap<u32, usize> = backends.iter().enumerate().map(|(i, b)| (b.id, i)).collect();
     let mut count = vec![0u32; n];
     let mut filled = 0u32;
+    // Which slots are taken, one bit each: 8 KiB for M = 65537, so the permutation walks
+    // probe L1 instead of the 256 KiB table.
+    let mut taken = Taken::new(m);
     if let Some(prev) = previous.filter(|p| p.len() == m as usize) {
-        for (slot, &owner) in table.iter_mut().zip(prev) {
+        for (s, (slot, &owner)) in table.iter_mut().zip(prev).enumerate() {
             if let Some(&i) = index.get(&owner)
                 && count[i] < quota[i]
             {
                 *slot = owner;
+                taken.set(s as u32);
                 count[i] += 1;
                 filled += 1;
             }
@@ -89,12 +93,13 @@ pub fn build_table(backends: &[TableBackend], m: u32, previous: Option<&[u32]>) 
     while filled < m - tail {
         hungry.retain(|&i| {
             let mut p = pos[i];
-            while table[p as usize] != 0 {
+            while taken.get(p) {
                 p += skip[i];
                 if p >= m {
                     p -= m;
                 }
             }
+            taken.set(p);
             table[p as usize] = backends[i].id;
             pos[i] = p;
             count[i] += 1;
@@ -102,8 +107,7 @@ pub fn build_table(backends: &[TableBackend], m: u32, previous: Option<&[u32]>) 
             count[i] < quota[i]
         });
     }
-    let free_slots: Vec<usize> = (0..m as usize).filter(|&s| table[s] == 0).collect();
-    let mut free = free_slots.into_iter();
+    let mut free = taken.free(m);
     while !hungry.is_empty() {
         hungry.retain(|&i| {
             if let Some(slot) = free.next() {
@@ -114,6 +118,40 @@ pub fn build_table(backends: &[TableBackend], m: u32, previous: Option<&[u32]>) 
         });
     }
     table
+}
+
+/// A bitmap of taken slots.
+struct Taken(Vec<u64>);
+
+impl Taken {
+    fn new(m: u32) -> Self {
+        Taken(vec![0; m.div_ceil(64) as usize])
+    }
+
+    #[inline(always)]
+    fn get(&self, slot: u32) -> bool {
+        self.0[(slot >> 6) as usize] & (1 << (slot & 63)) != 0
+    }
+
+    #[inline(always)]
+    fn set(&mut self, slot: u32) {
+        self.0[(slot >> 6) as usize] |= 1 << (slot & 63);
+    }
+
+    /// The free slots below `m`, in order (a word at a time).
+    fn free(&self, m: u32) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(move |(w, &bits)| {
+            let mut free = !bits;
+            core::iter::from_fn(move || {
+                (free != 0).then(|| {
+                    let b = free.trailing_zeros() as usize;
+                    free &= free - 1;
+                    w * 64 + b
+                })
+            })
+            .take_while(move |&s| s < m as usize)
+        })
+    }
 }
 
 #[cfg(test)]

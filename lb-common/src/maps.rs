@@ -11,7 +11,8 @@ pub const MAP_VIPS: &str = "VIPS_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 pub const MAP_TABLES: &str = "TABLES_V2";
 pub const MAP_FLOWS: &str = "FLOWS_V2";
-pub const MAP_NAT_REV: &str = "NAT_REV_V2";
+/// V3: NextHop carries the egress MTU.
+pub const MAP_NAT_REV: &str = "NAT_REV_V3";
 /// Bucket headers of FLOWS and NAT_REV (lb_common::conntrack::Heads).
 /// V2: a used way's tag carries conntrack::TAG_CONFIRMED.
 pub const MAP_FLOW_HEADS: &str = "FLOW_HEADS_V2";
@@ -25,11 +26,13 @@ pub const GLOBAL_FLOW_BUDGET: &str = "FLOW_BUDGET";
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
-pub const MAP_REASONS: &str = "REASONS_V1";
+/// V2: room for 32 reasons.
+pub const MAP_REASONS: &str = "REASONS_V2";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_TX_PORTS: &str = "TX_PORTS_V1";
 pub const MAP_VIP_FILTER: &str = "VIP_FILTER_V1";
-pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V1";
+/// V2: NextHop carries the egress MTU.
+pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V2";
 pub const MAP_AB_RULES: &str = "AB_RULES_V1";
 pub const DEFAULT_MAX_AB_RULES: u32 = 4096;
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
@@ -38,6 +41,10 @@ pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
 /// Program names in the object file.
 pub const PROG_BALANCER: &str = "veer_xdp";
 pub const PROG_PASS: &str = "veer_pass";
+/// ICMP handling, tail-called by the balancer through ICMP_PROGS[0] (its own stack and
+/// verifier budget); the loader puts it there.
+pub const PROG_ICMP: &str = "veer_icmp";
+pub const MAP_ICMP_PROGS: &str = "ICMP_PROGS_V1";
 /// Bench-only programs carried in the balancer's object (see `cargo xtask bench`).
 pub const PROG_BENCH_HARNESS: &str = "veer_bench_harness";
 pub const PROG_BENCH_FLOOR: &str = "veer_bench_floor";
@@ -182,8 +189,11 @@ pub struct NextHop {
     pub ifindex: u32,
     /// Coarse time of the lookup, in units of 2^30 ns (about a second).
     pub stamp: u32,
+    /// The egress interface's MTU as the lookup reported it (0: unknown).
+    pub mtu: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<NextHop>() == 20);
+const _: () = assert!(size_of::<NextHop>() == 24);
 
 /// Reverse-NAT value, keyed by the reply's 5-tuple (backend -> balancer).
 #[repr(C)]
@@ -199,7 +209,7 @@ pub struct NatRev {
     pub hop: NextHop,
     /// FLOW_F_* as seen from the backend side.
     pub flags: u16,
-    pub _pad: [u16; 3],
+    pub _pad: u16,
 }
 const _: () = assert!(size_of::<NatRev>() == 72);
 
@@ -366,12 +376,24 @@ pub enum Reason {
     /// A new flow over the flood guard's budget whose bucket held only confirmed flows:
     /// dropped rather than evicting one (see docs/decisions.md, "SYN floods").
     DropFlood = 15,
+    /// An ICMP/ICMPv6 error about a NAT flow (destination unreachable, fragmentation
+    /// needed, packet too big, time exceeded), translated and forwarded to the flow's
+    /// backend or client.
+    IcmpTranslated = 16,
+    /// Larger than the egress MTU with DF (always, for IPv6): answered with ICMP
+    /// fragmentation-needed / packet-too-big, sent back out of the ingress interface.
+    TxTooBig = 17,
+    /// TTL / hop limit would expire here: answered with ICMP time-exceeded.
+    TxTimeExceeded = 18,
+    /// Larger than the egress MTU without DF: rewritten and handed to the stack, which
+    /// fragments it.
+    PassTooBig = 19,
 }
 
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 20] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -388,6 +410,10 @@ impl Reason {
         Reason::DropNoTxPort,
         Reason::RedirectReply,
         Reason::DropFlood,
+        Reason::IcmpTranslated,
+        Reason::TxTooBig,
+        Reason::TxTimeExceeded,
+        Reason::PassTooBig,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -409,6 +435,10 @@ impl Reason {
             Reason::DropNoTxPort => "drop_no_tx_port",
             Reason::RedirectReply => "redirect_reply",
             Reason::DropFlood => "drop_flood",
+            Reason::IcmpTranslated => "icmp_translated",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::TxTimeExceeded => "tx_time_exceeded",
+            Reason::PassTooBig => "pass_too_big",
         }
     }
 }

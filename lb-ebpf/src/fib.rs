@@ -30,7 +30,6 @@ pub struct Path<'a> {
     pub family: u8,
     pub src: &'a [u32; 4],
     pub dst: &'a [u32; 4],
-    pub ip_len: u16,
     /// A NAT reply (counted under the reply reasons).
     pub reply: bool,
 }
@@ -38,16 +37,34 @@ pub struct Path<'a> {
 /// Sends the rewritten packet towards `path.dst` using (and refreshing) the cached `hop`.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, hop: &mut NextHop, path: &Path, now_ns: u64) -> Verdict {
-    let (family, src, dst, ip_len, reply) = (path.family, path.src, path.dst, path.ip_len, path.reply);
+    match resolve(ctx, hop, path, now_ns) {
+        Err(v) => v,
+        Ok(false) => Verdict::Pass(Reason::PassNoNeigh),
+        Ok(true) => send(ctx, hop, path.reply),
+    }
+}
+
+/// Refreshes the cached `hop` towards `path.dst` (about once a second, or at once while
+/// it is not resolved): Ok(true) when it is ready, Ok(false) when the neighbour is not
+/// resolved yet (pass the rewritten packet to the stack), Err with the verdict otherwise.
+#[inline(always)]
+pub fn resolve(ctx: &XdpContext, hop: &mut NextHop, path: &Path, now_ns: u64) -> Result<bool, Verdict> {
     let now = (now_ns >> 30) as u32;
     if hop.ifindex == 0 || hop.stamp != now {
-        match lookup(ctx, hop, src, dst, family, ip_len) {
+        match lookup(ctx, hop, path.src, path.dst, path.family) {
             0 => {}
-            r if r == Reason::PassNoNeigh as u32 => return Verdict::Pass(Reason::PassNoNeigh),
-            _ => return Verdict::Drop(Reason::DropFib),
+            r if r == Reason::PassNoNeigh as u32 => return Ok(false),
+            _ => return Err(Verdict::Drop(Reason::DropFib)),
         }
         hop.stamp = now;
     }
+    Ok(true)
+}
+
+/// Writes the cached hop's MACs and sends the packet: XDP_TX out of the ingress interface,
+/// else a redirect through the devmap.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, hop: &NextHop, reply: bool) -> Verdict {
     let Some(eth) = ptr_at::<[u16; 6]>(ctx, 0) else {
         return Verdict::Drop(Reason::DropTruncated);
     };
@@ -72,7 +89,7 @@ pub fn forward(ctx: &XdpContext, hop: &mut NextHop, path: &Path, now_ns: u64) ->
 }
 
 #[inline(always)]
-fn lookup(ctx: &XdpContext, hop: &mut NextHop, src: &[u32; 4], dst: &[u32; 4], family: u8, ip_len: u16) -> u32 {
+fn lookup(ctx: &XdpContext, hop: &mut NextHop, src: &[u32; 4], dst: &[u32; 4], family: u8) -> u32 {
     let Some(scratch) = scratch() else {
         return Reason::DropFib as u32;
     };
@@ -80,7 +97,9 @@ fn lookup(ctx: &XdpContext, hop: &mut NextHop, src: &[u32; 4], dst: &[u32; 4], f
     // SAFETY: plain C struct, all-zero is a valid value.
     unsafe { core::ptr::write_bytes(p as *mut FibParams, 0, 1) };
     p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_1.tot_len = ip_len;
+    // Length 0: the kernel's MTU check never fails, and on success it reports the egress
+    // MTU (mtu_result shares the field), which the hop caches for every packet's check.
+    p.__bindgen_anon_1.tot_len = 0;
     if family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src[0];
@@ -104,5 +123,7 @@ fn lookup(ctx: &XdpContext, hop: &mut NextHop, src: &[u32; 4], dst: &[u32; 4], f
     hop.dmac = p.dmac;
     hop.smac = p.smac;
     hop.ifindex = p.ifindex;
+    // SAFETY: plain integer union field.
+    hop.mtu = unsafe { p.__bindgen_anon_1.mtu_result };
     0
 }

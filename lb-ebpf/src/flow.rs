@@ -226,6 +226,22 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
     b.ways.ways.get_mut(way)
 }
 
+/// The connection-table entry of client flow `key`, read only (for ICMP errors about it).
+#[inline(always)]
+pub fn find_flow(key: &FlowKey) -> Option<Flow> {
+    let b = bucket(key)?;
+    let way = b.find(key)?;
+    Some(b.ways.ways.get(way)?.flow)
+}
+
+/// The reverse entry of reply 5-tuple `key`, without touching it (for ICMP errors).
+#[inline(always)]
+pub fn find_reverse(key: &FlowKey) -> Option<&'static mut NatRev> {
+    let b = locate(&REV_HEADS, &NAT_REV, key)?;
+    let way = b.find(key)?;
+    Some(&mut b.ways.ways.get_mut(way)?.rev)
+}
+
 /// About a second, in stamp units: the quiet after which a UDP reply is checked against
 /// local sockets, and a flow's packet checks its reverse entry.
 const SECOND: u32 = 1000;

@@ -7,6 +7,7 @@ mod bench;
 mod fib;
 mod flow;
 mod guard;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -18,7 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
+    Backend, Config, FAMILY_V4, NextHop, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
     conntrack::{FlowEntry, TAKE_NONE, stamp},
 };
 
@@ -44,7 +45,13 @@ pub enum Verdict {
 #[unsafe(link_section = "xdp")]
 pub fn veer_xdp(raw: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(raw);
-    match process(&ctx) {
+    action(process(&ctx))
+}
+
+/// Counts a verdict's reason; its XDP action.
+#[inline(always)]
+pub fn action(verdict: Verdict) -> u32 {
+    match verdict {
         Verdict::Pass(r) => {
             stats::count_reason(r);
             xdp_action::XDP_PASS
@@ -69,6 +76,10 @@ fn process(ctx: &XdpContext) -> Verdict {
     let pkt = match parse(ctx) {
         Parsed::Pass(r) => return Verdict::Pass(r),
         Parsed::Drop(r) => return Verdict::Drop(r),
+        Parsed::Icmp(_) => {
+            icmp::tail(ctx, icmp::REQ_TRANSLATE, 0);
+            return Verdict::Pass(Reason::PassNotVip);
+        }
         Parsed::Ip(pkt) => pkt,
     };
     let Some(cfg) = CONFIG.get(0) else {
@@ -133,7 +144,7 @@ fn process(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
-fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
+pub fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
     if family == FAMILY_V4 {
         [cfg.snat_v4_be, 0, 0, 0]
     } else {
@@ -215,15 +226,6 @@ struct Chosen<'a> {
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, snat: &[u32; 4], to: &Chosen, event: &Event, now_ns: u64) -> Verdict {
     stats::count(to.vip_id, to.backend_id, event);
-    let rw = Rewrite {
-        src: snat,
-        sport_be: to.snat_port_be,
-        dst: &to.backend.addr_be,
-        dport_be: to.backend.port_be,
-    };
-    if rewrite(ctx, pkt, &rw).is_none() {
-        return Verdict::Drop(Reason::DropTruncated);
-    }
     let Some(hop) = NEXTHOPS.get_ptr_mut(to.backend_id) else {
         return Verdict::Drop(Reason::DropNoBackend);
     };
@@ -233,10 +235,39 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, snat: &[u32; 4], to: &Chosen, even
         family: pkt.key.family,
         src: snat,
         dst: &to.backend.addr_be,
-        ip_len: pkt.ip_len,
         reply: false,
     };
-    fib::forward(ctx, hop, &path, now_ns)
+    let rw = Rewrite {
+        src: snat,
+        sport_be: to.snat_port_be,
+        dst: &to.backend.addr_be,
+        dport_be: to.backend.port_be,
+    };
+    send(ctx, pkt, hop, &path, &rw, now_ns)
+}
+
+/// Resolves the next hop, answers what cannot go on (TTL, MTU: see icmp.rs), rewrites,
+/// sends.
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, path: &fib::Path, rw: &Rewrite, now_ns: u64) -> Verdict {
+    let ready = match fib::resolve(ctx, hop, path, now_ns) {
+        Ok(ready) => ready,
+        Err(v) => return v,
+    };
+    if let Some(v) = icmp::limits(ctx, pkt, hop) {
+        return v;
+    }
+    if rewrite(ctx, pkt, rw).is_none() {
+        return Verdict::Drop(Reason::DropTruncated);
+    }
+    if !ready {
+        return Verdict::Pass(Reason::PassNoNeigh);
+    }
+    if hop.mtu != 0 && pkt.ip_len > hop.mtu {
+        // No DF: the stack fragments it.
+        return Verdict::Pass(Reason::PassTooBig);
+    }
+    fib::send(ctx, hop, path.reply)
 }
 
 /// Backend -> balancer: the reply of a NAT flow, rewritten back to VIP -> client.
@@ -267,18 +298,14 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> V
         dst: &rev.client_be,
         dport_be: rev.client_port_be,
     };
-    if rewrite(ctx, pkt, &rw).is_none() {
-        return Verdict::Drop(Reason::DropTruncated);
-    }
     let (vip, client) = (rev.vip_be, rev.client_be);
     let path = fib::Path {
         family: pkt.key.family,
         src: &vip,
         dst: &client,
-        ip_len: pkt.ip_len,
         reply: true,
     };
-    fib::forward(ctx, &mut rev.hop, &path, now_ns)
+    send(ctx, pkt, &mut rev.hop, &path, &rw, now_ns)
 }
 
 /// Never reached; the verifier rejects programs that could panic.

@@ -23,7 +23,7 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// Next hop per backend id, filled by the data path itself (see fib.rs).
-#[map(name = "NEXTHOPS_V1")]
+#[map(name = "NEXTHOPS_V2")]
 pub static NEXTHOPS: Array<NextHop> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// Memory-mappable: the agent writes a whole table (65537 slots) through a mapping
@@ -42,7 +42,7 @@ pub static FLOWS: Array<FlowWays> = Array::with_max_entries(buckets(DEFAULT_MAX_
 #[map(name = "REV_HEADS_V2")]
 pub static REV_HEADS: Array<Heads> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
-#[map(name = "NAT_REV_V2")]
+#[map(name = "NAT_REV_V3")]
 pub static NAT_REV: Array<RevWays> = Array::with_max_entries(buckets(DEFAULT_MAX_FLOWS), BPF_F_MMAPABLE);
 
 /// Bucket count - 1 of FLOWS and NAT_REV; the agent sets it at load time to match the
@@ -69,7 +69,7 @@ pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 #[map(name = "FLOOD_GUARD_V1")]
 pub static FLOOD_GUARD: PerCpuArray<FloodGuard> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "REASONS_V1")]
+#[map(name = "REASONS_V2")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
 /// A/B client networks per VIP (value unused: a match sends the client to the next pool).
@@ -82,6 +82,10 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 #[map(name = "BENCH_PACKET_V1")]
 pub static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
 
+/// [0]: the ICMP program (icmp.rs), tail-called with a request in Scratch::icmp.
+#[map(name = "ICMP_PROGS_V1")]
+pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
 #[map(name = "BENCH_PROGS_V1")]
 pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
@@ -93,6 +97,9 @@ pub struct Scratch {
     pub reply: lb_common::FlowKey,
     pub client: lb_common::FlowKey,
     pub tuple: aya_ebpf::bindings::bpf_sock_tuple,
+    /// What the tail-called ICMP program is asked to do (icmp::REQ_*) and the MTU to report.
+    pub icmp_request: u32,
+    pub icmp_mtu: u32,
 }
 
 #[map(name = "SCRATCH_V1")]

@@ -26,8 +26,9 @@ fn store_addr(dst: &mut [u16], new: &[u32; 4]) {
     }
 }
 
-/// Rewrites the 5-tuple of `pkt` to `rw`. Returns None only if the headers vanished, which
-/// parsing already ruled out.
+/// Rewrites the 5-tuple of `pkt` to `rw` and takes one from its TTL / hop limit (the
+/// balancer is a hop: see icmp.rs for the packets whose TTL ends here). Returns None only
+/// if the headers vanished, which parsing already ruled out.
 #[inline(always)]
 pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
     // The packet's addresses as parsed into the key: whole words already in registers or
@@ -38,13 +39,16 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
-        ip.check = apply(ip.check, d);
+        let ttl = (u16::from_be(ip.ttl_proto) - 0x100).to_be();
+        ip.check = apply(ip.check, diff16(d, ip.ttl_proto, ttl));
+        ip.ttl_proto = ttl;
         store_addr(&mut ip.saddr, rw.src);
         store_addr(&mut ip.daddr, rw.dst);
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
+        ip.nexthdr_hop = (u16::from_be(ip.nexthdr_hop) - 1).to_be();
         store_addr(&mut ip.saddr, rw.src);
         store_addr(&mut ip.daddr, rw.dst);
     }

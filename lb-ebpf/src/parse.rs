@@ -64,10 +64,11 @@ const UDP_HEADER_LEN: usize = 8;
 fn l4_header(ctx: &XdpContext, l4_off: usize, proto: u8) -> Option<(u16, u16, u8)> {
     let ports = ptr_at::<Ports>(ctx, l4_off)?;
     if proto == PROTO_TCP {
-        ptr_at::<[u8; TCP_HEADER_LEN]>(ctx, l4_off)?;
-        let flags = ptr_at::<u8>(ctx, l4_off + 13)?;
+        // Flags read through the checked header pointer: a second check the compiler may
+        // fold away leaves the verifier with an unchecked pointer.
+        let hdr = ptr_at::<[u8; TCP_HEADER_LEN]>(ctx, l4_off)?;
         // SAFETY: bounds checked by ptr_at.
-        unsafe { Some(((*ports).source, (*ports).dest, *flags)) }
+        unsafe { Some(((*ports).source, (*ports).dest, (*hdr)[13])) }
     } else {
         ptr_at::<[u8; UDP_HEADER_LEN]>(ctx, l4_off)?;
         // SAFETY: bounds checked by ptr_at.
@@ -85,6 +86,10 @@ pub struct Packet {
     pub fragment: bool,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    /// IPv4 TTL / IPv6 hop limit.
+    pub ttl: u8,
+    /// May not be fragmented on the way (IPv4 DF; always for IPv6).
+    pub dont_fragment: bool,
     pub key: FlowKey,
 }
 
@@ -94,7 +99,19 @@ pub enum Parsed {
     Drop(Reason),
     /// Destination address may be a VIP or SNAT address: ports are filled in.
     Ip(Packet),
+    /// An ICMP/ICMPv6 error to a VIP or SNAT address (see icmp.rs).
+    Icmp(IcmpAt),
 }
+
+/// Where an ICMP message to a VIP or SNAT address starts.
+pub struct IcmpAt {
+    pub l3_off: usize,
+    pub icmp_off: usize,
+    pub v4: bool,
+}
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
 
 #[inline(always)]
 pub fn words_to_addr2(w: &[u16; 2]) -> u32 {
@@ -102,7 +119,7 @@ pub fn words_to_addr2(w: &[u16; 2]) -> u32 {
 }
 
 #[inline(always)]
-fn words_to_addr8(w: &[u16; 8]) -> [u32; 4] {
+pub fn words_to_addr8(w: &[u16; 8]) -> [u32; 4] {
     [
         w[0] as u32 | (w[1] as u32) << 16,
         w[2] as u32 | (w[3] as u32) << 16,
@@ -161,16 +178,24 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         return Parsed::Drop(Reason::DropMalformed);
     }
     let ip_len = u16::from_be(ip.tot_len_be);
-    let l4_proto = (u16::from_be(ip.ttl_proto) & 0xff) as u8;
+    let ttl_proto = u16::from_be(ip.ttl_proto);
+    let l4_proto = (ttl_proto & 0xff) as u8;
+    let frag = u16::from_be(ip.frag_off_be);
+    let l4_off = l3_off + ihl * 4;
+    if l4_proto == PROTO_ICMP && frag & 0x3fff == 0 {
+        return Parsed::Icmp(IcmpAt {
+            l3_off,
+            icmp_off: l4_off,
+            v4: true,
+        });
+    }
     if l4_proto != PROTO_TCP && l4_proto != PROTO_UDP {
         return Parsed::Pass(Reason::PassNotVip);
     }
-    let frag = u16::from_be(ip.frag_off_be);
     if frag & 0x1fff != 0 {
         // A later fragment carries no ports: it cannot be matched to a VIP flow here.
         return Parsed::Pass(Reason::PassNotVip);
     }
-    let l4_off = l3_off + ihl * 4;
     let Some((sport_be, dport_be, tcp_flags)) = l4_header(ctx, l4_off, l4_proto) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
@@ -190,6 +215,8 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         ip_len,
         fragment,
         tcp_flags,
+        ttl: (ttl_proto >> 8) as u8,
+        dont_fragment: frag & 0x4000 != 0,
         key,
     })
 }
@@ -208,12 +235,21 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
     if u16::from_be(ip.ver_tc_flow[0]) >> 12 != 6 {
         return Parsed::Drop(Reason::DropMalformed);
     }
-    let l4_proto = (u16::from_be(ip.nexthdr_hop) >> 8) as u8;
+    let nexthdr_hop = u16::from_be(ip.nexthdr_hop);
+    let l4_proto = (nexthdr_hop >> 8) as u8;
+    let l4_off = l3_off + size_of::<Ipv6Hdr>();
+    let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
+    if l4_proto == PROTO_ICMPV6 {
+        return Parsed::Icmp(IcmpAt {
+            l3_off,
+            icmp_off: l4_off,
+            v4: false,
+        });
+    }
     if l4_proto != PROTO_TCP && l4_proto != PROTO_UDP {
         // Extension headers (fragments included) are not followed: see docs/decisions.md.
         return Parsed::Pass(Reason::PassNotVip);
     }
-    let l4_off = l3_off + size_of::<Ipv6Hdr>();
     let Some((sport_be, dport_be, tcp_flags)) = l4_header(ctx, l4_off, l4_proto) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
@@ -226,13 +262,14 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         family: FAMILY_V6,
         _pad: [0; 2],
     };
-    let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
     Parsed::Ip(Packet {
         l3_off,
         l4_off,
         ip_len,
         fragment: false,
         tcp_flags,
+        ttl: nexthdr_hop as u8,
+        dont_fragment: true,
         key,
     })
 }

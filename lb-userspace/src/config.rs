@@ -11,13 +11,24 @@ use std::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::health::{CheckKind, HealthConfig, parse_duration};
+pub use crate::state::validate::{DEFAULT_WEIGHT, MAX_WEIGHT};
+use crate::{
+    health::{CheckKind, HealthConfig},
+    state::validate,
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/veer/veer.sock";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/veer/state.json";
-pub const DEFAULT_WEIGHT: u32 = 100;
-pub const MAX_WEIGHT: u32 = 10_000;
 pub const MIN_FLOW_CAPACITY: u32 = 1024;
+
+/// How to attach: `Auto` tries native (driver) mode and falls back to generic with a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
 
 /// A rejected configuration: where, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -286,15 +297,7 @@ impl Validator<'_> {
     }
 
     fn socket_addr(&self, v: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
-        match v.get_ref().parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 => Ok(a),
-            Ok(_) => self.err(v.span(), field, "port 0 is not a service port"),
-            Err(_) => self.err(
-                v.span(),
-                field,
-                format!("{:?} is not IP:PORT or [IPv6]:PORT", v.get_ref()),
-            ),
-        }
+        validate::service_address(v.get_ref()).or_else(|e| self.err(v.span(), field, e.0))
     }
 
     fn health(&self, raw: &Spanned<RawHealth>, field: &str) -> Result<HealthConfig, ConfigError> {
@@ -319,11 +322,11 @@ impl Validator<'_> {
          -> Result<std::time::Duration, ConfigError> {
             match v {
                 None => Ok(default),
-                Some(s) => parse_duration(s).ok_or_else(|| ConfigError {
+                Some(s) => validate::duration(s).map_err(|e| ConfigError {
                     file: self.file.into(),
                     line: line_of(self.text, span.start),
                     field: format!("{field}.{what}"),
-                    message: format!("{s:?} is not a duration (500ms, 2s, 1m)"),
+                    message: e.0,
                 }),
             }
         };
@@ -459,19 +462,11 @@ impl Validator<'_> {
         }
         let idle = |v: &Option<Spanned<String>>, field: &str, default| -> Result<std::time::Duration, ConfigError> {
             let Some(v) = v else { return Ok(default) };
-            match parse_duration(v.get_ref()) {
-                Some(d)
-                    if d >= std::time::Duration::from_millis(100) && d <= std::time::Duration::from_secs(86_400) =>
-                {
-                    Ok(d)
-                }
-                Some(_) => self.err(v.span(), field, "must be between 100ms and 24h"),
-                None => self.err(
-                    v.span(),
-                    field,
-                    format!("{:?} is not a duration (30s, 15m)", v.get_ref()),
-                ),
-            }
+            let (min, max) = (
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(86_400),
+            );
+            validate::duration_within(v.get_ref(), min, max).or_else(|e| self.err(v.span(), field, e.0))
         };
         let agent = AgentConfig {
             tcp_idle: idle(&a.tcp_idle, "agent.tcp_idle", DEFAULT_TCP_IDLE)?,
@@ -551,12 +546,8 @@ impl Validator<'_> {
         keys: &mut HashSet<(SocketAddr, Protocol)>,
     ) -> Result<VipConfig, ConfigError> {
         let name = v.name.get_ref().clone();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return self.err(
-                v.name.span(),
-                "vip.name",
-                format!("{name:?}: use letters, digits, '-', '_' or '.'"),
-            );
+        if let Err(e) = validate::vip_name(&name) {
+            return self.err(v.name.span(), "vip.name", e.0);
         }
         if !names.insert(name.clone()) {
             return self.err(v.name.span(), "vip.name", format!("duplicate VIP name {name:?}"));
@@ -630,12 +621,8 @@ impl Validator<'_> {
             let mut backends = Vec::new();
             for b in p.backends {
                 let addr = self.socket_addr(&b.address, "vip.pool.backends.address")?;
-                if addr.is_ipv4() != address.is_ipv4() {
-                    return self.err(
-                        b.address.span(),
-                        "vip.pool.backends.address",
-                        format!("{addr} is not the VIP's address family ({address})"),
-                    );
+                if let Err(e) = validate::backend_address(addr, address) {
+                    return self.err(b.address.span(), "vip.pool.backends.address", e.0);
                 }
                 if !seen_backends.insert(addr) {
                     return self.err(
@@ -644,7 +631,11 @@ impl Validator<'_> {
                         format!("{addr} appears twice in VIP {name:?}"),
                     );
                 }
-                let weight = self.int(&b.weight, "vip.pool.backends.weight", DEFAULT_WEIGHT, 0, MAX_WEIGHT)?;
+                let weight = match &b.weight {
+                    None => DEFAULT_WEIGHT,
+                    Some(w) => validate::weight(*w.get_ref())
+                        .or_else(|e| self.err(w.span(), "vip.pool.backends.weight", e.0))?,
+                };
                 backends.push(BackendConfig { address: addr, weight });
             }
             let health = match &p.health {
@@ -785,5 +776,28 @@ backends = [ { address = "10.0.2.10:8080" } ]
                 .field
                 .ends_with("expect")
         );
+    }
+
+    #[test]
+    fn durations_take_compound_forms_and_huge_ones_are_refused() {
+        let c = parse(&GOOD.replace("interval = \"1s\"", "interval = \"1m30s\""), "veer.toml").unwrap();
+        assert_eq!(
+            c.vips[0].health.as_ref().unwrap().interval,
+            std::time::Duration::from_secs(90)
+        );
+        for huge in ["99999999999999999999h", "18446744073709551615s", "2years"] {
+            let e = err(&GOOD.replace("interval = \"1s\"", &format!("interval = \"{huge}\"")));
+            assert_eq!(e.field, "vip.health.interval", "{huge}: {e}");
+        }
+        let e = err(&GOOD.replace("interfaces", "udp_idle = \"1000000000000000h\"\ninterfaces"));
+        assert_eq!(e.field, "agent.udp_idle", "{e}");
+    }
+
+    #[test]
+    fn backends_on_loopback_or_link_local_addresses_are_refused_with_their_line() {
+        for bad in ["127.0.0.1:8080", "169.254.0.5:8080"] {
+            let e = err(&GOOD.replace("10.0.2.10:8080", bad));
+            assert_eq!((e.line, e.field.as_str()), (21, "vip.pool.backends.address"), "{e}");
+        }
     }
 }

@@ -7,7 +7,10 @@ use std::{fmt::Write as _, net::SocketAddr};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{agent::Core, api::Shared, state::backend_key};
+use crate::{
+    agent::Shared,
+    api::types::{DataState, Health, Status},
+};
 
 pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -23,7 +26,8 @@ async fn metrics(State(core): State<Shared>) -> impl IntoResponse {
     // The connection-table scan runs without the lock (see api::status).
     let scan = core.lock().await.live_scan();
     let live = scan.run_blocking().await;
-    let text = render(&*core.lock().await, live);
+    let status = core.lock().await.status_with(live);
+    let text = render(&status);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
@@ -51,7 +55,7 @@ struct Family {
     samples: Vec<(String, u64)>,
 }
 
-pub fn render(core: &Core, live: Option<crate::dataplane::LiveFlows>) -> String {
+pub fn render(status: &Status) -> String {
     let counter = |name, help| Family {
         name,
         help,
@@ -92,58 +96,44 @@ pub fn render(core: &Core, live: Option<crate::dataplane::LiveFlows>) -> String 
         ),
     ];
     // Unknown live counts are left out of the scrape rather than reported as 0.
-    for v in &core.desired.config.vips {
-        let Some(&vid) = core.reconciler.ids.vips.get(&v.name) else {
-            continue;
-        };
-        let c = core.dp.vip_counters(vid).unwrap_or_default();
+    for v in &status.vips {
+        let c = &v.counters;
         let l = format!("vip=\"{}\"", esc(&v.name));
         let vals = [
             Some(c.packets),
             Some(c.bytes),
             Some(c.new_flows),
-            live.as_ref().map(|lf| lf.vip(vid)),
+            c.live_flows,
             Some(c.reply_packets),
         ];
         push_samples(&mut vip_f, &l, vals);
         for p in &v.pools {
             for b in &p.backends {
-                let Some(&id) = core.reconciler.ids.backends.get(&backend_key(&v.name, b.address)) else {
-                    continue;
-                };
-                let c = core.dp.backend_counters(id).unwrap_or_default();
-                let up = core
-                    .reconciler
-                    .backend(id)
-                    .is_some_and(|b| b.state == lb_common::BACKEND_READY) as u64;
+                let c = &b.counters;
                 let l = format!(
                     "vip=\"{}\",pool=\"{}\",backend=\"{}\"",
                     esc(&v.name),
                     esc(&p.name),
                     b.address
                 );
-                let healthy = core
-                    .health
-                    .get(&backend_key(&v.name, b.address))
-                    .is_none_or(|h| h.state.up) as u64;
                 let vals = [
                     Some(c.packets),
                     Some(c.bytes),
                     Some(c.new_flows),
-                    live.as_ref().map(|lf| lf.backend(id)),
+                    c.live_flows,
                     Some(c.backend_resets),
                     Some(c.answered_flows),
                     Some(b.weight as u64),
-                    Some(up),
-                    Some(healthy),
+                    Some((b.state == DataState::Ready) as u64),
+                    Some((b.health != Health::Down) as u64),
                 ];
                 push_samples(&mut be_f, &l, vals);
             }
         }
     }
     let mut reasons = counter("veer_xdp_packets_total", "Packets by the XDP program's verdict reason.");
-    for (r, n) in core.dp.reasons().unwrap_or_default() {
-        reasons.samples.push((format!("reason=\"{}\"", r.name()), n));
+    for (r, n) in &status.counters.reasons {
+        reasons.samples.push((format!("reason=\"{r}\""), *n));
     }
     let mut out = String::new();
     for f in vip_f.iter().chain(be_f.iter()).chain(std::iter::once(&reasons)) {

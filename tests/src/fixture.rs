@@ -207,6 +207,7 @@ impl Fixture {
             .try_into()
             .expect("xdp");
         prog.load().expect("verifier accepts the balancer");
+        veer::dataplane::load_icmp(&mut fx.ebpf).expect("verifier accepts the ICMP program");
         fx.configure();
         fx
     }

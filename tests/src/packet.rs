@@ -33,6 +33,8 @@ pub struct Spec {
     pub ipv4_options: Vec<u8>,
     pub more_fragments: bool,
     pub fragment_offset: u16,
+    /// IPv4 TTL / IPv6 hop limit.
+    pub ttl: u8,
     pub payload: Vec<u8>,
 }
 
@@ -54,6 +56,7 @@ impl Spec {
             ipv4_options: Vec::new(),
             more_fragments: false,
             fragment_offset: 0,
+            ttl: 64,
             payload: Vec::new(),
         }
     }
@@ -74,7 +77,7 @@ impl Spec {
         };
         let ip = match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut h = Ipv4Header::new(0, 64, proto, s.octets(), d.octets()).expect("ipv4");
+                let mut h = Ipv4Header::new(0, self.ttl, proto, s.octets(), d.octets()).expect("ipv4");
                 h.options = self.ipv4_options.as_slice().try_into().expect("options");
                 h.more_fragments = self.more_fragments;
                 h.fragment_offset = self.fragment_offset.try_into().expect("offset");
@@ -86,7 +89,7 @@ impl Spec {
                     flow_label: Ipv6FlowLabel::ZERO,
                     payload_length: 0,
                     next_header: proto,
-                    hop_limit: 64,
+                    hop_limit: self.ttl,
                     source: s.octets(),
                     destination: d.octets(),
                 },

@@ -196,6 +196,7 @@ fn backend_add_del_and_maint_change_where_new_connections_go() {
         .unwrap()
         .len();
     assert_eq!(backends, 2, "the deleted backend is gone from status");
+    // The added backend's neighbour entry is installed before it takes a flow.
     lab.assert_no_drops(&watch, &[]);
 }
 
@@ -303,7 +304,10 @@ fn source_hash_keeps_each_client_on_one_backend_and_spreads_clients() {
     }
     let used: BTreeSet<&String> = seen.values().flatten().collect();
     assert_eq!(used.len(), 3, "30 clients spread over all 3 backends: {seen:?}");
-    lab.assert_no_drops(&watch, &[]);
+    // The first reply to each new, directly connected client address meets an unresolved
+    // neighbour and is handed to the stack, which resolves it (clients of a real edge sit
+    // behind one router). No more than one per client.
+    lab.assert_no_drops(&watch, &["pass_no_neigh<=30"]);
 }
 
 #[test]

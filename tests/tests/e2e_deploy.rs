@@ -79,7 +79,12 @@ impl Load {
 
     /// Stops the load and asserts that no request failed and no packet was lost on the way
     /// (drop reasons, SYN retransmits); returns the request count.
-    fn finish(mut self, lab: &Lab, what: &str) -> usize {
+    fn finish(self, lab: &Lab, what: &str) -> usize {
+        self.finish_allowing(lab, what, &[])
+    }
+
+    /// [`Load::finish`], tolerating the growth `allowed` names (see `Lab::assert_no_drops`).
+    fn finish_allowing(mut self, lab: &Lab, what: &str, allowed: &[&str]) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = 0;
         for h in self.handles.take().unwrap() {
@@ -93,7 +98,7 @@ impl Load {
             );
             total += o.ok;
         }
-        lab.assert_no_drops(&self.watch, &[]);
+        lab.assert_no_drops(&self.watch, allowed);
         println!("{what}: {total} requests under continuous load (new + keep-alive), 0 failed");
         total
     }
@@ -298,7 +303,9 @@ fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
         green10.len(),
         green30.len()
     );
-    load.finish(&lab, "split by client");
+    // The first reply to each new, directly connected client alias is handed to the stack
+    // to resolve its neighbour entry: at most one per client.
+    load.finish_allowing(&lab, "split by client", &["pass_no_neigh<=24"]);
 }
 
 #[test]
@@ -334,7 +341,7 @@ fn clients_inside_an_ab_network_always_reach_the_variant() {
             );
         }
     }
-    load.finish(&lab, "A/B CIDR rule");
+    load.finish_allowing(&lab, "A/B CIDR rule", &["pass_no_neigh<=24"]);
 }
 
 #[test]
@@ -462,9 +469,13 @@ fn a_canary_resumes_after_an_agent_restart() {
     let Some(mut lab) = lab_checked() else { return };
     veer_ok(
         &lab,
-        &["canary", "web", "green", "--steps", "20,100", "--interval", "2s"],
+        &["canary", "web", "green", "--steps", "20,100", "--interval", "6s"],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {
+        assert!(Instant::now() < deadline, "the canary's first step never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     lab.agent.as_mut().unwrap().kill_hard();
     let config = lab.dir.join("veer.toml");
     lab.start_agent(&config).unwrap();
@@ -473,7 +484,7 @@ fn a_canary_resumes_after_an_agent_restart() {
     assert_eq!(v["split"]["percent"], 20.0);
     let start = Instant::now();
     while lab.status().unwrap()["vips"][0]["canary"]["outcome"]["state"] == "running" {
-        assert!(start.elapsed() < Duration::from_secs(10), "canary did not resume");
+        assert!(start.elapsed() < Duration::from_secs(15), "canary did not resume");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(lab.status().unwrap()["vips"][0]["active"], "green");

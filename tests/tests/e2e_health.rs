@@ -34,6 +34,21 @@ fn backend_status(lab: &Lab, i: usize) -> serde_json::Value {
     lab.status().unwrap()["vips"][0]["pools"][0]["backends"][i].clone()
 }
 
+/// Failed probes of backend `i` so far.
+fn failures(lab: &Lab, i: usize) -> u64 {
+    backend_status(lab, i)["check"]["failures"].as_u64().expect("status counts failed probes")
+}
+
+/// The backend went down on exactly `fall` consecutive failed probes (one more may have
+/// run between the transition and this look).
+fn assert_down_after_fall_failures(lab: &Lab, i: usize, failures_before: u64) {
+    let failed = failures(lab, i) - failures_before;
+    assert!(
+        failed == FALL || failed == FALL + 1,
+        "backend {i} went down after {failed} failed probes, want fall = {FALL}"
+    );
+}
+
 /// Waits (bounded) until backend `i`'s health is `want`; returns how long it took.
 fn wait_health(lab: &Lab, i: usize, want: &str, limit: Duration) -> Duration {
     let start = Instant::now();
@@ -56,15 +71,13 @@ fn a_stopped_backend_stops_costing_requests_within_fall_intervals_and_returns_af
     let Some(mut lab) = lab("") else { return };
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 50_000).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_for_requests(100, Duration::from_secs(10)), "the load never got going");
+    let failures_before = failures(&lab, 0);
     lab.stop_backend(0);
     let stopped = Instant::now();
     let window = wait_health(&lab, 0, "down", Duration::from_secs(5));
     let bound = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
-    assert!(
-        window <= bound,
-        "detection took {window:?}, bound {bound:?} (fall x interval + interval, plus probe and poll slack)"
-    );
+    assert_down_after_fall_failures(&lab, 0, failures_before);
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let during = load.join().unwrap();
@@ -191,7 +204,10 @@ fn passive_observation_marks_a_resetting_backend_down_before_active_checks_would
     load.join().unwrap();
     let b = backend_status(&lab, 0);
     assert!(b["check"]["last"].as_str().unwrap().starts_with("PASSIVE"), "{b}");
-    assert!(b["counters"]["backend_resets"].as_u64().unwrap() >= 5, "{b}");
+    // A stopped server refuses SYNs: attempts it never answered (a reset of a flow it had
+    // answered would count as backend_resets instead).
+    let unanswered = b["counters"]["new_flows"].as_u64().unwrap() - b["counters"]["answered_flows"].as_u64().unwrap();
+    assert!(unanswered >= 5, "{b}");
     println!("passive: b1 marked down {down:?} after its server stopped");
     let watch = lab.watch().unwrap();
     let o = lab.http_load(vip(), 300).unwrap();
@@ -216,10 +232,10 @@ fn udp_checks_take_a_silent_backend_out_and_bring_it_back() {
     for i in 0..3 {
         wait_health(&lab, i, "up", Duration::from_secs(5));
     }
+    let failures_before = failures(&lab, 0);
     lab.stop_backend(0);
-    let window = wait_health(&lab, 0, "down", Duration::from_secs(5));
-    let bound = Duration::from_millis(FALL * INTERVAL_MS + INTERVAL_MS + 300);
-    assert!(window <= bound, "detection took {window:?}, bound {bound:?}");
+    wait_health(&lab, 0, "down", Duration::from_secs(5));
+    assert_down_after_fall_failures(&lab, 0, failures_before);
     assert_eq!(backend_status(&lab, 0)["check"]["last"], "L4CON");
     // Every UDP request (a new source port each: a new flow) is answered, never by b1.
     let watch = lab.watch().unwrap();

@@ -32,6 +32,7 @@ fn expected_forward(input: &Spec, i: u8, port: u16) -> Spec {
         sport: input.sport,
         dst: if v6 { backend6(i).into() } else { backend4(i).into() },
         dport: port,
+        ttl: input.ttl - 1,
         ..input.clone()
     }
 }
@@ -81,6 +82,7 @@ fn check_reply(fx: &Fixture, request: &Spec, i: u8, backend_port: u16) {
         sport: request.dport,
         dst: request.src,
         dport: request.sport,
+        ttl: reply.ttl - 1,
         ..reply
     }
     .build();
@@ -738,6 +740,7 @@ fn clients_sharing_a_source_port_get_distinct_nat_ports_and_their_own_replies() 
             sport: 80,
             dst: CLIENT4_B.into(),
             dport: port,
+            ttl: reply_b.ttl - 1,
             ..reply_b
         };
         assert_eq!(

@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
-use super::AgentError;
-use crate::{api, config};
+use super::{AgentError, Change, Shared};
+use crate::config;
 
 /// The signals the agent handles, installed before the data path is touched.
 pub struct Signals {
@@ -32,7 +32,7 @@ impl Signals {
     }
 
     /// Serves SIGHUP reloads of `config_path` until SIGTERM or SIGINT arrives.
-    pub async fn until_stopped(&mut self, core: &api::Shared, config_path: &Path) {
+    pub async fn until_stopped(&mut self, core: &Shared, config_path: &Path) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => {
@@ -53,13 +53,13 @@ impl Signals {
 
 /// SIGHUP: the config file again, applied like `veer apply -f FILE` (validated, one
 /// step, runtime changes kept for what remains). A bad file is logged and changes nothing.
-async fn reload(core: &api::Shared, path: &Path) {
+async fn reload(core: &Shared, path: &Path) {
     crate::host::systemd::notify("RELOADING=1");
     reload_file(core, path).await;
     crate::host::systemd::notify("READY=1");
 }
 
-async fn reload_file(core: &api::Shared, path: &Path) {
+async fn reload_file(core: &Shared, path: &Path) {
     let name = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -76,7 +76,7 @@ async fn reload_file(core: &api::Shared, path: &Path) {
         }
     };
     let mut core = core.lock().await;
-    match api::apply_config(&mut core, cfg, false) {
+    match core.apply(Change::Config(Box::new(cfg)), false) {
         Ok(report) => {
             core.config_source(&text);
             if report.changes.is_empty() {

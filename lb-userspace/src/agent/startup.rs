@@ -1,30 +1,31 @@
-//! `veer agent`: validate the config, load (or adopt) the data path, reconcile the maps
-//! with the desired state, serve the API, and persist every change. SIGTERM, SIGINT and
-//! SIGKILL all leave the data path forwarding for the next agent to adopt.
+//! `veer agent`: validate the config, load (or adopt) the data path, build the core over
+//! it, serve the API, run health checks, the canary ticker and metrics. SIGTERM, SIGINT
+//! and SIGKILL all leave the data path forwarding for the next agent to adopt.
 
 use std::{
     collections::BTreeMap,
     ffi::CStr,
-    io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::info;
 
+use super::{
+    AgentError, Core,
+    core::Persistence,
+    persist::{fnv1a, restore},
+};
 use crate::{
     api,
-    config::{self, Config},
-    dataplane::{AttachMode, Dataplane, Sizes},
-    state::{Desired, Ids, Limits, Reconciler},
+    config::{self, AttachMode, Config},
+    dataplane::{Dataplane, Sizes},
+    state::{Desired, Limits, Reconciler},
 };
 
-/// Exit code for rejected input (a bad config), per the CLI contract.
-pub const EXIT_REJECTED: i32 = 1;
 /// Tables resident at once: every pool twice (a rebuild goes to a free id, then flips),
 /// and never fewer than 64 so pools added at runtime find room.
 pub fn max_tables(config: &Config) -> u32 {
@@ -37,175 +38,6 @@ pub struct Options {
     pub interfaces: Vec<String>,
     pub socket: Option<PathBuf>,
     pub mode: AttachMode,
-}
-
-/// An error that maps to an exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("{0}")]
-    Rejected(String),
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
-
-impl AgentError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            AgentError::Rejected(_) => EXIT_REJECTED,
-            AgentError::Failed(_) => 10,
-        }
-    }
-}
-
-/// What is persisted: the desired state and the ids in the maps.
-#[derive(Serialize, Deserialize)]
-struct Persisted {
-    /// FNV-1a of the config file the state grew from.
-    config_hash: String,
-    desired: Desired,
-    ids: Ids,
-}
-
-/// FNV-1a 64: a stable digest of the config text (not for security).
-pub fn fnv1a(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
-}
-
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// A connection-table scan taken from the core (see [`Core::live_scan`]).
-pub struct LiveScan {
-    scan: Option<crate::dataplane::FlowScan>,
-    tcp_idle: std::time::Duration,
-    udp_idle: std::time::Duration,
-}
-
-impl LiveScan {
-    pub fn run(self) -> Option<crate::dataplane::LiveFlows> {
-        Some(self.scan?.live_flows(self.tcp_idle, self.udp_idle))
-    }
-
-    /// Runs the scan on a blocking thread (the runtime's workers stay free).
-    pub async fn run_blocking(self) -> Option<crate::dataplane::LiveFlows> {
-        tokio::task::spawn_blocking(move || self.run()).await.ok().flatten()
-    }
-}
-
-/// The agent's state behind the API.
-pub struct Core {
-    pub desired: Desired,
-    pub reconciler: Reconciler,
-    pub dp: Dataplane,
-    pub snat_v4: Option<Ipv4Addr>,
-    pub snat_v6: Option<Ipv6Addr>,
-    pub state_file: PathBuf,
-    config_hash: String,
-    /// Health of every checked backend, by `backend_key`.
-    pub health: BTreeMap<String, crate::health::task::BackendHealth>,
-}
-
-impl Core {
-    /// Live flows per backend and VIP, from the connection table; None if it cannot be read
-    /// (status then shows null, which `--wait` and rollouts never take for drained).
-    pub fn live_flows(&self) -> Option<crate::dataplane::LiveFlows> {
-        self.live_scan().run()
-    }
-
-    /// What [`Core::live_flows`] needs, to run without the lock: take it under the lock,
-    /// [`LiveScan::run`] it after letting go (on a blocking thread: a 1M-flow table takes
-    /// tens of milliseconds).
-    pub fn live_scan(&self) -> LiveScan {
-        let a = &self.desired.config.agent;
-        LiveScan {
-            scan: self
-                .dp
-                .flow_scan()
-                .map_err(|e| tracing::warn!("reading the connection table: {e}"))
-                .ok(),
-            tcp_idle: a.tcp_idle,
-            udp_idle: a.udp_idle,
-        }
-    }
-
-    /// Applies `next` as the new desired state: reconcile, write the maps, persist.
-    /// Validation errors change nothing.
-    /// The state file is written before the maps, so it is never behind them: a persist
-    /// failure changes nothing. (A crash between the two leaves the file ahead, which the
-    /// next agent's adoption converges to.)
-    pub fn set_desired(&mut self, next: Desired) -> Result<(), api::ApiError> {
-        let mut rec = self.reconciler.clone();
-        let ops = rec
-            .reconcile(&next, self.snat_v4, self.snat_v6)
-            .map_err(|e| api::ApiError::bad(e.to_string()))?;
-        self.write_state(&next, &rec.ids)
-            .map_err(|e| api::ApiError::internal(format!("persist state: {e}: nothing changed")))?;
-        if let Err(e) = self.dp.execute(&ops) {
-            let _ = self.persist();
-            return Err(api::ApiError::internal(format!("map write failed: {e}")));
-        }
-        self.reconciler = rec;
-        self.desired = next;
-        Ok(())
-    }
-
-    /// Recomputes what health observes (down set, slow-start weights) and reconciles the
-    /// data path when it changed.
-    pub fn sync_observed(&mut self) {
-        let now = std::time::Instant::now();
-        let mut observed = crate::state::Observed::default();
-        for (key, h) in &self.health {
-            if !h.state.up {
-                observed.down.insert(key.clone());
-            } else if let Some(pct) = h.state.slowstart_pct(&h.cfg, now) {
-                observed.weight_pct.insert(key.clone(), pct);
-            }
-        }
-        if observed != self.desired.observed {
-            let mut next = self.desired.clone();
-            next.observed = observed;
-            if let Err(e) = self.set_desired(next) {
-                tracing::error!("applying health changes: {e}");
-            }
-        }
-    }
-
-    /// The config file's text the desired state now grows from (after a SIGHUP reload).
-    pub fn config_source(&mut self, text: &str) {
-        self.config_hash = fnv1a(text);
-        if let Err(e) = self.persist() {
-            tracing::error!("persist state: {e}");
-        }
-    }
-
-    pub fn persist(&self) -> std::io::Result<()> {
-        self.write_state(&self.desired, &self.reconciler.ids)
-    }
-
-    fn write_state(&self, desired: &Desired, ids: &Ids) -> std::io::Result<()> {
-        let p = Persisted {
-            config_hash: self.config_hash.clone(),
-            desired: desired.clone(),
-            ids: ids.clone(),
-        };
-        write_atomic(&self.state_file, &serde_json::to_vec_pretty(&p)?)
-    }
 }
 
 pub fn state_file(config: &Config) -> PathBuf {
@@ -270,15 +102,8 @@ pub fn limits(config: &Config) -> Limits {
         max_backends: config.agent.max_backends,
         max_tables: max_tables(config),
         max_vips: lb_common::DEFAULT_MAX_VIPS,
+        max_ab_rules: lb_common::DEFAULT_MAX_AB_RULES,
     }
-}
-
-/// The persisted state, if readable.
-fn restore(state_file: &Path) -> Option<Persisted> {
-    let text = std::fs::read_to_string(state_file).ok()?;
-    serde_json::from_str::<Persisted>(&text)
-        .map_err(|e| warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config"))
-        .ok()
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
@@ -310,27 +135,26 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         }
         None => Desired::new(p.config.clone()),
     };
-    let reconciler = if dp.adopted {
+    let adopted = dp.adopted;
+    let reconciler = if adopted {
         let maps = dp.snapshot(limits.ring_size).context("read the adopted maps")?;
         Reconciler::from_maps(limits, maps, restored.as_ref().map(|s| &s.ids), &desired)
     } else {
         Reconciler::new(limits)
     };
     let found = reconciler.ids.clone();
-    let mut core = Core {
-        desired: Desired::new(p.config.clone()),
-        reconciler,
-        dp,
-        snat_v4: p.snat_v4,
-        snat_v6: p.snat_v6,
-        state_file,
-        config_hash: p.config_hash.clone(),
-        health: BTreeMap::new(),
-    };
-    core.set_desired(desired)
-        .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
-    if core.dp.adopted {
-        let kept = &core.reconciler.ids;
+    let mut core = Core::start(
+        (p.config.clone(), desired),
+        (reconciler, dp),
+        (p.snat_v4, p.snat_v6),
+        Persistence {
+            state_file,
+            config_hash: p.config_hash.clone(),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    if adopted {
+        let kept = core.ids();
         let gone = |found: &BTreeMap<String, u32>, kept: &BTreeMap<String, u32>| -> Vec<String> {
             found.keys().filter(|k| !kept.contains_key(*k)).cloned().collect()
         };
@@ -342,17 +166,21 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             "adopted maps converged to the desired state (surviving backends keep their ids)"
         );
     }
-    let neighbours = host.neighbours(&core.desired.config);
+    let neighbours = host.neighbours(&core.desired().config);
     for iface in &p.interfaces {
-        core.dp.attach(iface, opts.mode).context("attach")?;
+        core.dataplane_mut().attach(iface, opts.mode).context("attach")?;
     }
     let metrics = p.config.agent.metrics;
+    let neighbours = neighbours.map(|n| Arc::new(std::sync::Mutex::new(n)));
+    if let Some(n) = &neighbours {
+        core.set_neighbours(n.clone());
+    }
     let core = Arc::new(Mutex::new(core));
     let keeper = neighbours.map(|n| {
         let weak = Arc::downgrade(&core);
         crate::host::NeighbourKeeper::start(n, move || {
             Some(crate::host::backend_addresses(
-                &weak.upgrade()?.blocking_lock().desired.config,
+                &weak.upgrade()?.blocking_lock().desired().config,
             ))
         })
     });
@@ -400,7 +228,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let core = Arc::try_unwrap(core)
         .map_err(|_| anyhow::anyhow!("API still holds the state"))?
         .into_inner();
-    core.dp.release();
+    core.into_dataplane().release();
     info!("stopped");
     Ok(())
 }

@@ -1,6 +1,11 @@
-//! The agent's HTTP+JSON API.
+//! The agent's HTTP+JSON API: the only way the CLI changes the agent. Endpoints (JSON
+//! bodies, stable; see docs/api.md): `GET /v1/status`, `POST /v1/backend/set|add|del`,
+//! `POST /v1/apply|switch|split|ab|rollback|canary`, `GET /v1/flows/{vip}?limit=N`,
+//! `GET /v1/trace/{vip}?src=IP:PORT`.
 
 pub mod limits;
 mod routes;
+mod server;
+pub mod types;
 
-pub use routes::*;
+pub use server::{serve_tcp, serve_unix};

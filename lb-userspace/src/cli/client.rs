@@ -1,5 +1,5 @@
 //! The CLI's side of the API: HTTP/1.1 over the agent's Unix socket, one request per
-//! connection. Exit codes: 0 ok, 1 rejected input, 2 agent unreachable.
+//! connection. [`call`] sends and reads the API's own types.
 
 use std::{
     io::{Read as _, Write as _},
@@ -8,47 +8,10 @@ use std::{
     time::Duration,
 };
 
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_REJECTED: u8 = 1;
-pub const EXIT_UNREACHABLE: u8 = 2;
-pub const EXIT_TIMED_OUT: u8 = 3;
-pub const EXIT_ROLLED_BACK: u8 = 4;
-
-#[derive(Debug)]
-pub enum ClientError {
-    /// The agent is not there (no socket, refused, timed out): exit 2.
-    Unreachable(String),
-    /// The agent answered with an error: exit 1.
-    Rejected(String),
-    /// Waiting (drain) ran out of time: exit 3.
-    TimedOut(String),
-    /// A canary rolled back: exit 4.
-    RolledBack(String),
-}
-
-impl ClientError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ClientError::Unreachable(_) => EXIT_UNREACHABLE,
-            ClientError::Rejected(_) => EXIT_REJECTED,
-            ClientError::TimedOut(_) => EXIT_TIMED_OUT,
-            ClientError::RolledBack(_) => EXIT_ROLLED_BACK,
-        }
-    }
-}
-
-impl std::fmt::Display for ClientError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientError::Unreachable(m) => write!(f, "agent unreachable: {m}"),
-            ClientError::Rejected(m) => f.write_str(m),
-            ClientError::TimedOut(m) => write!(f, "timed out: {m}"),
-            ClientError::RolledBack(m) => write!(f, "rolled back: {m}"),
-        }
-    }
-}
+pub use super::exit::CliError as ClientError;
 
 /// Sends one request; returns the JSON body of a 2xx answer.
 pub fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
@@ -101,4 +64,19 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Sends `body` (if any) as JSON and reads the answer as `T`.
+pub fn call<T: DeserializeOwned>(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&impl Serialize>,
+) -> Result<T, ClientError> {
+    let body = body
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| ClientError::Rejected(format!("encode the request: {e}")))?;
+    let answer = request(socket, method, path, body.as_ref())?;
+    serde_json::from_value(answer).map_err(|e| ClientError::Unreachable(format!("unexpected answer to {path}: {e}")))
 }

@@ -24,7 +24,7 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::state::Op;
+use crate::{config::AttachMode, state::Op};
 
 /// The balancer's object (built by build.rs from lb-ebpf).
 pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
@@ -53,8 +53,33 @@ const PINNED: &[&str] = &[
     MAP_AB_RULES,
 ];
 
+/// Loads the ICMP program and puts it where the balancer tail-calls it (ICMP_PROGS[0]).
+pub fn load_icmp(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(lb_common::PROG_ICMP)
+        .ok_or(DataplaneError::StubObject)?
+        .try_into()?;
+    prog.load()?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(lb_common::MAP_ICMP_PROGS)
+        .ok_or(DataplaneError::StubObject)?;
+    let mut progs: aya::maps::ProgramArray<&mut MapData> =
+        map.try_into().map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    progs.set(0, &fd, 0).map_err(map_err(lb_common::MAP_ICMP_PROGS))?;
+    Ok(())
+}
+
 /// Pinned maps of earlier layouts, removed when a newer agent adopts the data path.
-const RETIRED: &[&str] = &["FLOWS_V1", "NAT_REV_V1"];
+const RETIRED: &[&str] = &[
+    "FLOWS_V1",
+    "NAT_REV_V1",
+    "NAT_REV_V2",
+    "FLOW_HEADS_V1",
+    "REV_HEADS_V1",
+    "NEXTHOPS_V1",
+    "REASONS_V1",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -89,14 +114,6 @@ pub enum DataplaneError {
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
-}
-
-/// How to attach: `Auto` tries native (driver) mode and falls back to generic with a warning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    Auto,
-    Native,
-    Generic,
 }
 
 /// Map sizes fixed at load time.
@@ -191,6 +208,7 @@ impl Dataplane {
             .ok_or(DataplaneError::StubObject)?
             .try_into()?;
         prog.load()?;
+        load_icmp(&mut ebpf)?;
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
             for name in RETIRED {

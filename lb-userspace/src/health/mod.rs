@@ -73,22 +73,6 @@ impl Default for HealthConfig {
     }
 }
 
-/// `500ms`, `2s`, `1m`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1e3,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 /// One probe's result, with an HAProxy-style reason (`L4OK`, `L4TOUT`, `L4CON`, `L7OK`,
 /// `L7STS 503`, `L7TOUT`, `L7RSP`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -107,6 +91,9 @@ pub struct HealthState {
     /// When it last came up (slow start measures from here).
     pub up_since: Option<Instant>,
     pub last: Option<CheckResult>,
+    /// Probe results recorded, and how many of them failed (for status and metrics).
+    pub checks: u64,
+    pub failures: u64,
 }
 
 impl HealthState {
@@ -117,6 +104,8 @@ impl HealthState {
             since: now,
             up_since: None,
             last: None,
+            checks: 0,
+            failures: 0,
         }
     }
 
@@ -124,6 +113,8 @@ impl HealthState {
     /// results count: one success resets the failure streak and vice versa.
     pub fn observe(&mut self, result: CheckResult, now: Instant, rise: u32, fall: u32) -> Option<bool> {
         let agrees = result.ok == self.up;
+        self.checks += 1;
+        self.failures += u64::from(!result.ok);
         self.last = Some(result);
         if agrees {
             self.streak = 0;
@@ -288,14 +279,5 @@ mod tests {
                 "{d:?}"
             );
         }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("2"), None);
-        assert_eq!(parse_duration("fast"), None);
     }
 }

@@ -1,7 +1,8 @@
 //! Runs the checks: one task per checked backend (concurrency bounded by a semaphore, so
 //! thousands of backends do not open thousands of sockets at once), and a supervisor that
-//! follows config changes, drives slow start and passive observation, and reconciles the
-//! data path when health changes.
+//! follows config changes, drives slow start and passive observation. The checks' state is
+//! the checker's own; it reports to the core, which reconciles the data path when health
+//! changes, and reads the data path's counters only through the core.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,16 +11,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{sync::Semaphore, task::JoinHandle};
+use tokio::{
+    sync::{Mutex, Semaphore},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
 use super::{HealthConfig, HealthState, jittered, probe::probe};
-use crate::{api::Shared, state::backend_key};
+use crate::{
+    agent::{Change, HealthReport, Shared},
+    state::{Observed, backend_key},
+};
 
 /// Probes in flight at once, whatever the number of backends.
 const MAX_CONCURRENT_PROBES: usize = 256;
 
-/// A checked backend's health as the agent keeps it.
+/// Every checked backend's health, by `backend_key`: the checker's own state.
+type Checks = Arc<Mutex<BTreeMap<String, BackendHealth>>>;
+
+/// A checked backend's health as the checker keeps it.
 pub struct BackendHealth {
     pub vip: String,
     pub address: SocketAddr,
@@ -32,6 +42,7 @@ pub struct BackendHealth {
 /// Spawns the supervisor; it runs until aborted.
 pub fn spawn(core: Shared) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let checks: Checks = Arc::default();
         let sem = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
         let mut probes: HashMap<String, (JoinHandle<()>, HealthConfig)> = HashMap::new();
         let mut first = true;
@@ -47,13 +58,20 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
                 }
                 keep
             });
+            let passive = if last_passive.elapsed() >= Duration::from_secs(1) {
+                last_passive = Instant::now();
+                // Backend counters only: no connection-table scan under the lock.
+                Some(core.lock().await.counters_with(None).backends)
+            } else {
+                None
+            };
             {
-                let mut c = core.lock().await;
-                c.health.retain(|k, _| wanted.contains_key(k));
+                let mut c = checks.lock().await;
+                c.retain(|k, _| wanted.contains_key(k));
                 let now = Instant::now();
                 for (key, (vip, addr, cfg)) in &wanted {
-                    let fresh = !c.health.contains_key(key);
-                    let entry = c.health.entry(key.clone()).or_insert_with(|| BackendHealth {
+                    let fresh = !c.contains_key(key);
+                    let entry = c.entry(key.clone()).or_insert_with(|| BackendHealth {
                         vip: vip.clone(),
                         address: *addr,
                         cfg: cfg.clone(),
@@ -66,16 +84,22 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
                         entry.state.up_since = Some(now);
                     }
                 }
-                if last_passive.elapsed() >= Duration::from_secs(1) {
-                    last_passive = Instant::now();
-                    passive_look(&mut c);
+                if let Some(counters) = passive {
+                    passive_look(&mut c, &counters);
                 }
-                c.sync_observed();
             }
+            report(&core, &checks).await;
             first = false;
             for (key, (_, addr, cfg)) in wanted {
                 if let std::collections::hash_map::Entry::Vacant(slot) = probes.entry(key.clone()) {
-                    let handle = tokio::spawn(probe_loop(core.clone(), sem.clone(), key, addr, cfg.clone()));
+                    let handle = tokio::spawn(probe_loop(
+                        core.clone(),
+                        checks.clone(),
+                        sem.clone(),
+                        key,
+                        addr,
+                        cfg.clone(),
+                    ));
                     slot.insert((handle, cfg));
                 }
             }
@@ -83,11 +107,43 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
     })
 }
 
+/// Tells the core what the checks see: each backend's health (for status) and what the
+/// data path must know (backends down, slow-start weights), which it reconciles if changed.
+async fn report(core: &Shared, checks: &Checks) {
+    let now = Instant::now();
+    let mut observed = Observed::default();
+    let mut reports = BTreeMap::new();
+    for (key, h) in checks.lock().await.iter() {
+        let slowstart_pct = h.state.slowstart_pct(&h.cfg, now);
+        if !h.state.up {
+            observed.down.insert(key.clone());
+        } else if let Some(pct) = slowstart_pct {
+            observed.weight_pct.insert(key.clone(), pct);
+        }
+        reports.insert(
+            key.clone(),
+            HealthReport {
+                up: h.state.up,
+                last: h.state.last.as_ref().map(|r| r.reason.clone()),
+                since: h.state.since,
+                slowstart_pct,
+                checks: h.state.checks,
+                failures: h.state.failures,
+            },
+        );
+    }
+    let mut c = core.lock().await;
+    c.report_health(reports);
+    if let Err(e) = c.apply(Change::Observed(observed), false) {
+        tracing::error!("applying health changes: {e}");
+    }
+}
+
 /// Backends that have health settings (pool override, else the VIP's).
 async fn wanted_checks(core: &Shared) -> BTreeMap<String, (String, SocketAddr, HealthConfig)> {
     let c = core.lock().await;
     let mut out = BTreeMap::new();
-    for v in &c.desired.config.vips {
+    for v in &c.desired().config.vips {
         for p in &v.pools {
             let Some(cfg) = p.health.as_ref().or(v.health.as_ref()) else {
                 continue;
@@ -103,7 +159,14 @@ async fn wanted_checks(core: &Shared) -> BTreeMap<String, (String, SocketAddr, H
     out
 }
 
-async fn probe_loop(core: Shared, sem: Arc<Semaphore>, key: String, addr: SocketAddr, cfg: HealthConfig) {
+async fn probe_loop(
+    core: Shared,
+    checks: Checks,
+    sem: Arc<Semaphore>,
+    key: String,
+    addr: SocketAddr,
+    cfg: HealthConfig,
+) {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ key.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ b as u64);
     // spread the first probes over one interval so they do not synchronise
     tokio::time::sleep(jittered(cfg.interval / 2, 100, &mut rng)).await;
@@ -112,43 +175,43 @@ async fn probe_loop(core: Shared, sem: Arc<Semaphore>, key: String, addr: Socket
             let Ok(_permit) = sem.acquire().await else { return };
             probe(&cfg, addr).await
         };
-        let delay = {
-            let mut c = core.lock().await;
-            let Some(entry) = c.health.get_mut(&key) else { return };
+        let (delay, changed) = {
+            let mut c = checks.lock().await;
+            let Some(entry) = c.get_mut(&key) else { return };
             let reason = result.reason.clone();
-            if let Some(up) = entry.state.observe(result, Instant::now(), cfg.rise, cfg.fall) {
-                if up {
-                    info!(vip = %entry.vip, backend = %addr, %reason, "backend UP: takes new flows again");
-                } else {
-                    warn!(vip = %entry.vip, backend = %addr, %reason, "backend DOWN: no new flows, its flows are re-chosen");
+            let changed = entry.state.observe(result, Instant::now(), cfg.rise, cfg.fall);
+            match changed {
+                Some(true) => info!(vip = %entry.vip, backend = %addr, %reason, "backend UP: takes new flows again"),
+                Some(false) => {
+                    warn!(vip = %entry.vip, backend = %addr, %reason, "backend DOWN: no new flows, its flows are re-chosen")
                 }
-                let delay = entry.state.next_delay(&cfg);
-                c.sync_observed();
-                delay
-            } else {
-                entry.state.next_delay(&cfg)
+                None => {}
             }
+            (entry.state.next_delay(&cfg), changed.is_some())
         };
+        if changed {
+            report(&core, &checks).await;
+        }
         tokio::time::sleep(jittered(delay, cfg.jitter_pct, &mut rng)).await;
     }
 }
 
 /// HAProxy's `observe layer4`: resets from the backend and connection attempts it never
 /// answered, per second; at `error_limit` the backend is marked down.
-fn passive_look(c: &mut crate::agent::Core) {
+fn passive_look(checks: &mut BTreeMap<String, BackendHealth>, counters: &BTreeMap<String, lb_common::Counters>) {
     let now = Instant::now();
-    let ids = c.reconciler.ids.backends.clone();
     let mut marked = Vec::new();
-    for (key, h) in c.health.iter_mut() {
-        let Some(&id) = ids.get(key) else { continue };
-        let Ok(counters) = c.dp.backend_counters(id) else {
-            continue;
-        };
+    for (key, h) in checks.iter_mut() {
+        let Some(counters) = counters.get(key) else { continue };
         let current = (counters.backend_resets, counters.new_flows, counters.answered_flows);
         if let Some((r0, n0, a0)) = h.passive
             && h.cfg.observe
         {
-            let errors = (current.0 - r0) + (current.1 - n0).saturating_sub(current.2 - a0);
+            let errors = current.0.saturating_sub(r0)
+                + current
+                    .1
+                    .saturating_sub(n0)
+                    .saturating_sub(current.2.saturating_sub(a0));
             if errors >= h.cfg.error_limit as u64 && h.state.mark_down(format!("PASSIVE {errors} errors/s"), now) {
                 marked.push((h.vip.clone(), h.address, errors));
             }

@@ -138,12 +138,17 @@ pub fn harden_process() {
 /// ends it.
 pub struct NeighbourKeeper {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<neigh::Neighbours>>,
+    thread: Option<JoinHandle<SharedNeighbours>>,
 }
+
+/// The neighbour entries, shared by the keeper thread and the core (which installs the
+/// entries of backends a change adds before it programs the maps). Lock order: the core
+/// first, then this; the keeper never holds this while it asks for its targets.
+pub type SharedNeighbours = Arc<std::sync::Mutex<neigh::Neighbours>>;
 
 impl NeighbourKeeper {
     pub fn start(
-        mut neighbours: neigh::Neighbours,
+        neighbours: SharedNeighbours,
         targets: impl Fn() -> Option<BTreeSet<IpAddr>> + Send + 'static,
     ) -> NeighbourKeeper {
         let stop = Arc::new(AtomicBool::new(false));
@@ -159,7 +164,10 @@ impl NeighbourKeeper {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     match targets() {
-                        Some(t) => neighbours.sync(&t),
+                        Some(t) => neighbours
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .sync(&t),
                         None => break,
                     }
                 }
@@ -171,7 +179,7 @@ impl NeighbourKeeper {
     }
 
     /// Stops the thread; returns the entries' owner (for a full cleanup).
-    pub fn stop(mut self) -> Option<neigh::Neighbours> {
+    pub fn stop(mut self) -> Option<SharedNeighbours> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok())
     }

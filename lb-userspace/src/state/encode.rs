@@ -44,7 +44,6 @@ pub fn vip_key(v: &VipConfig) -> VipKey {
     }
 }
 
-
 /// An A/B rule's LPM entry: prefix length over (VIP id, address) and the key words, as
 /// the data path's `AbKey` holds them.
 pub fn ab_rule(vip_id: u32, net: IpAddr, len: u8) -> (u32, [u32; 5]) {

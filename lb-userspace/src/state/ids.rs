@@ -8,7 +8,14 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::StateError;
+/// No id is free: the map is full.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
+pub struct Exhausted {
+    pub what: &'static str,
+    pub capacity: u32,
+    pub setting: &'static str,
+}
 
 /// Ids in use in the maps. Persisted with the desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +48,7 @@ pub struct Limits {
     pub max_backends: u32,
     pub max_tables: u32,
     pub max_vips: u32,
+    pub max_ab_rules: u32,
 }
 
 /// Hands out the lowest free ids from a cursor: O(1) amortised per id, so 10,000 backends
@@ -86,7 +94,7 @@ impl IdAllocator {
 
     /// The first free id from the cursor on, wrapping once to the first id: ids freed
     /// behind the cursor are reused only when the ones ahead of it are exhausted.
-    pub(super) fn alloc(&mut self) -> Result<u32, StateError> {
+    pub(super) fn alloc(&mut self) -> Result<u32, Exhausted> {
         for _ in 0..2 {
             while self.next < self.capacity && self.used.contains(&self.next) {
                 self.next += 1;
@@ -99,7 +107,7 @@ impl IdAllocator {
             }
             self.next = self.first;
         }
-        Err(StateError::Exhausted {
+        Err(Exhausted {
             what: self.what,
             capacity: self.capacity,
             setting: self.setting,

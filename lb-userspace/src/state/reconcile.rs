@@ -4,18 +4,19 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend,
-    VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT,
+    VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
     vip_filter_slot,
 };
 
 use super::{
-    AdminState, Deployment, Desired, IdAllocator, ab_rule, Ids, Limits, SplitBy, addr_be, backend_key, backend_state, family, pool_key, vip_key,
+    AdminState, Deployment, Desired, Exhausted, IdAllocator, Ids, Limits, SplitBy, ab_rule, addr_be, backend_key,
+    backend_state, family, pool_key, vip_key,
 };
 use crate::config::{PoolConfig, Scheduler, VipConfig};
 
@@ -58,12 +59,10 @@ pub enum StateError {
     },
     #[error("VIP {vip:?}: {message}")]
     Deploy { vip: String, message: String },
-    #[error("no free {what} id (capacity {capacity}): restart the agent with a larger agent.{setting}")]
-    Exhausted {
-        what: &'static str,
-        capacity: u32,
-        setting: &'static str,
-    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
 }
 
 /// The reconciler: what the maps hold now, and how to get them to a new desired state.
@@ -118,6 +117,7 @@ impl Reconciler {
         snat_v4: Option<Ipv4Addr>,
         snat_v6: Option<Ipv6Addr>,
     ) -> Result<Vec<Op>, StateError> {
+        check_whole(desired, snat_v4, snat_v6, &self.limits)?;
         let mut next = self.clone();
         let ops = next.plan(desired, snat_v4, snat_v6)?;
         *self = next;
@@ -146,7 +146,13 @@ impl Reconciler {
                 .into_iter()
                 .chain(snat_v6.map(|a| addr_be(a.into())))
                 .collect(),
-            vip_ids: IdAllocator::new(self.ids.vips.values().copied(), 0, self.limits.max_vips, "VIP", "max_vips"),
+            vip_ids: IdAllocator::new(
+                self.ids.vips.values().copied(),
+                0,
+                self.limits.max_vips,
+                "VIP",
+                "max_vips",
+            ),
             backend_ids: IdAllocator::new(
                 self.ids.backends.values().copied(),
                 1,
@@ -456,6 +462,47 @@ impl Reconciler {
     }
 }
 
+/// Rules that need the whole state: no backend is one of the balancer's own addresses (a
+/// VIP or a NAT source), and the A/B rules fit their map.
+fn check_whole(
+    desired: &Desired,
+    snat_v4: Option<Ipv4Addr>,
+    snat_v6: Option<Ipv6Addr>,
+    limits: &Limits,
+) -> Result<(), StateError> {
+    let own: Vec<(IpAddr, String)> = desired
+        .config
+        .vips
+        .iter()
+        .map(|v| (v.address.ip(), format!("the address of VIP {:?}", v.name)))
+        .chain(snat_v4.map(|a| (a.into(), "the NAT source address (agent.snat_v4)".to_string())))
+        .chain(snat_v6.map(|a| (a.into(), "the NAT source address (agent.snat_v6)".to_string())))
+        .collect();
+    for v in &desired.config.vips {
+        for b in v.pools.iter().flat_map(|p| &p.backends) {
+            if let Some((_, what)) = own.iter().find(|(ip, _)| *ip == b.address.ip()) {
+                return Err(StateError::Invalid(format!(
+                    "VIP {:?}: backend {} is {what}",
+                    v.name, b.address
+                )));
+            }
+        }
+    }
+    let rules: usize = desired
+        .deploy
+        .values()
+        .filter_map(|d| d.ab.as_ref())
+        .map(|a| a.networks.len())
+        .sum();
+    if rules > limits.max_ab_rules as usize {
+        return Err(StateError::Invalid(format!(
+            "{rules} A/B networks in all, the data path holds at most {}",
+            limits.max_ab_rules
+        )));
+    }
+    Ok(())
+}
+
 /// Map writes by phase, performed in the order [`Reconciler::plan`] lists them.
 #[derive(Default)]
 struct Writes {
@@ -532,25 +579,7 @@ mod tests {
     use lb_common::BACKEND_DRAIN;
 
     use super::*;
-    use crate::config::parse;
-
-    const CFG: &str = r#"
-[agent]
-snat_v4 = "10.0.0.2"
-ring_size = 251
-[[vip]]
-name = "web"
-address = "10.0.0.100:80"
-active = "blue"
-[[vip.pool]]
-name = "blue"
-backends = [ { address = "10.0.1.1:80" }, { address = "10.0.1.2:80", weight = 300 } ]
-[[vip.pool]]
-name = "green"
-backends = [ { address = "10.0.2.1:80" } ]
-[[vip.pool]]
-name = "empty"
-"#;
+    use crate::{config::parse, state::fixture::CFG};
 
     pub(super) fn limits() -> Limits {
         Limits {
@@ -558,6 +587,7 @@ name = "empty"
             max_backends: 64,
             max_tables: 16,
             max_vips: 8,
+            max_ab_rules: 16,
         }
     }
 
@@ -755,5 +785,38 @@ name = "empty"
         assert!(r.reconcile(&desired(CFG), None, None).is_err());
         assert_eq!(r.ids, ids);
         assert_eq!(r.reconcile(&desired(CFG), snat(), None).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_backend_on_one_of_the_balancers_own_addresses_is_refused() {
+        let mut r = Reconciler::new(limits());
+        let on_vip = CFG.replace("10.0.2.1:80", "10.0.0.100:8080");
+        let e = r.reconcile(&desired(&on_vip), snat(), None).unwrap_err();
+        assert!(e.to_string().contains("address of VIP \"web\""), "{e}");
+        let on_snat = CFG.replace("10.0.2.1:80", "10.0.0.2:80");
+        let e = r.reconcile(&desired(&on_snat), snat(), None).unwrap_err();
+        assert!(e.to_string().contains("NAT source"), "{e}");
+        assert!(r.ids.backends.is_empty(), "nothing recorded");
+    }
+
+    #[test]
+    fn a_b_rules_beyond_the_maps_capacity_are_refused_before_any_write() {
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(CFG);
+        r.reconcile(&d, snat(), None).unwrap();
+        let networks = (0..=limits().max_ab_rules)
+            .map(|i| (IpAddr::from([10, 9, i as u8, 0]), 24))
+            .collect();
+        d.deploy.entry("web".into()).or_default().ab = Some(crate::state::AbRules {
+            pool: "green".into(),
+            networks,
+        });
+        let e = r.reconcile(&d, snat(), None).unwrap_err();
+        assert!(e.to_string().contains("at most 16"), "{e}");
+        assert_eq!(
+            r.reconcile(&desired(CFG), snat(), None).unwrap(),
+            vec![],
+            "nothing recorded"
+        );
     }
 }

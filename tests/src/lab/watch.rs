@@ -31,10 +31,6 @@ fn is_loss(reason: &str) -> bool {
     reason.starts_with("drop_") || reason == "pass_no_neigh"
 }
 
-/// Reasons tolerated in every scenario until the agent keeps neighbour entries resolved
-/// itself: today the first flow to each backend meets NO_NEIGH and rides the stack.
-const TOLERATED_FOR_NOW: &[&str] = &["pass_no_neigh"];
-
 /// TcpExt TCPSynRetrans of the calling thread's network namespace.
 pub fn syn_retransmits() -> anyhow::Result<u64> {
     // thread-self: /proc/self/net is the namespace of the thread-group leader, not ours.
@@ -68,28 +64,37 @@ impl Lab {
     }
 
     /// Panics when, since `since`, a drop reason (or pass_no_neigh) grew, the client
-    /// retransmitted a SYN, or the UDP helper resent a datagram. `allowed` names reasons
-    /// (or "syn_retrans", "udp_resends") the scenario expects to grow.
+    /// retransmitted a SYN, or the UDP helper resent a datagram. `allowed` names what the
+    /// scenario expects to grow: a reason, "syn_retrans" or "udp_resends", alone (any
+    /// growth) or as "name<=N" (at most N).
     pub fn assert_no_drops(&self, since: &Watch, allowed: &[&str]) {
         let now = self.watch().expect("read the drop counters");
-        let mut grew: Vec<String> = now
-            .reasons
-            .iter()
-            .filter(|(k, _)| !allowed.contains(&k.as_str()) && !TOLERATED_FOR_NOW.contains(&k.as_str()))
-            .filter_map(|(k, &n)| {
-                let before = since.reasons.get(k).copied().unwrap_or(0);
-                (n > before).then(|| format!("{k} +{}", n - before))
-            })
-            .collect();
-        if now.syn_retrans > since.syn_retrans && !allowed.contains(&"syn_retrans") {
-            grew.push(format!(
-                "client SYN retransmits +{}",
-                now.syn_retrans - since.syn_retrans
-            ));
+        let limit = |name: &str| -> u64 {
+            allowed
+                .iter()
+                .find_map(|a| match a.split_once("<=") {
+                    Some((n, max)) if n == name => max.parse().ok(),
+                    None if *a == name => Some(u64::MAX),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        let mut grew = Vec::new();
+        let mut check = |what: &str, name: &str, before: u64, after: u64| {
+            if after.saturating_sub(before) > limit(name) {
+                grew.push(format!("{what} +{}", after - before));
+            }
+        };
+        for (k, &n) in &now.reasons {
+            check(k, k, since.reasons.get(k).copied().unwrap_or(0), n);
         }
-        if now.udp_resends > since.udp_resends && !allowed.contains(&"udp_resends") {
-            grew.push(format!("UDP resends +{}", now.udp_resends - since.udp_resends));
-        }
+        check(
+            "client SYN retransmits",
+            "syn_retrans",
+            since.syn_retrans,
+            now.syn_retrans,
+        );
+        check("UDP resends", "udp_resends", since.udp_resends, now.udp_resends);
         assert!(
             grew.is_empty(),
             "packets were lost although every request succeeded: {}\nagent log:\n{}",

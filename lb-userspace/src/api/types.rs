@@ -1,0 +1,327 @@
+//! Every request and reply of the API as serde types (the JSON of docs/api.md). The agent
+//! answers with them and the CLI reads them back: one spelling of the wire format. A leaf:
+//! it names only the state's plain enums.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::state::{AdminState, CanaryOutcome, SplitBy};
+
+// ---- requests ----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendSet {
+    pub vip: String,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AdminState>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendAdd {
+    pub vip: String,
+    pub pool: String,
+    pub address: String,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendDel {
+    pub vip: String,
+    pub address: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Apply {
+    pub config: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchReq {
+    pub vip: String,
+    pub pool: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitReq {
+    pub vip: String,
+    pub pool: String,
+    pub percent: f64,
+    #[serde(default)]
+    pub by: Option<SplitBy>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbReq {
+    pub vip: String,
+    pub pool: String,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackReq {
+    pub vip: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryReq {
+    pub vip: String,
+    pub pool: String,
+    pub steps: Vec<f64>,
+    /// A duration: `30s`, `2m`, `1m30s`.
+    pub interval: String,
+    #[serde(default)]
+    pub max_failing: u32,
+    #[serde(default)]
+    pub by: Option<SplitBy>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowsQuery {
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceQuery {
+    pub src: String,
+}
+
+// ---- replies ----
+
+/// An error answer (any non-2xx status).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+/// What a change did, or (dry run) would do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeReport {
+    pub applied: bool,
+    pub changes: Vec<String>,
+    /// Per VIP: percent of the new-flow hash space whose backend changes.
+    pub moved_pct: BTreeMap<String, f64>,
+}
+
+/// Counters of a VIP or a backend. `live_flows` is counted in the connection table; null
+/// when it could not be read (never taken for drained).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub live_flows: Option<u64>,
+    pub closed_flows: u64,
+    pub answered_flows: u64,
+    pub backend_resets: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl Counters {
+    pub fn from_map(c: &lb_common::Counters, live: Option<u64>) -> Counters {
+        Counters {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            live_flows: live,
+            closed_flows: c.closed_flows,
+            answered_flows: c.answered_flows,
+            backend_resets: c.backend_resets,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Unchecked,
+    Up,
+    Down,
+}
+
+/// The state the data path holds for a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataState {
+    Ready,
+    Drain,
+    Down,
+    Unset,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// The last probe's reason (`L4OK`, `L7STS 503`, ...).
+    pub last: Option<String>,
+    pub in_state_s: f64,
+    pub slowstart_pct: Option<u32>,
+    /// Probes recorded since the agent started, and how many of them failed.
+    pub checks: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// The backend's id in the maps (null before it was first programmed).
+    pub id: Option<u32>,
+    pub address: String,
+    pub weight: u32,
+    pub admin: AdminState,
+    pub health: Health,
+    pub check: Option<Check>,
+    pub state: DataState,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolRole {
+    Active,
+    Next,
+    Draining,
+    Idle,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolCounters {
+    pub live_flows: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub active: bool,
+    pub role: PoolRole,
+    pub all_down_fail_open: bool,
+    pub backends: Vec<BackendStatus>,
+    pub counters: PoolCounters,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitStatus {
+    pub pool: String,
+    pub percent: f64,
+    pub by: SplitBy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbStatus {
+    pub pool: String,
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    pub pool: String,
+    pub steps: Vec<f64>,
+    pub step: usize,
+    pub percent: Option<f64>,
+    pub interval_ms: u64,
+    pub max_failing: u32,
+    pub outcome: CanaryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: String,
+    pub protocol: crate::config::Protocol,
+    pub mode: crate::config::Mode,
+    pub scheduler: crate::config::Scheduler,
+    pub active: String,
+    pub split: Option<SplitStatus>,
+    pub ab: Option<AbStatus>,
+    pub previous_active: Option<String>,
+    pub canary: Option<CanaryStatus>,
+    pub pools: Vec<PoolStatus>,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GlobalCounters {
+    /// Packets by the XDP program's verdict reason.
+    pub reasons: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/status`: configuration and state, every counter under "counters".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub vips: Vec<VipStatus>,
+    pub counters: GlobalCounters,
+}
+
+impl Status {
+    pub fn vip(&self, name: &str) -> Option<&VipStatus> {
+        self.vips.iter().find(|v| v.name == name)
+    }
+}
+
+impl VipStatus {
+    pub fn pool(&self, name: &str) -> Option<&PoolStatus> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    pub fn backend(&self, address: &str) -> Option<&BackendStatus> {
+        self.pools
+            .iter()
+            .flat_map(|p| &p.backends)
+            .find(|b| b.address == address)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub client: String,
+    pub backend: String,
+    pub nat_port: u16,
+    pub closing: bool,
+}
+
+/// `GET /v1/flows/{vip}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flows {
+    pub vip: String,
+    pub total: usize,
+    pub flows: Vec<FlowRow>,
+}
+
+/// `GET /v1/trace/{vip}?src=IP:PORT`: the backend a flow from `source` reaches now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub vip: String,
+    pub source: String,
+    /// The connection table already holds the flow: it stays on its backend.
+    pub existing_flow: bool,
+    /// Null for an existing flow, or when nothing would take it.
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// Null: a new flow would be dropped (no backend takes new flows).
+    pub backend: Option<String>,
+}
