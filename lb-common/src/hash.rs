@@ -171,3 +171,64 @@ mod tests {
     }
     const SPLIT_STEPS: u32 = 20;
 }
+
+#[cfg(test)]
+mod known_answers {
+    use super::*;
+    use crate::conntrack::{SEED_CONN, slot};
+
+    fn v4() -> FlowKey {
+        FlowKey {
+            src_be: [u32::from_ne_bytes([192, 0, 2, 10]), 0, 0, 0],
+            dst_be: [u32::from_ne_bytes([198, 51, 100, 1]), 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        }
+    }
+
+    fn v6() -> FlowKey {
+        FlowKey {
+            src_be: [0x0db8_0120, 0, 0, 0x0a00_0000],
+            dst_be: [0x0db8_0120, 0, 0, 0x0100_0000],
+            sport_be: 5353u16.to_be(),
+            dport_be: 53u16.to_be(),
+            proto: 17,
+            family: 6,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The flow hash and the table positions derived from it are part of the on-disk
+    /// contract: pinned connection tables and Maglev tables kept across an upgrade are only
+    /// valid if the new binary hashes exactly as the old one did. Changing any of these
+    /// values needs a map-name bump (docs/decisions.md).
+    #[test]
+    fn the_flow_hash_never_changes() {
+        let (a, b) = (v4(), v6());
+        assert_eq!(hash_flow(&a, SEED_SLOT), 0x1597_4406);
+        assert_eq!(hash_flow(&a, SEED_SPLIT), 0xf41f_1fc5);
+        assert_eq!(hash_flow64(&a, SEED_CONN), 0x18d6_8bc1_4d5a_03ab);
+        assert_eq!(table_slot(&a, false, 65537), 11887);
+        assert_eq!(
+            slot(&a, (1 << 18) - 1),
+            crate::conntrack::Slot {
+                index: 132_011,
+                tag: 416_713_665
+            }
+        );
+        assert_eq!(hash_flow(&b, SEED_SLOT), 0x9043_2c29);
+        assert_eq!(hash_flow(&b, SEED_SPLIT), 0x4d49_0ae1);
+        assert_eq!(hash_flow64(&b, SEED_CONN), 0xfc73_e69b_a1da_2a68);
+        assert_eq!(table_slot(&b, false, 65537), 39911);
+        assert_eq!(
+            slot(&b, (1 << 18) - 1),
+            crate::conntrack::Slot {
+                index: 141_928,
+                tag: 4_235_454_105
+            }
+        );
+    }
+}

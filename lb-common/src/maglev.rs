@@ -309,6 +309,12 @@ mod tests {
             for (i, b) in changed.iter().enumerate() {
                 prop_assert_eq!(c[b.id as usize], q[i]);
             }
+            // Minimal disruption: a backend gives up only the slots beyond its new quota,
+            // so exactly sum(max(0, old count - new quota)) slots change owner.
+            let old = counts(&before, bs.len() as u32);
+            let lost: u32 = changed.iter().enumerate().map(|(i, b)| old[b.id as usize].saturating_sub(q[i])).sum();
+            let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count() as u32;
+            prop_assert_eq!(moved, lost);
         }
     }
 }

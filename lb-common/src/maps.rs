@@ -45,6 +45,9 @@ pub const PROG_PASS: &str = "veer_pass";
 /// verifier budget); the loader puts it there.
 pub const PROG_ICMP: &str = "veer_icmp";
 pub const MAP_ICMP_PROGS: &str = "ICMP_PROGS_V1";
+/// Fragments of NATed datagrams: how the first fragment was translated, for the later ones.
+pub const MAP_FRAGS: &str = "FRAGS_V1";
+pub const DEFAULT_MAX_FRAGS: u32 = 8192;
 /// Bench-only programs carried in the balancer's object (see `cargo xtask bench`).
 pub const PROG_BENCH_HARNESS: &str = "veer_bench_harness";
 pub const PROG_BENCH_FLOOR: &str = "veer_bench_floor";
@@ -91,6 +94,37 @@ pub const VIP_F_AB_RULES: u32 = 1 << 2;
 pub const FLOW_F_CLOSED: u16 = 1 << 0;
 /// The backend answered (counted in `answered_flows`).
 pub const FLOW_F_ANSWERED: u16 = 1 << 1;
+/// NatRev: the flow was opened by a SYN (not a bare ACK): a reset of it counts.
+pub const FLOW_F_SYN: u16 = 1 << 2;
+
+/// FRAGS key: a datagram's fragments share addresses, protocol and IP id (IPv4: 16 bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub src_be: [u32; 4],
+    pub dst_be: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+/// FRAGS value: the first fragment's new addresses and next hop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragNat {
+    pub src_be: [u32; 4],
+    pub dst_be: [u32; 4],
+    pub hop: NextHop,
+    /// Coarse time of the first fragment (units of 2^20 ns); later ones are taken for
+    /// about a second after it.
+    pub stamp: u32,
+    /// A NAT reply (counted under the reply reasons).
+    pub reply: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragNat>() == 64);
 
 /// LPM trie data of an A/B rule: the VIP, then the client network. The prefix length
 /// covers `vip_id` (32 bits) plus the network's prefix.
@@ -253,8 +287,9 @@ pub struct Counters {
     pub closed_flows: u64,
     /// New flows whose backend answered at least once.
     pub answered_flows: u64,
-    /// TCP RSTs sent by the backend on flows it had answered (a reset as the first answer,
-    /// to a client's bare ACK, is not counted): a passive health signal.
+    /// TCP RSTs sent by the backend on flows it had answered or that a SYN opened (a reset
+    /// of a flow a bare ACK opened, which any client can send, is not counted): a passive
+    /// health signal.
     pub backend_resets: u64,
     /// Backend -> client packets and IP bytes.
     pub reply_packets: u64,
@@ -349,7 +384,8 @@ pub enum Reason {
     PassNotVip = 1,
     /// Headers shorter than they claim: dropped.
     DropTruncated = 2,
-    /// IPv4 fragment or IPv6 extension header to a VIP: dropped (see docs/decisions.md).
+    /// A later fragment to a VIP whose first fragment was not seen (or came more than a
+    /// second earlier): dropped (see docs/decisions.md, "Fragments").
     DropFragment = 3,
     /// The VIP's selected pool has no usable backend.
     DropNoBackend = 4,
@@ -388,12 +424,14 @@ pub enum Reason {
     /// Larger than the egress MTU without DF: rewritten and handed to the stack, which
     /// fragments it.
     PassTooBig = 19,
+    /// A later fragment of a NATed datagram, translated like its first fragment.
+    Fragment = 20,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -414,6 +452,7 @@ impl Reason {
         Reason::TxTooBig,
         Reason::TxTimeExceeded,
         Reason::PassTooBig,
+        Reason::Fragment,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -439,6 +478,7 @@ impl Reason {
             Reason::TxTooBig => "tx_too_big",
             Reason::TxTimeExceeded => "tx_time_exceeded",
             Reason::PassTooBig => "pass_too_big",
+            Reason::Fragment => "fragment",
         }
     }
 }
@@ -460,6 +500,8 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}
     unsafe impl aya::Pod for FloodGuard {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragNat {}
     unsafe impl aya::Pod for crate::conntrack::Heads {}
     unsafe impl aya::Pod for crate::conntrack::FlowWays {}
     unsafe impl aya::Pod for crate::conntrack::RevWays {}

@@ -290,6 +290,8 @@ fn claimed_locally(ctx: &XdpContext, key: &FlowKey) -> bool {
     }
 }
 
+/// The client's port, then hashed alternatives. Each try costs the verifier tens of
+/// thousands of instructions of its one-million budget (a fixture keeps the total in check).
 const PORT_TRIES: u32 = 8;
 
 /// Picks the balancer's source port towards `backend` and records the reverse entry.
@@ -300,8 +302,7 @@ pub fn allocate_port(
     key: &FlowKey,
     snat: &[u32; 4],
     backend: &Backend,
-    vip_id: u32,
-    backend_id: u32,
+    (vip_id, backend_id, flags): (u32, u32, u16),
     now: u32,
 ) -> Result<(u16, u32, u32), Reason> {
     let scratch = scratch().ok_or(Reason::DropNoPort)?;
@@ -347,7 +348,7 @@ pub fn allocate_port(
             i += 1;
             continue;
         }
-        let (link, tag) = put_reverse(bucket, way, reply, key, vip_id, backend_id, now);
+        let (link, tag) = put_reverse(bucket, way, reply, key, (vip_id, backend_id, flags), now);
         return Ok((reply.dport_be, link, tag));
     }
     Err(Reason::DropNoPort)
@@ -361,8 +362,7 @@ fn put_reverse(
     way: usize,
     reply: &FlowKey,
     key: &FlowKey,
-    vip_id: u32,
-    backend_id: u32,
+    (vip_id, backend_id, flags): (u32, u32, u16),
     now: u32,
 ) -> (u32, u32) {
     if way >= WAYS {
@@ -378,7 +378,7 @@ fn put_reverse(
     store(&mut entry.rev.vip_id, &vip_id);
     store(&mut entry.rev.backend_id, &backend_id);
     store(&mut entry.rev.hop.ifindex, &0);
-    store(&mut entry.rev.flags, &0);
+    store(&mut entry.rev.flags, &flags);
     store(&mut entry.key, reply);
     store(&mut bucket.head.stamps[way], &now);
     store(&mut bucket.head.tags[way], &bucket.tag);
@@ -429,7 +429,7 @@ fn ensure_reverse(entry: &mut FlowEntry, backend: &Backend, snat: &[u32; 4], now
         return;
     }
     let (vip_id, backend_id) = (entry.flow.vip_id, entry.flow.backend_id);
-    let (l, t) = put_reverse(bucket, way, reply, &entry.key, vip_id, backend_id, now);
+    let (l, t) = put_reverse(bucket, way, reply, &entry.key, (vip_id, backend_id, 0), now);
     entry.rev_link = l;
     entry.rev_tag = t;
 }
@@ -543,7 +543,7 @@ pub fn record(
 /// (LLVM's BPF target has no fences: volatile stores keep the order the module comment
 /// relies on; x86 keeps stores in program order).
 #[inline(always)]
-fn store<T: Copy>(dst: &mut T, src: &T) {
+pub fn store<T: Copy>(dst: &mut T, src: &T) {
     let (d, s) = (dst as *mut T, src as *const T);
     // SAFETY: same type on both sides; word or byte copies within the value.
     unsafe {

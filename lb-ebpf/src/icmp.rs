@@ -1,23 +1,25 @@
-//! ICMP: errors about NAT flows translated both ways, and the errors the balancer sends
-//! itself (fragmentation needed / packet too big, time exceeded). See docs/decisions.md,
-//! "ICMP".
+//! The slow path, a program of its own tail-called by the balancer: ICMP errors about NAT
+//! flows translated both ways, the errors the balancer sends itself (fragmentation needed
+//! / packet too big, time exceeded), and later fragments of NATed datagrams. See
+//! docs/decisions.md, "ICMP" and "Fragments".
 
 use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
     BACKEND_DOWN, BACKEND_UNSET, FAMILY_V4, FAMILY_V6, FlowKey, NextHop, PROTO_TCP, PROTO_UDP, Reason,
-    csum::{apply, diff16, diff_words, fold},
+    csum::{apply, diff_words, diff16, fold},
 };
 
 use crate::{
-    Verdict, fib, flow,
-    maps::{BACKENDS, CONFIG, ICMP_PROGS, NEXTHOPS, scratch},
+    Verdict, fib,
+    flow::{self, store},
+    maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
     parse::{
         IcmpAt, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, Packet, Ports, ptr_at, words_to_addr2, words_to_addr8,
     },
@@ -46,6 +48,7 @@ struct IcmpError {
 pub const REQ_TRANSLATE: u32 = 0;
 pub const REQ_TOO_BIG: u32 = 1;
 pub const REQ_TIME_EXCEEDED: u32 = 2;
+pub const REQ_FRAGMENT: u32 = 3;
 
 /// Hands the packet to the ICMP program with `request` (and `mtu`); returns only if that
 /// program is missing (the loader always installs it).
@@ -69,9 +72,123 @@ pub fn veer_icmp(ctx: XdpContext) -> u32 {
     let (request, mtu) = (s.icmp_request, s.icmp_mtu as u16);
     if request == REQ_TRANSLATE {
         crate::action(incoming(&ctx))
+    } else if request == REQ_FRAGMENT {
+        crate::action(later_fragment(&ctx))
     } else {
         send_error(&ctx, request == REQ_TOO_BIG, mtu)
     }
+}
+
+/// Notes how a first fragment was translated (its new addresses, its next hop), for the
+/// datagram's later fragments, which carry no ports. Word stores straight into map memory:
+/// the balancer's stack frame has no room for a copy.
+#[inline(always)]
+pub fn remember_fragment(pkt: &Packet, rw: &crate::nat::Rewrite, hop: &NextHop, reply: bool, now_ns: u64) {
+    let Some(s) = scratch() else {
+        return;
+    };
+    let k = &mut s.frag_key;
+    store(&mut k.src_be, &pkt.key.src_be);
+    store(&mut k.dst_be, &pkt.key.dst_be);
+    store(&mut k.id, &pkt.frag_id);
+    store(&mut k.proto, &pkt.key.proto);
+    store(&mut k.family, &pkt.key.family);
+    store(&mut k._pad, &[0; 2]);
+    let v = &mut s.frag_nat;
+    store(&mut v.src_be, rw.src);
+    store(&mut v.dst_be, rw.dst);
+    store(&mut v.hop, hop);
+    store(&mut v.stamp, &lb_common::conntrack::stamp(now_ns));
+    store(&mut v.reply, &(reply as u8));
+    let _ = FRAGS.insert(&s.frag_key, &s.frag_nat, 0);
+}
+
+/// A later fragment: translated like its datagram's first fragment if that was seen in the
+/// last second or so; else passed (to the SNAT address: may be the host's own traffic) or
+/// dropped and counted (to a VIP, which the host does not own).
+#[inline(always)]
+fn later_fragment(ctx: &XdpContext) -> Verdict {
+    match fragment(ctx) {
+        Some(v) => v,
+        None => Verdict::Drop(Reason::DropTruncated),
+    }
+}
+
+#[inline(always)]
+fn fragment(ctx: &XdpContext) -> Option<Verdict> {
+    let s = scratch()?;
+    let mut l3 = 14;
+    // SAFETY (all reads below): bounds checked by ptr_at.
+    let mut ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    if ether == 0x8100 {
+        l3 = 18;
+        ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
+    }
+    let v4 = ether == 0x0800;
+    let k = &mut s.frag_key;
+    if v4 {
+        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3)? };
+        *k = lb_common::FragKey {
+            src_be: [words_to_addr2(&ip.saddr), 0, 0, 0],
+            dst_be: [words_to_addr2(&ip.daddr), 0, 0, 0],
+            id: u16::from_be(ip.id) as u32,
+            proto: (u16::from_be(ip.ttl_proto) & 0xff) as u8,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+    } else {
+        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3)? };
+        let fh = unsafe { &*ptr_at::<[u16; 4]>(ctx, l3 + size_of::<Ipv6Hdr>())? };
+        *k = lb_common::FragKey {
+            src_be: words_to_addr8(&ip.saddr),
+            dst_be: words_to_addr8(&ip.daddr),
+            id: u16::from_be(fh[2]) as u32 * 65536 + u16::from_be(fh[3]) as u32,
+            proto: (u16::from_be(fh[0]) >> 8) as u8,
+            family: FAMILY_V6,
+            _pad: [0; 2],
+        };
+    }
+    let now = lb_common::conntrack::stamp(flow::now_ns());
+    // SAFETY: plain data, copied out at once.
+    let nat = match unsafe { FRAGS.get(&s.frag_key) } {
+        Some(n) if lb_common::conntrack::age(now, n.stamp) < 1024 => *n,
+        _ => {
+            let cfg = CONFIG.get(0)?;
+            let snat = snat_addr(cfg, if v4 { FAMILY_V4 } else { FAMILY_V6 });
+            return Some(if s.frag_key.dst_be == snat {
+                Verdict::Pass(Reason::PassNotVip)
+            } else {
+                Verdict::Drop(Reason::DropFragment)
+            });
+        }
+    };
+    let old = (s.frag_key.src_be, s.frag_key.dst_be);
+    if v4 {
+        let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, l3)? };
+        let mut d = diff_words(1, &old.0, &nat.src_be) + diff_words(1, &old.1, &nat.dst_be);
+        let ttl_proto = u16::from_be(ip.ttl_proto);
+        if ttl_proto >> 8 > 1 {
+            let ttl = (ttl_proto - 0x100).to_be();
+            d = diff16(d, ip.ttl_proto, ttl);
+            ip.ttl_proto = ttl;
+        }
+        ip.check = apply(ip.check, d);
+        store_addr(&mut ip.saddr, &nat.src_be);
+        store_addr(&mut ip.daddr, &nat.dst_be);
+    } else {
+        let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, l3)? };
+        let hop = u16::from_be(ip.nexthdr_hop);
+        if hop & 0xff > 1 {
+            ip.nexthdr_hop = (hop - 1).to_be();
+        }
+        store_addr(&mut ip.saddr, &nat.src_be);
+        store_addr(&mut ip.daddr, &nat.dst_be);
+    }
+    Some(match fib::send(ctx, &nat.hop, nat.reply != 0) {
+        Verdict::Tx(_) => Verdict::Tx(Reason::Fragment),
+        Verdict::Redirect(_, action) => Verdict::Redirect(Reason::Fragment, action),
+        other => other,
+    })
 }
 
 /// An ICMP message to a VIP or SNAT address: translated if it is an error about a NAT
@@ -95,6 +212,18 @@ fn incoming(ctx: &XdpContext) -> Verdict {
     }
 }
 
+/// The error's own source and destination addresses (`len` bytes at `off`), copied by the
+/// kernel: a second packet-pointer check there would be folded into the quote's by the
+/// compiler, leaving the verifier an unchecked pointer.
+#[inline(always)]
+fn outer_addrs(ctx: &XdpContext, off: usize, len: u32) -> Option<[u32; 8]> {
+    let mut words = [0u32; 8];
+    // SAFETY: the helper copies at most `len` <= 32 bytes into the 32-byte buffer and
+    // checks the packet bounds itself.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx, off as u32, words.as_mut_ptr().cast(), len) };
+    (rc == 0).then_some(words)
+}
+
 /// The error at `at`, if it is one of the translated types and quotes a TCP/UDP packet
 /// from the error's destination with its ports.
 #[inline(always)]
@@ -113,18 +242,18 @@ fn parse_error(ctx: &XdpContext, at: &IcmpAt) -> Option<IcmpError> {
     }
     let inner_l3 = at.icmp_off + ICMP_LEN;
     let (outer_src, outer_dst, inner_l4, src_be, dst_be, proto, family) = if at.v4 {
-        let outer = ptr_at::<Ipv4Hdr>(ctx, at.l3_off)?;
+        let outer = outer_addrs(ctx, at.l3_off + 12, 8)?;
         let ip = ptr_at::<Ipv4Hdr>(ctx, inner_l3)?;
         // SAFETY: bounds checked by ptr_at.
-        let (outer, ip) = unsafe { (&*outer, &*ip) };
+        let ip = unsafe { &*ip };
         let first = u16::from_be(ip.ver_ihl_tos);
         let ihl = ((first >> 8) & 0x0f) as usize;
         if first >> 12 != 4 || ihl < 5 || u16::from_be(ip.frag_off_be) & 0x1fff != 0 {
             return None;
         }
         (
-            [words_to_addr2(&outer.saddr), 0, 0, 0],
-            [words_to_addr2(&outer.daddr), 0, 0, 0],
+            [outer[0], 0, 0, 0],
+            [outer[1], 0, 0, 0],
             inner_l3 + ihl * 4,
             [words_to_addr2(&ip.saddr), 0, 0, 0],
             [words_to_addr2(&ip.daddr), 0, 0, 0],
@@ -132,13 +261,13 @@ fn parse_error(ctx: &XdpContext, at: &IcmpAt) -> Option<IcmpError> {
             FAMILY_V4,
         )
     } else {
-        let outer = ptr_at::<Ipv6Hdr>(ctx, at.l3_off)?;
+        let outer = outer_addrs(ctx, at.l3_off + 8, 32)?;
         let ip = ptr_at::<Ipv6Hdr>(ctx, inner_l3)?;
         // SAFETY: bounds checked by ptr_at.
-        let (outer, ip) = unsafe { (&*outer, &*ip) };
+        let ip = unsafe { &*ip };
         (
-            words_to_addr8(&outer.saddr),
-            words_to_addr8(&outer.daddr),
+            [outer[0], outer[1], outer[2], outer[3]],
+            [outer[4], outer[5], outer[6], outer[7]],
             inner_l3 + size_of::<Ipv6Hdr>(),
             words_to_addr8(&ip.saddr),
             words_to_addr8(&ip.daddr),
@@ -368,7 +497,11 @@ pub fn limits(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> Option<Verdict> 
 /// Counts its reason and returns the XDP action.
 #[inline(always)]
 fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> u32 {
-    let reason = if too_big { Reason::TxTooBig } else { Reason::TxTimeExceeded };
+    let reason = if too_big {
+        Reason::TxTooBig
+    } else {
+        Reason::TxTimeExceeded
+    };
     match build_error(ctx, too_big, mtu) {
         Some(()) => {
             stats::count_reason(reason);

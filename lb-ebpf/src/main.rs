@@ -19,7 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Config, FAMILY_V4, NextHop, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, Reason, VipInfo, VipKey,
+    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_SYN, Flow, FlowKey, NatRev, NextHop, Reason,
+    VipInfo, VipKey,
     conntrack::{FlowEntry, TAKE_NONE, stamp},
 };
 
@@ -80,6 +81,10 @@ fn process(ctx: &XdpContext) -> Verdict {
             icmp::tail(ctx, icmp::REQ_TRANSLATE, 0);
             return Verdict::Pass(Reason::PassNotVip);
         }
+        Parsed::LaterFragment => {
+            icmp::tail(ctx, icmp::REQ_FRAGMENT, 0);
+            return Verdict::Pass(Reason::PassNotVip);
+        }
         Parsed::Ip(pkt) => pkt,
     };
     let Some(cfg) = CONFIG.get(0) else {
@@ -102,8 +107,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     // client port: it is scheduled afresh, not sent after the old one.
     let reopened =
         |flow: &lb_common::Flow| pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && flow.flags & FLOW_F_CLOSED != 0;
-    if !pkt.fragment
-        && let Some(mut est) = flow::established(&mut bucket, &pkt.key, &snat, pkt.tcp_flags, now)
+    if let Some(mut est) = flow::established(&mut bucket, &pkt.key, &snat, pkt.tcp_flags, now)
         && !reopened(&est.seen)
     {
         let (flow, backend) = (est.seen, est.backend);
@@ -127,18 +131,19 @@ fn process(ctx: &XdpContext) -> Verdict {
         };
         return to_backend(ctx, &pkt, &snat, &chosen, &event, now_ns);
     }
-    let vip_key = VipKey {
+    // The key in per-CPU map memory: the program's one stack frame is full.
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::Pass(Reason::PassNotVip);
+    };
+    scratch.vip_key = VipKey {
         addr_be: pkt.key.dst_be,
         port_be: pkt.key.dport_be,
         proto: pkt.key.proto,
         family: pkt.key.family,
     };
-    // SAFETY: plain data copied out at once.
-    match unsafe { VIPS.get(vip_key) } {
-        Some(vip) => {
-            let vip = *vip;
-            new_flow(ctx, &pkt, &vip, cfg, &snat, bucket, now_ns)
-        }
+    // SAFETY: the value is read in place; the agent replaces VIP entries whole.
+    match unsafe { VIPS.get(&scratch.vip_key) } {
+        Some(vip) => new_flow(ctx, &pkt, vip, cfg, &snat, bucket, now_ns),
         None => Verdict::Pass(Reason::PassNotVip),
     }
 }
@@ -164,9 +169,6 @@ fn new_flow(
     mut bucket: flow::Bucket<FlowEntry>,
     now_ns: u64,
 ) -> Verdict {
-    if pkt.fragment {
-        return Verdict::Drop(Reason::DropFragment);
-    }
     if *snat == [0; 4] {
         return Verdict::Drop(Reason::DropNoPort);
     }
@@ -184,7 +186,14 @@ fn new_flow(
     if choice.kind == TAKE_NONE {
         return Verdict::Drop(Reason::DropFlood);
     }
-    let (port, rev_link, rev_tag) = match flow::allocate_port(key, snat, &backend, vip.vip_id, id, now) {
+    // A flow opened by a SYN: the backend's reset of it (a stopped server) is a health
+    // signal even unanswered; one opened by a bare ACK (any client can send one) is not.
+    let opened = if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        FLOW_F_SYN
+    } else {
+        0
+    };
+    let (port, rev_link, rev_tag) = match flow::allocate_port(key, snat, &backend, (vip.vip_id, id, opened), now) {
         Ok(p) => p,
         Err(r) => return Verdict::Drop(r),
     };
@@ -267,6 +276,9 @@ fn send(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, path: &fib::Path, rw:
         // No DF: the stack fragments it.
         return Verdict::Pass(Reason::PassTooBig);
     }
+    if pkt.fragment {
+        icmp::remember_fragment(pkt, rw, hop, path.reply, now_ns);
+    }
     fib::send(ctx, hop, path.reply)
 }
 
@@ -274,7 +286,7 @@ fn send(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, path: &fib::Path, rw:
 #[inline(always)]
 fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> Verdict {
     // A reset is no answer: a backend resets a client's bare ACK (a spoofed one too). Only
-    // resets of flows it had answered are a passive health signal.
+    // resets of flows it had answered, or of a SYN, are a passive health signal.
     let reset = pkt.tcp_flags & TCP_RST != 0;
     let was_answered = rev.flags & FLOW_F_ANSWERED != 0;
     let answered = !was_answered && !reset;
@@ -289,7 +301,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, rev: &mut NatRev, now_ns: u64) -> V
         new_flow: false,
         closed,
         answered,
-        reset: reset && was_answered,
+        reset: reset && (was_answered || rev.flags & FLOW_F_SYN != 0),
     };
     stats::count(rev.vip_id, rev.backend_id, &event);
     let rw = Rewrite {

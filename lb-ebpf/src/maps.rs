@@ -4,12 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     AbKey, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, MAX_TX_PORTS, NextHop, REASON_COUNT,
-    VIP_FILTER_WORDS, VipInfo, VipKey,
+    DEFAULT_MAX_FRAGS, DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, FragKey, FragNat,
+    MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
     conntrack::{FlowWays, Heads, RevWays, buckets},
 };
 
@@ -82,6 +82,9 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 #[map(name = "BENCH_PACKET_V1")]
 pub static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
 
+#[map(name = "FRAGS_V1")]
+pub static FRAGS: LruHashMap<FragKey, FragNat> = LruHashMap::with_max_entries(DEFAULT_MAX_FRAGS, 0);
+
 /// [0]: the ICMP program (icmp.rs), tail-called with a request in Scratch::icmp.
 #[map(name = "ICMP_PROGS_V1")]
 pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -100,6 +103,12 @@ pub struct Scratch {
     /// What the tail-called ICMP program is asked to do (icmp::REQ_*) and the MTU to report.
     pub icmp_request: u32,
     pub icmp_mtu: u32,
+    /// A first fragment's entry, written here (map memory) before the FRAGS insert.
+    pub frag_key: FragKey,
+    pub frag_nat: FragNat,
+    pub vip_key: lb_common::VipKey,
+    /// The packet's 5-tuple (parse::Packet::key).
+    pub key: lb_common::FlowKey,
 }
 
 #[map(name = "SCRATCH_V1")]

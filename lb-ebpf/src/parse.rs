@@ -82,15 +82,18 @@ pub struct Packet {
     pub l4_off: usize,
     /// Total IP length in bytes (for counters and the FIB MTU check).
     pub ip_len: u16,
-    /// IPv4 first fragment (more-fragments set, offset 0).
+    /// First fragment (more-fragments set, offset 0), IPv4 or IPv6.
     pub fragment: bool,
+    /// The datagram's IP id (IPv4: 16 bits, IPv6: the fragment header's 32), when `fragment`.
+    pub frag_id: u32,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
     /// IPv4 TTL / IPv6 hop limit.
     pub ttl: u8,
     /// May not be fragmented on the way (IPv4 DF; always for IPv6).
     pub dont_fragment: bool,
-    pub key: FlowKey,
+    /// In per-CPU scratch memory (maps::Scratch::key), valid for this run.
+    pub key: &'static FlowKey,
 }
 
 pub enum Parsed {
@@ -101,6 +104,8 @@ pub enum Parsed {
     Ip(Packet),
     /// An ICMP/ICMPv6 error to a VIP or SNAT address (see icmp.rs).
     Icmp(IcmpAt),
+    /// A later fragment (no ports) to a VIP or SNAT address (see icmp.rs, "fragments").
+    LaterFragment,
 }
 
 /// Where an ICMP message to a VIP or SNAT address starts.
@@ -112,6 +117,7 @@ pub struct IcmpAt {
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const IPV6_FRAGMENT: u8 = 44;
 
 #[inline(always)]
 pub fn words_to_addr2(w: &[u16; 2]) -> u32 {
@@ -193,13 +199,18 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         return Parsed::Pass(Reason::PassNotVip);
     }
     if frag & 0x1fff != 0 {
-        // A later fragment carries no ports: it cannot be matched to a VIP flow here.
-        return Parsed::Pass(Reason::PassNotVip);
+        // A later fragment carries no ports: it follows its first fragment (FRAGS).
+        return Parsed::LaterFragment;
     }
     let Some((sport_be, dport_be, tcp_flags)) = l4_header(ctx, l4_off, l4_proto) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
-    let key = FlowKey {
+    // The key lives in per-CPU map memory: the program's one stack frame is full.
+    let Some(scratch) = crate::maps::scratch() else {
+        return Parsed::Pass(Reason::PassNotVip);
+    };
+    let key = &mut scratch.key;
+    *key = FlowKey {
         src_be: [words_to_addr2(&ip.saddr), 0, 0, 0],
         dst_be: daddr,
         sport_be,
@@ -214,6 +225,7 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         l4_off,
         ip_len,
         fragment,
+        frag_id: u16::from_be(ip.id) as u32,
         tcp_flags,
         ttl: (ttl_proto >> 8) as u8,
         dont_fragment: frag & 0x4000 != 0,
@@ -236,10 +248,27 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         return Parsed::Drop(Reason::DropMalformed);
     }
     let nexthdr_hop = u16::from_be(ip.nexthdr_hop);
-    let l4_proto = (nexthdr_hop >> 8) as u8;
-    let l4_off = l3_off + size_of::<Ipv6Hdr>();
+    let mut l4_proto = (nexthdr_hop >> 8) as u8;
+    let mut l4_off = l3_off + size_of::<Ipv6Hdr>();
+    let (mut fragment, mut frag_id) = (false, 0);
+    if l4_proto == IPV6_FRAGMENT {
+        // The fragment header: next header, reserved, offset << 3 | M, identification.
+        let Some(fh) = ptr_at::<[u16; 4]>(ctx, l4_off) else {
+            return Parsed::Drop(Reason::DropTruncated);
+        };
+        // SAFETY: bounds checked by ptr_at.
+        let fh = unsafe { &*fh };
+        let offset_m = u16::from_be(fh[1]);
+        if offset_m & !7 != 0 {
+            return Parsed::LaterFragment;
+        }
+        l4_proto = (u16::from_be(fh[0]) >> 8) as u8;
+        fragment = offset_m & 1 != 0;
+        frag_id = u16::from_be(fh[2]) as u32 * 65536 + u16::from_be(fh[3]) as u32;
+        l4_off += 8;
+    }
     let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
-    if l4_proto == PROTO_ICMPV6 {
+    if l4_proto == PROTO_ICMPV6 && !fragment {
         return Parsed::Icmp(IcmpAt {
             l3_off,
             icmp_off: l4_off,
@@ -247,13 +276,19 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         });
     }
     if l4_proto != PROTO_TCP && l4_proto != PROTO_UDP {
-        // Extension headers (fragments included) are not followed: see docs/decisions.md.
+        // Extension headers other than a fragment header are not followed: see
+        // docs/decisions.md.
         return Parsed::Pass(Reason::PassNotVip);
     }
     let Some((sport_be, dport_be, tcp_flags)) = l4_header(ctx, l4_off, l4_proto) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
-    let key = FlowKey {
+    // The key lives in per-CPU map memory: the program's one stack frame is full.
+    let Some(scratch) = crate::maps::scratch() else {
+        return Parsed::Pass(Reason::PassNotVip);
+    };
+    let key = &mut scratch.key;
+    *key = FlowKey {
         src_be: words_to_addr8(&ip.saddr),
         dst_be: daddr,
         sport_be,
@@ -266,7 +301,8 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         l3_off,
         l4_off,
         ip_len,
-        fragment: false,
+        fragment,
+        frag_id,
         tcp_flags,
         ttl: nexthdr_hop as u8,
         dont_fragment: true,

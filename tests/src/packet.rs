@@ -35,6 +35,10 @@ pub struct Spec {
     pub fragment_offset: u16,
     /// IPv4 TTL / IPv6 hop limit.
     pub ttl: u8,
+    /// IPv4 DF.
+    pub dont_fragment: bool,
+    /// IPv4 identification (a datagram's fragments share it).
+    pub ip_id: u16,
     pub payload: Vec<u8>,
 }
 
@@ -57,6 +61,8 @@ impl Spec {
             more_fragments: false,
             fragment_offset: 0,
             ttl: 64,
+            dont_fragment: true,
+            ip_id: 0,
             payload: Vec::new(),
         }
     }
@@ -80,6 +86,8 @@ impl Spec {
                 let mut h = Ipv4Header::new(0, self.ttl, proto, s.octets(), d.octets()).expect("ipv4");
                 h.options = self.ipv4_options.as_slice().try_into().expect("options");
                 h.more_fragments = self.more_fragments;
+                h.dont_fragment = self.dont_fragment;
+                h.identification = self.ip_id;
                 h.fragment_offset = self.fragment_offset.try_into().expect("offset");
                 etherparse::IpHeaders::Ipv4(h, Default::default())
             }
@@ -120,6 +128,80 @@ impl Spec {
         }
         out
     }
+}
+
+impl Spec {
+    /// A later IPv4 fragment of this datagram: its IP header (fragment offset in 8-byte
+    /// units and more-fragments from the spec) and `data`, no L4 header.
+    pub fn later_fragment(&self, data: &[u8]) -> Vec<u8> {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (self.src, self.dst) else {
+            panic!("IPv4 only");
+        };
+        let proto = match self.l4 {
+            L4::Tcp { .. } => IpNumber::TCP,
+            L4::Udp => IpNumber::UDP,
+        };
+        let mut h = Ipv4Header::new(0, self.ttl, proto, s.octets(), d.octets()).expect("ipv4");
+        h.more_fragments = self.more_fragments;
+        h.fragment_offset = self.fragment_offset.try_into().expect("offset");
+        h.dont_fragment = false;
+        h.identification = self.ip_id;
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
+            .write(&mut out, proto, data)
+            .expect("write fragment");
+        out
+    }
+}
+
+/// An ICMP error to build: its kind (the family follows the addresses).
+#[derive(Clone, Copy, Debug)]
+pub enum IcmpError {
+    /// IPv4 fragmentation needed / IPv6 packet too big, with the MTU.
+    TooBig(u16),
+    TimeExceeded,
+    PortUnreachable,
+}
+
+/// An ICMP/ICMPv6 error frame from `src` to `dst` (MACs and TTL from `outer`), quoting
+/// `quoted` (an IP packet, or its start).
+pub fn icmp_error(outer: &Spec, kind: IcmpError, quoted: &[u8]) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, Icmpv6Type, icmpv4, icmpv6};
+    let eth = PacketBuilder::ethernet2(outer.src_mac, outer.dst_mac);
+    let mut out = Vec::new();
+    match (outer.src, outer.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let t = match kind {
+                IcmpError::TooBig(mtu) => {
+                    Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: mtu,
+                    })
+                }
+                IcmpError::TimeExceeded => Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+                IcmpError::PortUnreachable => Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port),
+            };
+            let mut h = Ipv4Header::new(0, outer.ttl, IpNumber::ICMP, s.octets(), d.octets()).expect("ipv4");
+            h.dont_fragment = false;
+            eth.ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
+                .icmpv4(t)
+                .write(&mut out, quoted)
+                .expect("write icmp");
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let t = match kind {
+                IcmpError::TooBig(mtu) => Icmpv6Type::PacketTooBig { mtu: mtu as u32 },
+                IcmpError::TimeExceeded => Icmpv6Type::TimeExceeded(icmpv6::TimeExceededCode::HopLimitExceeded),
+                IcmpError::PortUnreachable => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port),
+            };
+            eth.ipv6(s.octets(), d.octets(), outer.ttl)
+                .icmpv6(t)
+                .write(&mut out, quoted)
+                .expect("write icmpv6");
+        }
+        _ => panic!("mixed address families"),
+    }
+    out
 }
 
 /// Recomputes the IPv4 header and TCP/UDP checksums of a frame and compares them with the

@@ -427,7 +427,7 @@ fn the_systemd_unit_keeps_to_the_contract_and_passes_systemd_analyze_verify() {
     std::fs::create_dir_all(&dir).unwrap();
     let copy = dir.join("veer.service");
     let veer = veer_bin().unwrap();
-    std::fs::write(&copy, unit.replace("/usr/local/bin/veer", &veer.display().to_string())).unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/veer", &veer.display().to_string())).unwrap();
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&copy)

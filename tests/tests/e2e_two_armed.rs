@@ -26,7 +26,9 @@ fn a_second_interface_carries_flows_both_ways_by_xdp_redirect() {
     let far = Netns::new(&format!("{}-far", lab.prefix)).unwrap();
     let (lb, fr) = (lab.lb.name.clone(), far.name.clone());
     for args in [
-        vec!["ip", "-n", &lb, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &fr],
+        vec![
+            "ip", "-n", &lb, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", &fr,
+        ],
         vec!["ip", "-n", &lb, "addr", "add", "10.78.2.2/24", "dev", "eth1"],
         vec!["ip", "-n", &lb, "link", "set", "dev", "eth1", "up"],
         vec!["ip", "-n", &fr, "link", "set", "dev", "lo", "up"],
@@ -36,7 +38,9 @@ fn a_second_interface_carries_flows_both_ways_by_xdp_redirect() {
         vec!["ip", "-n", &fr, "route", "add", "default", "via", FAR_LB],
         // A sender into XDP must not leave checksums to offload; a veth that receives
         // redirected frames needs GRO (or an XDP program) on its peer (TOOLCHAIN.md).
-        vec!["ip", "netns", "exec", &fr, "ethtool", "-K", "eth0", "tx", "off", "gro", "on"],
+        vec![
+            "ip", "netns", "exec", &fr, "ethtool", "-K", "eth0", "tx", "off", "gro", "on",
+        ],
         vec!["ip", "netns", "exec", &lb, "ethtool", "-K", "eth1", "tx", "off"],
     ] {
         run_cmd(&args).unwrap();
@@ -70,8 +74,14 @@ fn a_second_interface_carries_flows_both_ways_by_xdp_redirect() {
     // Each connection is at least SYN, request, ACKs, FIN one way, and as many back.
     let to_backend = reason(&lab, "redirect") - redirect;
     let to_client = reason(&lab, "redirect_reply") - redirect_reply;
-    assert!(to_backend >= 3 * 300, "client -> backend packets redirected: {to_backend}");
-    assert!(to_client >= 3 * 300, "backend -> client packets redirected: {to_client}");
+    assert!(
+        to_backend >= 3 * 300,
+        "client -> backend packets redirected: {to_backend}"
+    );
+    assert!(
+        to_client >= 3 * 300,
+        "backend -> client packets redirected: {to_client}"
+    );
     assert_eq!(
         (reason(&lab, "tx") - tx, reason(&lab, "tx_reply") - tx_reply),
         (0, 0),

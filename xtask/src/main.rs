@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -22,6 +23,8 @@ enum Command {
     Setup(setup::Options),
     /// Build the `veer` binary (and the XDP objects it embeds).
     Build(build::Options),
+    /// Build the Debian package (target/dist/veer_VERSION_ARCH.deb).
+    Dist(dist::Options),
     /// Run every test: unit, packet fixtures, network-namespace end-to-end (needs root).
     Test(test::Options),
     /// Data-path and control-plane benchmarks (needs root).
@@ -34,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup(o) => setup::run(&o),
         Command::Build(o) => build::run(&o),
+        Command::Dist(o) => dist::run(&o),
         Command::Test(o) => test::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::Run(o) => run::run(&o),

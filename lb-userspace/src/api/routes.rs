@@ -79,6 +79,7 @@ pub fn router(core: Shared) -> Router {
         .route("/v1/canary", post(canary))
         .route("/v1/flows/{vip}", get(flows))
         .route("/v1/trace/{vip}", get(trace))
+        .layer(axum::middleware::from_fn(crate::metrics::track_api))
         .with_state(core)
 }
 

@@ -148,7 +148,7 @@ pub enum Command {
         dry_run: bool,
     },
     /// Rolling rollout over POOL: per batch, drain, wait for 0 live flows, run CMD (with
-    /// `{addr}` replaced), return to ready, wait until healthy.
+    /// `{addr}`, `{host}` and `{port}` replaced), return to ready, wait until healthy.
     Rollout {
         vip: String,
         pool: String,

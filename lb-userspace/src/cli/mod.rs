@@ -5,6 +5,7 @@
 mod args;
 pub mod client;
 mod commands;
+mod hook;
 pub mod exit;
 mod render;
 mod rollout;
@@ -15,9 +16,10 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser as _;
 
 use self::{
-    args::{Cli, Command, LogFormat},
+    args::{Command, LogFormat},
     exit::CliError,
 };
+pub use self::args::Cli;
 use crate::{agent, config::DEFAULT_SOCKET};
 
 fn init_logs(format: LogFormat) {

@@ -41,7 +41,10 @@ impl RolloutApi for Api<'_> {
 
     fn run_hook(&mut self, address: &str) -> Result<(), String> {
         self.bar.set_message(format!("running the hook for {address}"));
-        let cmd = self.exec.replace("{addr}", address);
+        let cmd = match address.parse() {
+            Ok(backend) => super::hook::hook_command(self.exec, backend),
+            Err(_) => self.exec.replace("{addr}", address),
+        };
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&cmd)

@@ -173,7 +173,10 @@ async fn probe_loop(
     loop {
         let result = {
             let Ok(_permit) = sem.acquire().await else { return };
-            probe(&cfg, addr).await
+            let started = Instant::now();
+            let result = probe(&cfg, addr).await;
+            crate::metrics::observe_check(&key, addr, &result.reason, started.elapsed());
+            result
         };
         let (delay, changed) = {
             let mut c = checks.lock().await;
