@@ -59,7 +59,10 @@ pub async fn serve(core: Shared, addr: SocketAddr) -> std::io::Result<JoinHandle
 }
 
 async fn metrics(State(core): State<Shared>) -> impl IntoResponse {
-    let snapshot = snapshot(&*core.lock().await);
+    // The connection-table scan runs without the lock (see api::status).
+    let scan = core.lock().await.live_scan();
+    let live = scan.run_blocking().await;
+    let snapshot = snapshot(&*core.lock().await, live);
     match render(snapshot) {
         Ok(text) => (
             StatusCode::OK,
@@ -159,9 +162,9 @@ fn canary_state(outcome: &CanaryOutcome) -> &'static str {
     }
 }
 
-fn snapshot(core: &Core) -> Snapshot {
+fn snapshot(core: &Core, live: Option<crate::dataplane::LiveFlows>) -> Snapshot {
     Snapshot {
-        status: core.status(),
+        status: core.status_with(live),
         flow_capacity: core.desired().config.agent.flow_capacity as u64,
     }
 }

@@ -287,6 +287,28 @@ fn sighup_applies_a_changed_file_and_a_bad_file_changes_nothing() {
     stream.assert_alive(&lab, "after a bad SIGHUP");
 }
 
+/// A lab of `backends` backends (None when not root) and a config file in it: the lab's
+/// `[agent]` section as `edit` changes it, then `vips`. No agent is started.
+fn lab_and_config(
+    backends: usize,
+    edit: impl FnOnce(&Lab, String) -> String,
+    vips: &str,
+) -> Option<(Lab, std::path::PathBuf)> {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+        return None;
+    }
+    let lab = Lab::new(&LabOptions {
+        weights: vec![1; backends],
+    })
+    .expect("build the lab");
+    let section = edit(&lab, lab.agent_section());
+    let config = lab
+        .write_config_text("veer.toml", &format!("{section}\n{vips}"))
+        .expect("write the config");
+    Some((lab, config))
+}
+
 const CUSTOM_PIN_DIR: &str = "/sys/fs/bpf/veer-lab-custom";
 
 #[test]
@@ -342,17 +364,9 @@ fn detach_removes_program_pins_and_state_under_a_custom_pin_dir_and_is_refused_w
 
 #[test]
 fn an_agent_under_ip_netns_exec_warns_that_its_pins_die_with_it() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+    let Some((lab, config)) = lab_and_config(1, |_, s| s, &web4(&backend_list(0..1, HTTP_PORT))) else {
         return;
-    }
-    let lab = Lab::new(&LabOptions { weights: vec![1] }).expect("build the lab");
-    let config = lab
-        .write_config_text(
-            "veer.toml",
-            &format!("{}\n{}", lab.agent_section(), web4(&backend_list(0..1, HTTP_PORT))),
-        )
-        .unwrap();
+    };
     let log_path = lab.dir.join("netns-exec.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let child = std::process::Command::new("ip")
@@ -429,17 +443,9 @@ fn the_systemd_unit_keeps_to_the_contract_and_passes_systemd_analyze_verify() {
 
 #[test]
 fn readiness_reaches_systemd_after_the_attach_and_stopping_on_sigterm() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root (network namespaces, XDP)");
+    let Some((lab, config)) = lab_and_config(1, |_, s| s, &web4(&backend_list(0..1, HTTP_PORT))) else {
         return;
-    }
-    let lab = Lab::new(&LabOptions { weights: vec![1] }).expect("build the lab");
-    let config = lab
-        .write_config_text(
-            "veer.toml",
-            &format!("{}\n{}", lab.agent_section(), web4(&backend_list(0..1, HTTP_PORT))),
-        )
-        .unwrap();
+    };
     let notify_path = lab.dir.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -483,4 +489,254 @@ fn readiness_reaches_systemd_after_the_attach_and_stopping_on_sigterm() {
         .output()
         .unwrap();
     assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
+}
+
+fn old4(backends: &str) -> String {
+    format!(
+        "[[vip]]\nname = \"old4\"\naddress = \"{VIP4}:81\"\nprotocol = \"tcp\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {backends} ]\n"
+    )
+}
+
+#[test]
+fn kill_9_then_an_edit_removing_a_vip_and_changing_a_pool_then_a_new_agent_converges_to_the_file() {
+    let Some(mut lab) = tuned_lab(
+        4,
+        &format!(
+            "{}\n{}",
+            web4(&backend_list(0..3, HTTP_PORT)),
+            old4(&backend_list(0..2, HTTP_PORT))
+        ),
+    ) else {
+        return;
+    };
+    let old_vip = SocketAddr::new(VIP4.into(), 81);
+    lab.wait_for_vip(old_vip).expect("the VIP to be removed answers");
+    // A runtime change that still applies after the edit: b2 drained.
+    let b2 = format!("{}:{HTTP_PORT}", backend4(1));
+    let (code, _, err) = lab.veer(&["backend", "set", "web4", &b2, "state", "drain"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    // A stream on b1, which survives the edit.
+    let mut stream = (0..20)
+        .map(|_| Stream::open(&lab))
+        .find(|s| s.backend == backend_name(0))
+        .expect("a connection on b1");
+    let before = backend_ids(&lab.status().unwrap());
+    let config = lab.dir.join("veer.toml");
+    let edited = format!(
+        "{}\n{}",
+        lab.agent_section(),
+        web4(&format!(
+            "{{ address = \"{}:{HTTP_PORT}\", weight = 300 }}, {}",
+            backend4(0),
+            backend_list(1..4, HTTP_PORT)
+        ))
+    );
+    under_load(&mut lab, "kill -9, an edit, a new agent", |lab| {
+        agent(lab).kill_hard();
+        std::fs::write(&config, &edited).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stream.assert_alive(lab, "with no agent running");
+        lab.start_agent(&config).expect("the next agent starts");
+    });
+    stream.assert_alive(&lab, "after the restart");
+
+    let answered = lab
+        .client
+        .run(move || http_get(old_vip, Duration::from_millis(500)).is_ok())
+        .unwrap();
+    assert!(!answered, "the removed VIP no longer answers:\n{}", lab.agent_log());
+    let status = lab.status().unwrap();
+    let after = backend_ids(&status);
+    assert_eq!(
+        after.keys().cloned().collect::<Vec<_>>(),
+        (0..4)
+            .map(|i| format!("web4|{}:{HTTP_PORT}", backend4(i)))
+            .collect::<Vec<_>>(),
+        "only the file's backends: {status}"
+    );
+    for (key, id) in before.iter().filter(|(k, _)| k.starts_with("web4|")) {
+        assert_eq!(after.get(key), Some(id), "{key} keeps its id");
+    }
+    let fresh = after[&format!("web4|{}:{HTTP_PORT}", backend4(3))];
+    assert!(
+        !before.values().any(|id| *id == fresh),
+        "the new backend gets a fresh id, not one a removed backend had: {fresh} in {before:?}"
+    );
+    let web = &status["vips"][0];
+    assert_eq!(web["pools"][0]["backends"][0]["weight"].as_u64(), Some(300), "{web}");
+    assert_eq!(web["pools"][0]["backends"][1]["admin"].as_str(), Some("drain"), "{web}");
+    assert_eq!(status["vips"].as_array().map(|v| v.len()), Some(1), "{status}");
+
+    // What the new agent converged to is what `veer apply -f` of the file gives.
+    let file = config.display().to_string();
+    let (code, out, err) = lab.veer(&["--json", "apply", "-f", &file, "--dry-run"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["changes"],
+        serde_json::json!([]),
+        "nothing left to apply: {report}"
+    );
+    let (code, _, err) = lab.veer(&["apply", "-f", &file]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        without_counters(&lab.status().unwrap()),
+        without_counters(&status),
+        "veer status equals what veer apply -f of the same file gives"
+    );
+    let log = lab.agent_log();
+    assert!(log.contains("adopting pinned maps"), "{log}");
+}
+
+/// Fills every way of the pinned connection table under `pin_dir` with a live TCP flow
+/// of VIP `vip_id` on `backends` (what a full table looks like to a scan); returns the count.
+fn fill_connection_table(pin_dir: &std::path::Path, vip_id: u32, backends: &[u32]) -> usize {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use lb_common::conntrack::{FlowWays, Heads, WAYS, stamp};
+    let map = |name: &str| aya::maps::MapData::from_pin(pin_dir.join(name)).expect("pinned map");
+    let (heads, ways) = (map(lb_common::MAP_FLOW_HEADS), map(lb_common::MAP_FLOWS));
+    let buckets = heads.info().unwrap().max_entries() as usize;
+    let mapped = |data: &aya::maps::MapData, bytes: usize| {
+        let len = bytes.div_ceil(4096) * 4096;
+        // SAFETY: a shared, writable mapping of a memory-mappable array map of this size.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        (p, len)
+    };
+    let (hp, hlen) = mapped(&heads, buckets * size_of::<Heads>());
+    let (wp, wlen) = mapped(&ways, buckets * size_of::<FlowWays>());
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let now = stamp(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+    for i in 0..buckets {
+        // SAFETY: i < buckets, inside both mappings; plain data.
+        let (h, w) = unsafe { (&mut *hp.cast::<Heads>().add(i), &mut *wp.cast::<FlowWays>().add(i)) };
+        for way in 0..WAYS {
+            let n = (i * WAYS + way) as u32;
+            let e = &mut w.ways[way];
+            e.key.src_be = [(0x0a00_0000 | n).to_be(), 0, 0, 0];
+            e.key.proto = lb_common::PROTO_TCP;
+            e.key.family = lb_common::FAMILY_V4;
+            e.flow.backend_id = backends[n as usize % backends.len()];
+            e.flow.vip_id = vip_id;
+            h.stamps[way] = now;
+            h.tags[way] = 0x8000_0000 | (n << 2);
+        }
+    }
+    // SAFETY: the mappings made above.
+    unsafe {
+        libc::munmap(hp, hlen);
+        libc::munmap(wp, wlen);
+    }
+    buckets * WAYS
+}
+
+/// One API call on the socket (a trace: it takes the agent's lock); returns its latency.
+fn api_call(socket: &std::path::Path) -> Duration {
+    use std::io::{Read as _, Write as _};
+    let start = std::time::Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("API socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /v1/trace/web4?src=10.77.0.10:1234 HTTP/1.1\r\nHost: veer\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    start.elapsed()
+}
+
+#[test]
+fn status_over_a_full_1m_flow_table_does_not_stall_api_calls() {
+    let Some((mut lab, config)) = lab_and_config(
+        3,
+        |_, s| s.replace("flow_capacity = 65536", "flow_capacity = 1048576"),
+        &web4(&backend_list(0..3, HTTP_PORT)),
+    ) else {
+        return;
+    };
+    lab.start_agent(&config).expect("start the agent");
+    let ids: Vec<u32> = backend_ids(&lab.status().unwrap())
+        .values()
+        .map(|v| *v as u32)
+        .collect();
+    let filled = fill_connection_table(std::path::Path::new(veer::dataplane::PIN_DIR), 0, &ids);
+    assert!(filled >= 1 << 20, "{filled} flows");
+    let socket = lab.socket();
+    let baseline = (0..20).map(|_| api_call(&socket)).max().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (done, socket) = (done.clone(), socket.clone());
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            let mut calls = 0;
+            while !done.load(Ordering::Relaxed) && calls < 100_000 {
+                worst = worst.max(api_call(&socket));
+                calls += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (worst, calls)
+        })
+    };
+    let mut times = Vec::new();
+    let mut live = 0;
+    for _ in 0..5 {
+        let start = std::time::Instant::now();
+        let status = lab.status().unwrap();
+        times.push(start.elapsed());
+        live = status["vips"][0]["counters"]["live_flows"].as_u64().unwrap_or(0);
+    }
+    done.store(true, Ordering::Relaxed);
+    let (worst, calls) = prober.join().unwrap();
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    let slowest = *times.iter().max().unwrap();
+    eprintln!(
+        "veer status over {filled} live flows: mean {mean:?}, slowest {slowest:?}; during the scans {calls} API \
+         calls, the longest {worst:?} (idle: {baseline:?})"
+    );
+    assert_eq!(live as usize, filled, "status counts every live flow");
+    assert!(
+        worst < slowest / 2 && worst < Duration::from_millis(150),
+        "an API call waited {worst:?} while status scans took up to {slowest:?}: the scan holds the lock"
+    );
+}
+
+#[test]
+fn a_change_whose_state_cannot_be_saved_changes_nothing() {
+    let moved = |lab: &Lab, s: String| {
+        let file = lab.dir.join("state.json").display().to_string();
+        s.replace(&file, &lab.dir.join("state/state.json").display().to_string())
+    };
+    let Some((mut lab, config)) = lab_and_config(2, moved, &web4(&backend_list(0..2, HTTP_PORT))) else {
+        return;
+    };
+    let state_dir = lab.dir.join("state");
+    lab.start_agent(&config).expect("start the agent");
+    lab.wait_for_vip(vip4()).unwrap();
+    let before = without_counters(&lab.status().unwrap());
+    // The state directory becomes a file: every persist fails from now on.
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    std::fs::write(&state_dir, "not a directory").unwrap();
+    let b1 = format!("{}:{HTTP_PORT}", backend4(0));
+    let (code, _, err) = lab.veer(&["backend", "set", "web4", &b1, "weight", "0"]).unwrap();
+    assert_ne!(code, 0, "the change is refused");
+    assert!(err.contains("persist state"), "and says why: {err}");
+    assert_eq!(without_counters(&lab.status().unwrap()), before, "status unchanged");
+    let o = lab.http_load(vip4(), 200).unwrap();
+    assert!(
+        o.by_backend.get(&backend_name(0)).copied().unwrap_or(0) > 0,
+        "the maps were not written: b1 still takes new connections: {:?}",
+        o.by_backend
+    );
+    std::fs::remove_file(&state_dir).unwrap();
 }

@@ -131,6 +131,24 @@ impl Counters {
     }
 }
 
+/// A connection-table scan taken from the core (see [`Core::live_scan`]).
+pub struct LiveScan {
+    scan: Option<crate::dataplane::FlowScan>,
+    tcp_idle: std::time::Duration,
+    udp_idle: std::time::Duration,
+}
+
+impl LiveScan {
+    pub fn run(self) -> Option<LiveFlows> {
+        Some(self.scan?.live_flows(self.tcp_idle, self.udp_idle))
+    }
+
+    /// Runs the scan on a blocking thread (the runtime's workers stay free).
+    pub async fn run_blocking(self) -> Option<LiveFlows> {
+        tokio::task::spawn_blocking(move || self.run()).await.ok().flatten()
+    }
+}
+
 /// Where the core persists its state, and the digest of the config it grew from.
 pub(super) struct Persistence {
     pub state_file: PathBuf,
@@ -254,14 +272,18 @@ impl Core {
             .map(|v| (v.name.clone(), moved_share(&self.reconciler, &rec, &v.name) * 100.0))
             .collect();
         if !dry_run {
+            // The state file before the maps: it is never behind them, and a failed write
+            // changes nothing. (A crash between the two leaves it ahead, which the next
+            // agent's adoption converges to.)
+            self.write_state(&edit.next, &rec.ids)
+                .map_err(|e| CoreError::Failed(format!("persist state: {e}: nothing changed")))?;
             self.prepare_neighbours(&edit.next.config);
-            self.dp
-                .execute(&ops)
-                .map_err(|e| CoreError::Failed(format!("map write failed: {e}")))?;
+            if let Err(e) = self.dp.execute(&ops) {
+                let _ = self.persist();
+                return Err(CoreError::Failed(format!("map write failed: {e}")));
+            }
             self.reconciler = rec;
             self.desired = edit.next;
-            self.persist()
-                .map_err(|e| CoreError::Failed(format!("persist state: {e}")))?;
             for c in &edit.changes {
                 tracing::info!(change = %c, "applied");
             }
@@ -305,10 +327,14 @@ impl Core {
     }
 
     fn persist(&self) -> std::io::Result<()> {
+        self.write_state(&self.desired, &self.reconciler.ids)
+    }
+
+    fn write_state(&self, desired: &Desired, ids: &state::Ids) -> std::io::Result<()> {
         let p = super::persist::Persisted {
             config_hash: self.persistence.config_hash.clone(),
-            desired: self.desired.clone(),
-            ids: self.reconciler.ids.clone(),
+            desired: desired.clone(),
+            ids: ids.clone(),
         };
         super::persist::write_atomic(&self.persistence.state_file, &serde_json::to_vec_pretty(&p)?)
     }
@@ -321,17 +347,40 @@ impl Core {
     /// Live flows per backend and VIP, from the connection table; None if it cannot be read
     /// (status then shows null, which `--wait` and rollouts never take for drained).
     fn live_flows(&self) -> Option<LiveFlows> {
-        let a = &self.desired.config.agent;
-        self.dp
-            .live_flows(a.tcp_idle, a.udp_idle)
-            .map_err(|e| tracing::warn!("reading the connection table: {e}"))
-            .ok()
+        self.live_scan().run()
     }
 
-    /// Every counter the data path keeps, by VIP name and backend key.
+    /// What a live-flow count needs, to run without the lock: taken under it, then
+    /// [`LiveScan::run_blocking`] after letting go (a 1M-flow table takes tens of
+    /// milliseconds or more, and API changes and health updates must not wait for it).
+    pub fn live_scan(&self) -> LiveScan {
+        let a = &self.desired.config.agent;
+        LiveScan {
+            scan: self
+                .dp
+                .flow_scan()
+                .map_err(|e| tracing::warn!("reading the connection table: {e}"))
+                .ok(),
+            tcp_idle: a.tcp_idle,
+            udp_idle: a.udp_idle,
+        }
+    }
+
+    /// The ids the maps use now.
+    pub fn ids(&self) -> &state::Ids {
+        &self.reconciler.ids
+    }
+
+    /// Every counter the data path keeps, by VIP name and backend key (live flows scanned
+    /// here, under the caller's lock: see [`Core::counters_with`]).
     pub fn counters(&self) -> Counters {
+        self.counters_with(self.live_flows())
+    }
+
+    /// [`Core::counters`] with live flows counted elsewhere (None: unknown, or not wanted).
+    pub fn counters_with(&self, live: Option<LiveFlows>) -> Counters {
         let ids = &self.reconciler.ids;
-        let live = self.live_flows().map(|l| {
+        let live = live.map(|l| {
             let vips = ids.vips.iter().map(|(n, id)| (n.clone(), l.vip(*id))).collect();
             let backends = ids.backends.iter().map(|(k, id)| (k.clone(), l.backend(*id))).collect();
             (vips, backends)
@@ -360,7 +409,12 @@ impl Core {
 
     /// The status document: configuration and state, with every counter.
     pub fn status(&self) -> Status {
-        let counters = self.counters();
+        self.status_with(self.live_flows())
+    }
+
+    /// [`Core::status`] with live flows from a [`LiveScan`] run without the lock.
+    pub fn status_with(&self, live: Option<LiveFlows>) -> Status {
+        let counters = self.counters_with(live);
         let now = Instant::now();
         let vips = self
             .desired

@@ -1,5 +1,5 @@
 //! What the agent persists: the desired state and the ids in the maps, written atomically,
-//! and read back on start when it grew from the same config text.
+//! and read back on start.
 
 use std::{io::Write as _, path::Path};
 
@@ -41,18 +41,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// The persisted state, if it grew from this very config text.
-pub(super) fn restore(state_file: &Path, config_hash: &str) -> Option<Persisted> {
+/// The persisted state, if readable (whatever config it grew from: the caller compares
+/// `config_hash`).
+pub(super) fn restore(state_file: &Path) -> Option<Persisted> {
     let text = std::fs::read_to_string(state_file).ok()?;
-    match serde_json::from_str::<Persisted>(&text) {
-        Ok(p) if p.config_hash == config_hash => Some(p),
-        Ok(_) => {
-            warn!(file = %state_file.display(), "the config file changed since the state was saved: starting from the config");
-            None
-        }
-        Err(e) => {
-            warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config");
-            None
-        }
-    }
+    serde_json::from_str::<Persisted>(&text)
+        .map_err(|e| warn!(file = %state_file.display(), "unreadable state file ({e}): starting from the config"))
+        .ok()
 }

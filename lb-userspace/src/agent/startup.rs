@@ -124,22 +124,25 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let state_file = state_file(&p.config);
     let mut signals = super::Signals::install()?;
     let dp = Dataplane::load(sizes, &p.config.agent.pin_dir).context("load the data path")?;
-    let restored = restore(&state_file, &p.config_hash);
-    let (desired, reconciler) = match (&restored, dp.adopted) {
-        (Some(saved), true) => {
-            // Same ids as the maps hold; table contents read back for minimal-disruption rebuilds.
-            let mut tables = BTreeMap::new();
-            for &id in saved.ids.tables.values() {
-                tables.insert(id, dp.read_table(id, limits.ring_size).context("read adopted table")?);
-            }
-            (
-                saved.desired.clone(),
-                Reconciler::adopt(limits, saved.ids.clone(), tables),
-            )
+    let restored = restore(&state_file);
+    // What to converge to: the saved state if it grew from this very file, else the file
+    // over the saved state as `veer apply -f` would put it, else the file.
+    let desired = match &restored {
+        Some(saved) if saved.config_hash == p.config_hash => saved.desired.clone(),
+        Some(saved) => {
+            info!(file = %opts.config.display(), "the config file changed since the state was saved: applying it over the saved state");
+            saved.desired.with_config(p.config.clone())
         }
-        (Some(saved), false) => (saved.desired.clone(), Reconciler::new(limits)),
-        (None, _) => (Desired::new(p.config.clone()), Reconciler::new(limits)),
+        None => Desired::new(p.config.clone()),
     };
+    let adopted = dp.adopted;
+    let reconciler = if adopted {
+        let maps = dp.snapshot(limits.ring_size).context("read the adopted maps")?;
+        Reconciler::from_maps(limits, maps, restored.as_ref().map(|s| &s.ids), &desired)
+    } else {
+        Reconciler::new(limits)
+    };
+    let found = reconciler.ids.clone();
     let mut core = Core::start(
         (p.config.clone(), desired),
         (reconciler, dp),
@@ -150,6 +153,19 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         },
     )
     .map_err(|e| anyhow::anyhow!("program the maps: {e}"))?;
+    if adopted {
+        let kept = core.ids();
+        let gone = |found: &BTreeMap<String, u32>, kept: &BTreeMap<String, u32>| -> Vec<String> {
+            found.keys().filter(|k| !kept.contains_key(*k)).cloned().collect()
+        };
+        info!(
+            vips = found.vips.len(),
+            backends = found.backends.len(),
+            removed_vips = ?gone(&found.vips, &kept.vips),
+            removed_backends = ?gone(&found.backends, &kept.backends),
+            "adopted maps converged to the desired state (surviving backends keep their ids)"
+        );
+    }
     let neighbours = host.neighbours(&core.desired().config);
     for iface in &p.interfaces {
         core.dataplane_mut().attach(iface, opts.mode).context("attach")?;

@@ -90,7 +90,10 @@ async fn change(core: &Shared, change: Change, dry_run: bool) -> Reply {
 }
 
 async fn status(State(core): State<Shared>) -> Json<Status> {
-    Json(core.lock().await.status())
+    // The connection-table scan runs without the lock API changes and health wait for.
+    let scan = core.lock().await.live_scan();
+    let live = scan.run_blocking().await;
+    Json(core.lock().await.status_with(live))
 }
 
 fn address(s: &str) -> Result<SocketAddr, ApiError> {

@@ -335,7 +335,7 @@ impl Dataplane {
 
     /// What the maps hold, for an agent adopting them: the data path's own truth, whatever
     /// the state file says. Tables are those a VIP names (current and next).
-    pub fn snapshot(&self, ring_size: u32) -> Result<MapsSnapshot, DataplaneError> {
+    pub fn snapshot(&self, ring_size: u32) -> Result<crate::state::MapContents, DataplaneError> {
         let vips_map: HashMap<&MapData, VipKey, VipInfo> = self.map(MAP_VIPS)?;
         let vips = vips_map
             .iter()
@@ -370,7 +370,7 @@ impl Dataplane {
                 }
             }
         }
-        Ok(MapsSnapshot {
+        Ok(crate::state::MapContents {
             config: (config.ring_size != 0).then_some(config),
             vips,
             backends,
@@ -412,30 +412,18 @@ impl Dataplane {
         Ok(head.find(&ways, key, slot.tag).map(|w| ways.ways[w].flow))
     }
 
-    /// Live flows per backend id and per VIP id, counted in the connection table: entries not
-    /// seen closing (FIN or RST, either side) and used within `tcp_idle` (TCP) or `udp_idle`
-    /// (UDP). One pass over the bucket headers, and over the entries of used ways.
+    /// Live flows per backend id and per VIP id (see [`FlowScan::live_flows`]).
     pub fn live_flows(&self, tcp_idle: Duration, udp_idle: Duration) -> Result<LiveFlows, DataplaneError> {
-        let heads = ReadMapping::<Heads>::of(&self.ebpf, MAP_FLOW_HEADS)?;
-        let ways = ReadMapping::<FlowWays>::of(&self.ebpf, MAP_FLOWS)?;
-        let now = conntrack::stamp(coarse_monotonic_ns());
-        let units = |d: Duration| conntrack::stamp(d.as_nanos().min(u64::MAX as u128) as u64);
-        let (tcp, udp) = (units(tcp_idle), units(udp_idle));
-        let mut live = LiveFlows::default();
-        for (h, w) in heads.entries().zip(ways.entries()) {
-            for (way, tag) in h.tags.iter().enumerate() {
-                if *tag == 0 {
-                    continue;
-                }
-                let e = &w.ways[way];
-                let limit = if e.key.proto == lb_common::PROTO_UDP { udp } else { tcp };
-                if e.flow.flags & lb_common::FLOW_F_CLOSED == 0 && conntrack::age(now, h.stamps[way]) <= limit {
-                    *live.by_backend.entry(e.flow.backend_id).or_default() += 1;
-                    *live.by_vip.entry(e.flow.vip_id).or_default() += 1;
-                }
-            }
-        }
-        Ok(live)
+        Ok(self.flow_scan()?.live_flows(tcp_idle, udp_idle))
+    }
+
+    /// A read-only view of the connection table that lives on its own: a scan of a large
+    /// table runs on it without the agent's lock (API changes and health go on meanwhile).
+    pub fn flow_scan(&self) -> Result<FlowScan, DataplaneError> {
+        Ok(FlowScan {
+            heads: ReadMapping::of(&self.ebpf, MAP_FLOW_HEADS)?,
+            ways: ReadMapping::of(&self.ebpf, MAP_FLOWS)?,
+        })
     }
 
     /// The agent exits (SIGTERM, SIGINT): program, links and maps stay pinned and keep
@@ -612,20 +600,6 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
     }
 }
 
-/// The maps' contents at adoption (see [`Dataplane::snapshot`]).
-#[derive(Debug, Clone, Default)]
-pub struct MapsSnapshot {
-    pub config: Option<Config>,
-    pub vips: Vec<(VipKey, VipInfo)>,
-    /// Backend slots in use (state not unset), by id.
-    pub backends: std::collections::BTreeMap<u32, Backend>,
-    pub filter: Vec<u64>,
-    /// A/B rules: (prefix length, key).
-    pub ab_rules: Vec<(u32, lb_common::AbKey)>,
-    /// Slots of every table a VIP names.
-    pub tables: std::collections::BTreeMap<u32, Vec<u32>>,
-}
-
 /// Live flows counted in the connection table (see [`Dataplane::live_flows`]).
 #[derive(Clone, Debug, Default)]
 pub struct LiveFlows {
@@ -673,6 +647,39 @@ fn map_array(data: &MapData, bytes: usize, prot: libc::c_int) -> Result<(*mut u8
     Ok((base.cast(), len))
 }
 
+/// The connection table mapped read-only (see [`Dataplane::flow_scan`]); the mapping stays
+/// valid after the maps' file descriptors are closed.
+pub struct FlowScan {
+    heads: ReadMapping<Heads>,
+    ways: ReadMapping<FlowWays>,
+}
+
+impl FlowScan {
+    /// Live flows per backend id and per VIP id, counted in the connection table: entries not
+    /// seen closing (FIN or RST, either side) and used within `tcp_idle` (TCP) or `udp_idle`
+    /// (UDP). One pass over the bucket headers, and over the entries of used ways.
+    pub fn live_flows(&self, tcp_idle: Duration, udp_idle: Duration) -> LiveFlows {
+        let now = conntrack::stamp(coarse_monotonic_ns());
+        let units = |d: Duration| conntrack::stamp(d.as_nanos().min(u64::MAX as u128) as u64);
+        let (tcp, udp) = (units(tcp_idle), units(udp_idle));
+        let mut live = LiveFlows::default();
+        for (h, w) in self.heads.entries().zip(self.ways.entries()) {
+            for (way, tag) in h.tags.iter().enumerate() {
+                if *tag == 0 {
+                    continue;
+                }
+                let e = &w.ways[way];
+                let limit = if e.key.proto == lb_common::PROTO_UDP { udp } else { tcp };
+                if e.flow.flags & lb_common::FLOW_F_CLOSED == 0 && conntrack::age(now, h.stamps[way]) <= limit {
+                    *live.by_backend.entry(e.flow.backend_id).or_default() += 1;
+                    *live.by_vip.entry(e.flow.vip_id).or_default() += 1;
+                }
+            }
+        }
+        live
+    }
+}
+
 /// A read-only view of a memory-mappable array map, unmapped on drop.
 struct ReadMapping<T> {
     base: *const T,
@@ -709,6 +716,10 @@ impl<T: Copy> ReadMapping<T> {
         (0..self.entries).map(|i| unsafe { std::ptr::read_volatile(self.base.add(i)) })
     }
 }
+
+// SAFETY: the mapping is shared memory owned by this value, only ever read (volatile,
+// value by value); moving it to another thread moves nothing but the pointer.
+unsafe impl<T: Copy> Send for ReadMapping<T> {}
 
 impl<T> Drop for ReadMapping<T> {
     fn drop(&mut self) {

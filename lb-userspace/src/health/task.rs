@@ -60,7 +60,8 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
             });
             let passive = if last_passive.elapsed() >= Duration::from_secs(1) {
                 last_passive = Instant::now();
-                Some(core.lock().await.counters().backends)
+                // Backend counters only: no connection-table scan under the lock.
+                Some(core.lock().await.counters_with(None).backends)
             } else {
                 None
             };

@@ -127,4 +127,27 @@ impl Desired {
     pub fn vip(&self, name: &str) -> Option<&VipConfig> {
         self.config.vips.iter().find(|v| v.name == name)
     }
+
+    /// A new configuration over this state (`veer apply -f`, SIGHUP, a restart with an
+    /// edited file): deployments (split, A/B rules, rollback target) survive for the VIPs
+    /// that remain, admin states for the backends that remain.
+    pub fn with_config(&self, config: Config) -> Desired {
+        let mut next = Desired::new(config);
+        for (vip, d) in &self.deploy {
+            if next.vip(vip).is_some() {
+                next.deploy.insert(vip.clone(), d.clone());
+            }
+        }
+        for (vip, m) in &self.admin {
+            if let Some(v) = next.vip(vip).cloned() {
+                let keep: BTreeMap<SocketAddr, AdminState> = m
+                    .iter()
+                    .filter(|(a, _)| v.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == **a))
+                    .map(|(a, s)| (*a, *s))
+                    .collect();
+                next.admin.insert(vip.clone(), keep);
+            }
+        }
+        next
+    }
 }

@@ -119,24 +119,7 @@ pub fn apply_config(d: &Desired, cfg: Config) -> Result<Edit, Refused> {
         ));
     }
     let changes = diff(d, &cfg);
-    let mut next = Desired::new(cfg);
-    // Deployment state (split, A/B rules, rollback target) survives for VIPs that remain.
-    for (vip, dep) in &d.deploy {
-        if next.vip(vip).is_some() {
-            next.deploy.insert(vip.clone(), dep.clone());
-        }
-    }
-    // Admin states survive for backends that remain.
-    for (vip, m) in &d.admin {
-        if let Some(v) = next.vip(vip).cloned() {
-            let keep: BTreeMap<SocketAddr, AdminState> = m
-                .iter()
-                .filter(|(a, _)| v.pools.iter().flat_map(|p| &p.backends).any(|b| b.address == **a))
-                .map(|(a, s)| (*a, *s))
-                .collect();
-            next.admin.insert(vip.clone(), keep);
-        }
-    }
+    let mut next = d.with_config(cfg);
     next.observed = d.observed.clone();
     Ok(Edit { next, changes })
 }

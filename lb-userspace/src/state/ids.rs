@@ -26,6 +26,11 @@ pub struct Ids {
     pub backends: BTreeMap<String, u32>,
     /// "vip|pool" -> table id.
     pub tables: BTreeMap<String, u32>,
+    /// Where the next new backend's id is looked for. Ids are handed out in a ring, so a
+    /// deleted backend's id goes back into use only after every other free id has been:
+    /// flows still pinned to it are not inherited by the next backend (quarantine).
+    #[serde(default)]
+    pub next_backend: u32,
 }
 
 pub fn backend_key(vip: &str, addr: SocketAddr) -> String {
@@ -76,23 +81,36 @@ impl IdAllocator {
         }
     }
 
+    /// Starts looking at `cursor` (a persisted ring position) instead of the first id.
+    pub(super) fn starting_at(mut self, cursor: u32) -> Self {
+        self.next = cursor.clamp(self.first, self.capacity);
+        self
+    }
+
+    /// Where the next search starts.
+    pub(super) fn cursor(&self) -> u32 {
+        self.next
+    }
+
+    /// The first free id from the cursor on, wrapping once to the first id: ids freed
+    /// behind the cursor are reused only when the ones ahead of it are exhausted.
     pub(super) fn alloc(&mut self) -> Result<u32, Exhausted> {
-        while self.next < self.capacity && self.used.contains(&self.next) {
-            self.next += 1;
+        for _ in 0..2 {
+            while self.next < self.capacity && self.used.contains(&self.next) {
+                self.next += 1;
+            }
+            if self.next < self.capacity {
+                let id = self.next;
+                self.used.insert(id);
+                self.next += 1;
+                return Ok(id);
+            }
+            self.next = self.first;
         }
-        if self.next >= self.capacity {
-            // ids freed below the cursor are reused only when the top is exhausted
-            let free = (self.first..self.capacity).find(|i| !self.used.contains(i));
-            let id = free.ok_or(Exhausted {
-                what: self.what,
-                capacity: self.capacity,
-                setting: self.setting,
-            })?;
-            self.used.insert(id);
-            return Ok(id);
-        }
-        let id = self.next;
-        self.used.insert(id);
-        Ok(id)
+        Err(Exhausted {
+            what: self.what,
+            capacity: self.capacity,
+            setting: self.setting,
+        })
     }
 }

@@ -20,6 +20,9 @@ use super::{
 };
 use crate::config::{PoolConfig, Scheduler, VipConfig};
 
+mod adopt;
+pub use adopt::{MapContents, ip_of};
+
 /// One map write, in the order the dataplane must perform them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -156,7 +159,8 @@ impl Reconciler {
                 self.limits.max_backends,
                 "backend",
                 "max_backends",
-            ),
+            )
+            .starting_at(self.ids.next_backend),
             table_ids: IdAllocator::new(
                 self.tables.keys().copied(),
                 1,
@@ -170,6 +174,7 @@ impl Reconciler {
             check_snat(v, snat_v4.is_some(), snat_v6.is_some())?;
             self.plan_vip(desired, v, &mut run, &mut w)?;
         }
+        self.ids.next_backend = run.backend_ids.cursor();
         self.remove_gone(&run, &mut w);
         let (filter_add, filter_clear) = self.plan_filter(&run.filter_addrs);
         let (ab_add, ab_del) = self.plan_ab_rules(run.ab_wanted);
@@ -576,7 +581,7 @@ mod tests {
     use super::*;
     use crate::{config::parse, state::fixture::CFG};
 
-    fn limits() -> Limits {
+    pub(super) fn limits() -> Limits {
         Limits {
             ring_size: 251,
             max_backends: 64,
@@ -586,11 +591,11 @@ mod tests {
         }
     }
 
-    fn desired(text: &str) -> Desired {
+    pub(super) fn desired(text: &str) -> Desired {
         Desired::new(parse(text, "t.toml").unwrap())
     }
 
-    fn snat() -> Option<Ipv4Addr> {
+    pub(super) fn snat() -> Option<Ipv4Addr> {
         Some(Ipv4Addr::new(10, 0, 0, 2))
     }
 
@@ -703,6 +708,27 @@ mod tests {
             assert_eq!(r.ids.backends[k], *id, "{k} keeps its id");
         }
         assert_eq!(r.ids.backends.len(), 4);
+    }
+
+    #[test]
+    fn a_deleted_backends_id_is_not_handed_to_the_next_backend() {
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let gone = r.ids.backends[&backend_key("web", "10.0.2.1:80".parse().unwrap())];
+        let without = CFG.replace("backends = [ { address = \"10.0.2.1:80\" } ]", "backends = []");
+        r.reconcile(&desired(&without), snat(), None).unwrap();
+        let readded = without.replace("backends = []", "backends = [ { address = \"10.0.2.9:80\" } ]");
+        r.reconcile(&desired(&readded), snat(), None).unwrap();
+        let fresh = r.ids.backends[&backend_key("web", "10.0.2.9:80".parse().unwrap())];
+        assert_ne!(fresh, gone, "the deleted id waits");
+        // Once the ids ahead are used up, the ring comes back to it.
+        let mut r = Reconciler::new(Limits { max_backends: 5, ..limits() });
+        r.reconcile(&desired(CFG), snat(), None).unwrap();
+        r.reconcile(&desired(&without), snat(), None).unwrap();
+        r.reconcile(&desired(&readded), snat(), None).unwrap();
+        let again = readded.replace("10.0.2.9:80\" }", "10.0.2.9:80\" }, { address = \"10.0.2.8:80\" }");
+        r.reconcile(&desired(&again), snat(), None).unwrap();
+        assert_eq!(r.ids.backends[&backend_key("web", "10.0.2.8:80".parse().unwrap())], gone);
     }
 
     #[test]
