@@ -17,11 +17,6 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP4.into(), 80)
 }
 
-fn veer_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.veer(args).unwrap();
-    assert_eq!(code, 0, "veer {args:?} failed: {err}\nagent log:\n{}", lab.agent_log());
-    out
-}
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
@@ -157,7 +152,7 @@ fn backend_add_del_and_maint_change_where_new_connections_go() {
         o.by_backend
     );
 
-    veer_ok(&lab, &["backend", "add", "web", "main", &addr(2), "--weight", "100"]);
+    lab.veer_ok(&["backend", "add", "web", "main", &addr(2), "--weight", "100"]);
     let o = lab.http_load(vip(), 300).unwrap();
     assert_eq!(o.failed, 0, "{:?}", o.errors);
     let b3 = o.by_backend.get("b3").copied().unwrap_or(0);
@@ -166,7 +161,7 @@ fn backend_add_del_and_maint_change_where_new_connections_go() {
         "an added backend takes about a third: {b3} of 300"
     );
 
-    veer_ok(&lab, &["backend", "set", "web", &addr(0), "state", "maint"]);
+    lab.veer_ok(&["backend", "set", "web", &addr(0), "state", "maint"]);
     let b = &lab.status().unwrap()["vips"][0]["pools"][0]["backends"][0];
     assert_eq!(b["admin"], "maint", "{b}");
     let o = lab.http_load(vip(), 200).unwrap();
@@ -176,9 +171,9 @@ fn backend_add_del_and_maint_change_where_new_connections_go() {
         "maint: {:?}",
         o.by_backend
     );
-    veer_ok(&lab, &["backend", "set", "web", &addr(0), "state", "ready"]);
+    lab.veer_ok(&["backend", "set", "web", &addr(0), "state", "ready"]);
 
-    veer_ok(&lab, &["backend", "del", "web", &addr(2)]);
+    lab.veer_ok(&["backend", "del", "web", &addr(2)]);
     let o = lab.http_load(vip(), 200).unwrap();
     assert_eq!(
         (o.failed, o.by_backend.contains_key("b3")),
@@ -207,7 +202,7 @@ fn rollback_after_a_switch_sends_new_connections_back_to_blue() {
     };
     lab.wait_for_vip(vip()).unwrap();
     let watch = lab.watch().unwrap();
-    veer_ok(&lab, &["switch", "web", "green"]);
+    lab.veer_ok(&["switch", "web", "green"]);
     let o = lab.http_load(vip(), 200).unwrap();
     let green = o
         .by_backend
@@ -220,7 +215,7 @@ fn rollback_after_a_switch_sends_new_connections_back_to_blue() {
         "after the switch: {:?}",
         o.by_backend
     );
-    veer_ok(&lab, &["rollback", "web"]);
+    lab.veer_ok(&["rollback", "web"]);
     let v = &lab.status().unwrap()["vips"][0];
     assert_eq!(v["active"], "blue", "{v}");
     let o = lab.http_load(vip(), 200).unwrap();
@@ -320,7 +315,7 @@ fn flows_and_trace_name_the_backend_of_an_open_connection() {
     let name = keepalive_get(&mut conn).unwrap();
     let local = conn.local_addr().unwrap();
     let i: usize = name.trim_start_matches('b').parse::<usize>().unwrap() - 1;
-    let flows = json(&veer_ok(&lab, &["--json", "flows", "web"]));
+    let flows = json(&lab.veer_ok(&["--json", "flows", "web"]));
     let row = flows["flows"]
         .as_array()
         .unwrap()
@@ -328,12 +323,12 @@ fn flows_and_trace_name_the_backend_of_an_open_connection() {
         .find(|f| f["client"] == local.to_string().as_str())
         .unwrap_or_else(|| panic!("veer flows lists {local}: {flows}"));
     assert_eq!(row["backend"], addr(i).as_str(), "{row}");
-    let trace = json(&veer_ok(&lab, &["--json", "trace", "web", &local.to_string()]));
+    let trace = json(&lab.veer_ok(&["--json", "trace", "web", &local.to_string()]));
     assert_eq!(trace["existing_flow"], true, "{trace}");
     assert_eq!(trace["backend"], addr(i).as_str(), "{trace}");
     // A source port no connection used yet: the prediction, then a real connection.
     let src = SocketAddr::new(CLIENT4.into(), 42_424);
-    let trace = json(&veer_ok(&lab, &["--json", "trace", "web", &src.to_string()]));
+    let trace = json(&lab.veer_ok(&["--json", "trace", "web", &src.to_string()]));
     assert_eq!(trace["existing_flow"], false, "{trace}");
     let got = lab
         .client

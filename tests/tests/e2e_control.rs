@@ -29,11 +29,6 @@ fn backend(i: usize) -> String {
     format!("{}:{HTTP_PORT}", backend4(i))
 }
 
-fn veer_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.veer(args).unwrap();
-    assert_eq!(code, 0, "veer {args:?} failed: {err}\nagent log:\n{}", lab.agent_log());
-    out
-}
 
 fn assert_no_failures(lab: &Lab, what: &str, o: &Outcome) {
     assert!(o.ok > 0, "{what}: no request went through");
@@ -55,8 +50,8 @@ fn weight_changes_shift_new_connections_to_the_new_weights_under_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 20_000).unwrap();
     // 1:1:2 -> 2:1:1, while connections keep arriving
-    veer_ok(&lab, &["backend", "set", "web4", &backend(0), "weight", "2"]);
-    veer_ok(&lab, &["backend", "set", "web4", &backend(2), "weight", "1"]);
+    lab.veer_ok(&["backend", "set", "web4", &backend(0), "weight", "2"]);
+    lab.veer_ok(&["backend", "set", "web4", &backend(2), "weight", "1"]);
     let after = lab.http_load(vip(), 2000).unwrap();
     stop.store(true, Ordering::Relaxed);
     let during = load.join().unwrap();
@@ -83,7 +78,7 @@ fn drain_keeps_a_long_lived_connection_while_new_connections_avoid_the_backend()
     let mut conn = lab.connect(vip()).unwrap();
     let name = keepalive_get(&mut conn).unwrap();
     let i: usize = name.trim_start_matches('b').parse::<usize>().unwrap() - 1;
-    veer_ok(&lab, &["backend", "set", "web4", &backend(i), "state", "drain"]);
+    lab.veer_ok(&["backend", "set", "web4", &backend(i), "state", "drain"]);
     let after = lab.http_load(vip(), 400).unwrap();
     assert_no_failures(&lab, "new connections after drain", &after);
     assert!(
@@ -114,8 +109,8 @@ fn drain_keeps_a_long_lived_connection_while_new_connections_avoid_the_backend()
 #[test]
 fn sigkill_of_the_agent_fails_no_request_and_a_restart_restores_the_same_state() {
     let Some(mut lab) = lab() else { return };
-    veer_ok(&lab, &["backend", "set", "web4", &backend(1), "weight", "3"]);
-    veer_ok(&lab, &["backend", "set", "web4", &backend(2), "state", "drain"]);
+    lab.veer_ok(&["backend", "set", "web4", &backend(1), "weight", "3"]);
+    lab.veer_ok(&["backend", "set", "web4", &backend(2), "state", "drain"]);
     let before = without_counters(&lab.status().unwrap());
     let watch = lab.watch().unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -51,11 +51,6 @@ fn blue_green(name: &str, address: &str, protocol: &str, port: u16, extra: &str)
     )
 }
 
-fn veer_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.veer(args).unwrap();
-    assert_eq!(code, 0, "veer {args:?} failed: {err}\nagent log:\n{}", lab.agent_log());
-    out
-}
 
 /// Continuous new-connection and keep-alive load for the duration of a scenario.
 struct Load {
@@ -205,7 +200,7 @@ fn drain_timeout_exits_3_with_the_flows_left() {
 fn split_ten_percent_by_flow_sends_ten_percent_of_new_connections() {
     let Some(lab) = lab() else { return };
     let load = Load::start(&lab);
-    veer_ok(&lab, &["split", "web", "green", "10%"]);
+    lab.veer_ok(&["split", "web", "green", "10%"]);
     let o = lab.http_load(vip(), 2500).unwrap();
     assert_eq!(o.failed, 0, "{:?}", o.errors);
     let share = green_share(&o);
@@ -213,7 +208,7 @@ fn split_ten_percent_by_flow_sends_ten_percent_of_new_connections() {
         (share - 10.0).abs() <= 2.0,
         "green got {share:.1}% of 2500 new connections, want 10 ± 2"
     );
-    veer_ok(&lab, &["rollback", "web"]);
+    lab.veer_ok(&["rollback", "web"]);
     let o = lab.http_load(vip(), 300).unwrap();
     assert_eq!(green_share(&o), 0.0, "after rollback no new connection goes to green");
     load.finish(&lab, "split 10% by flow");
@@ -250,7 +245,7 @@ fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
         clients
             .iter()
             .map(|c| {
-                let out = veer_ok(lab, &["--json", "trace", "web", &format!("{c}:1")]);
+                let out = lab.veer_ok(&["--json", "trace", "web", &format!("{c}:1")]);
                 let v: serde_json::Value = serde_json::from_str(&out).unwrap();
                 (
                     *c,
@@ -262,10 +257,10 @@ fn split_by_client_is_sticky_and_raising_it_only_moves_clients_to_green() {
             })
             .collect()
     };
-    veer_ok(&lab, &["split", "web", "green", "10", "--by", "client"]);
+    lab.veer_ok(&["split", "web", "green", "10", "--by", "client"]);
     let at10 = pools_seen(&lab);
     let want10 = traced(&lab);
-    veer_ok(&lab, &["split", "web", "green", "30", "--by", "client"]);
+    lab.veer_ok(&["split", "web", "green", "30", "--by", "client"]);
     let at30 = pools_seen(&lab);
     let want30 = traced(&lab);
     for (c, pools) in at10.iter().chain(at30.iter()) {
@@ -314,7 +309,7 @@ fn clients_inside_an_ab_network_always_reach_the_variant() {
     let load = Load::start(&lab);
     let clients = lab.add_client_aliases(24).unwrap();
     // 10.77.0.160/28 = .160-.175: aliases 10..23 inside, 0..9 outside
-    veer_ok(&lab, &["ab", "web", "green", "--cidr", "10.77.0.160/28"]);
+    lab.veer_ok(&["ab", "web", "green", "--cidr", "10.77.0.160/28"]);
     let results = lab
         .client
         .run(move || {
@@ -362,7 +357,7 @@ fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
         lab.status().unwrap()["vips"][0]["split"].is_null(),
         "dry run changed nothing"
     );
-    veer_ok(&lab, &["--json", "split", "web", "green", "25"]);
+    lab.veer_ok(&["--json", "split", "web", "green", "25"]);
     // What moved is measured by real connections, not by the planner that predicted it.
     let o = lab.http_load(vip(), 2000).unwrap();
     let share = green_share(&o);
@@ -467,9 +462,7 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
 #[test]
 fn a_canary_resumes_after_an_agent_restart() {
     let Some(mut lab) = lab_checked() else { return };
-    veer_ok(
-        &lab,
-        &["canary", "web", "green", "--steps", "20,100", "--interval", "6s"],
+    lab.veer_ok(&["canary", "web", "green", "--steps", "20,100", "--interval", "6s"],
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {

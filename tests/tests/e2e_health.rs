@@ -153,28 +153,38 @@ fn when_every_backend_fails_its_checks_the_pool_fails_open() {
 
 #[test]
 fn slow_start_grows_a_returning_backends_share_instead_of_jumping() {
-    let Some(mut lab) = lab(", slowstart = \"4s\"") else {
+    let Some(mut lab) = lab(", slowstart = \"6s\"") else {
         return;
     };
     lab.stop_backend(0);
     wait_health(&lab, 0, "down", Duration::from_secs(5));
     lab.start_backend(0).unwrap();
     wait_health(&lab, 0, "up", Duration::from_secs(5));
-    let up = Instant::now();
     let watch = lab.watch().unwrap();
-    let mut shares = Vec::new();
-    for target in [500u64, 1800, 3100, 5000] {
-        let wait = Duration::from_millis(target).saturating_sub(up.elapsed());
-        std::thread::sleep(wait);
-        let o = lab.http_load(vip(), 300).unwrap();
+    // Sampled by the weight the agent says b1 has now, not by the clock: each sample is
+    // (slow-start percent before, after, b1's share of 150 new connections in between).
+    let pct = |lab: &Lab| backend_status(lab, 0)["check"]["slowstart_pct"].as_u64();
+    // b1's expected share at p% of its weight beside two backends at full weight.
+    let expected = |p: u64| p as f64 * 100.0 / (p as f64 + 200.0);
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Some(p0) = pct(&lab) {
+        assert!(Instant::now() < deadline, "slow start never ended: {samples:?}");
+        let o = lab.http_load(vip(), 150).unwrap();
         assert_eq!(o.failed, 0);
-        shares.push(o.by_backend.get("b1").copied().unwrap_or(0) as f64 / 3.0);
+        let p1 = pct(&lab).unwrap_or(100);
+        samples.push((p0, p1, o.by_backend.get("b1").copied().unwrap_or(0) as f64 * 100.0 / 150.0));
     }
+    let full = lab.http_load(vip(), 600).unwrap();
+    assert_eq!(full.failed, 0);
     lab.assert_no_drops(&watch, &[]);
-    println!("slow start: b1 share over time {shares:?} (full: 33.3%)");
-    assert!(shares[0] < 15.0, "starts small: {shares:?}");
-    assert!(shares[0] < shares[2] && shares[1] < shares[3], "grows: {shares:?}");
-    assert!((shares[3] - 33.3).abs() < 8.0, "reaches its full share: {shares:?}");
+    let full_share = full.by_backend.get("b1").copied().unwrap_or(0) as f64 * 100.0 / 600.0;
+    println!("slow start: (pct before, pct after, b1 share %) {samples:?}, then {full_share:.1}% at full weight");
+    let (first, last) = (samples.first().expect("a sample during slow start"), samples.last().unwrap());
+    assert!(first.0 <= 30, "the first sample is early in slow start: {samples:?}");
+    assert!(first.2 < expected(first.1) + 10.0, "starts small: {samples:?}");
+    assert!(samples.len() >= 3 && last.2 > first.2, "grows: {samples:?}");
+    assert!((full_share - 33.3).abs() < 7.0, "reaches its full share: {full_share:.1}%");
 }
 
 #[test]

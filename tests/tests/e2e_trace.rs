@@ -19,11 +19,6 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP4.into(), 80)
 }
 
-fn veer_ok(lab: &Lab, args: &[&str]) -> String {
-    let (code, out, err) = lab.veer(args).unwrap();
-    assert_eq!(code, 0, "veer {args:?} failed: {err}\nagent log:\n{}", lab.agent_log());
-    out
-}
 
 /// One GET on a new connection from `src` (address and port bound); the backend's name.
 fn get_from(src: SocketAddr, vip: SocketAddr) -> anyhow::Result<String> {
@@ -46,7 +41,7 @@ fn get_from(src: SocketAddr, vip: SocketAddr) -> anyhow::Result<String> {
 
 /// The backend address `veer trace` names for a new flow from `src`.
 fn traced(lab: &Lab, src: SocketAddr) -> String {
-    let out = veer_ok(lab, &["--json", "trace", "web", &src.to_string()]);
+    let out = lab.veer_ok(&["--json", "trace", "web", &src.to_string()]);
     let t: serde_json::Value = serde_json::from_str(&out).expect("trace answers JSON");
     assert_eq!(t["existing_flow"], false, "{src} is a fresh source: {t}");
     t["backend"].as_str().unwrap_or("none").to_string()
@@ -114,10 +109,10 @@ fn trace_names_the_backend_a_connection_from_that_source_reaches_in_every_state(
     let mut total = 0;
     for (n, (state, command, (min_green, max_green))) in states.iter().enumerate() {
         if n > 1 {
-            veer_ok(&lab, &["rollback", "web"]);
+            lab.veer_ok(&["rollback", "web"]);
         }
         if !command.is_empty() {
-            veer_ok(&lab, command);
+            lab.veer_ok(command);
         }
         // Fresh ports per state: no source repeats an earlier connection.
         let base = 20_000 + n as u16 * 1000;

@@ -528,6 +528,13 @@ impl Lab {
         ))
     }
 
+    /// Runs the `veer` CLI and asserts exit 0 (with the agent's log on failure); returns stdout.
+    pub fn veer_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.veer(args).expect("run veer");
+        assert_eq!(code, 0, "veer {args:?} failed: {err}\nagent log:\n{}", self.agent_log());
+        out
+    }
+
     /// `veer status --json`, parsed.
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let (code, out, err) = self.veer(&["status", "--json"])?;
