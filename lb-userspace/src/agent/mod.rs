@@ -12,6 +12,9 @@ pub use lifecycle::{Cleanup, Signals};
 pub use persist::{fnv1a, write_atomic};
 pub use startup::*;
 
+/// What a [`LiveScan`] counts: handed out by the core, so readers need not name the dataplane.
+pub use crate::dataplane::LiveFlows;
+
 /// Why the agent did not start (or `veer check` refused the file).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
