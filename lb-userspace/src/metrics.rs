@@ -162,7 +162,7 @@ fn canary_state(outcome: &CanaryOutcome) -> &'static str {
     }
 }
 
-fn snapshot(core: &Core, live: Option<crate::dataplane::LiveFlows>) -> Snapshot {
+fn snapshot(core: &Core, live: crate::agent::Scanned) -> Snapshot {
     Snapshot {
         status: core.status_with(live),
         flow_capacity: core.desired().config.agent.flow_capacity as u64,

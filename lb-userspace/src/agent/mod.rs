@@ -6,7 +6,7 @@ mod lifecycle;
 mod persist;
 mod startup;
 
-pub use core::{Change, Core, CoreError, Counters, HealthReport, LiveScan};
+pub use core::{Change, Core, CoreError, Counters, HealthReport, LiveScan, Scanned};
 
 pub use lifecycle::{Cleanup, Signals};
 pub use persist::{fnv1a, write_atomic};
