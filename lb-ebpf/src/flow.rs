@@ -443,10 +443,15 @@ fn owned_by(old: &NatRev, key: &FlowKey) -> bool {
         && old.vip_be == key.dst_be
 }
 
+/// How long an unconfirmed reverse entry whose client flow is gone still holds its port,
+/// in stamp units (about 17 ms: a handshake's round trip; the answer to a first packet
+/// comes within it or the client retries).
+const HOLD_UNCONFIRMED: u32 = 16;
+
 /// Is another client's reverse entry (way `w`) over, so its port may be handed out? Only
 /// with proof: its client flow was re-chosen (maps to another backend or port), or that
-/// flow is gone from the connection table and the entry has been idle past its hold (a
-/// second unconfirmed, [`HOLD_CONFIRMED`] confirmed). A flow evicted from the connection
+/// flow is gone from the connection table and the entry has been idle past its hold
+/// ([`HOLD_UNCONFIRMED`] unconfirmed, [`HOLD_CONFIRMED`] confirmed). A flow evicted from the connection
 /// table may still be live: its next packet finds this entry again (see `owned_by`).
 #[inline(always)]
 fn released(bucket: &Bucket<RevEntry>, w: usize, reply: &FlowKey, now: u32, client: &mut FlowKey) -> bool {
@@ -460,7 +465,7 @@ fn released(bucket: &Bucket<RevEntry>, w: usize, reply: &FlowKey, now: u32, clie
             let hold = if bucket.head.tags[w] & TAG_CONFIRMED != 0 {
                 HOLD_CONFIRMED
             } else {
-                SECOND
+                HOLD_UNCONFIRMED
             };
             age(now, bucket.head.stamps[w]) >= hold
         }

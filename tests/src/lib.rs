@@ -1,3 +1,4 @@
 pub mod fixture;
+pub mod fuzz;
 pub mod lab;
 pub mod packet;

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod dist;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::Options),
     /// Data-path and control-plane benchmarks (needs root).
     Bench(bench::Options),
+    /// Seeded random frames through the real XDP object, checking its invariants (needs root).
+    Fuzz(fuzz::Options),
     /// Without arguments: a small lab with demo traffic. With arguments: `veer agent ARGS`.
     Run(run::Options),
 }
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Dist(o) => dist::run(&o),
         Command::Test(o) => test::run(&o),
         Command::Bench(o) => bench::run(&o),
+        Command::Fuzz(o) => fuzz::run(&o),
         Command::Run(o) => run::run(&o),
     }
 }

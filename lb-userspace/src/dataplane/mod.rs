@@ -51,6 +51,8 @@ const PINNED: &[&str] = &[
     MAP_REASONS,
     MAP_TX_PORTS,
     MAP_AB_RULES,
+    lb_common::MAP_FLOOD_GUARD,
+    lb_common::MAP_FRAGS,
 ];
 
 /// Loads the ICMP program and puts it where the balancer tail-calls it (ICMP_PROGS[0]).
