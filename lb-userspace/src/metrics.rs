@@ -34,7 +34,7 @@ use prometheus_client::{
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
-    agent::{Core, LiveFlows, Shared},
+    agent::{Core, Shared},
     api::types::{
         BackendStatus, CanaryOutcome, CanaryStatus, Counters, DataState, Health, PoolStatus, Status, VipStatus,
     },
@@ -162,7 +162,7 @@ fn canary_state(outcome: &CanaryOutcome) -> &'static str {
     }
 }
 
-fn snapshot(core: &Core, live: Option<LiveFlows>) -> Snapshot {
+fn snapshot(core: &Core, live: crate::agent::Scanned) -> Snapshot {
     Snapshot {
         status: core.status_with(live),
         flow_capacity: core.desired().config.agent.flow_capacity as u64,

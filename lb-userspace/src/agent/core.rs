@@ -138,14 +138,17 @@ pub struct LiveScan {
     udp_idle: std::time::Duration,
 }
 
+/// Live flows a [`LiveScan`] counted, for [`Core::status_with`] (None: unknown).
+pub struct Scanned(Option<LiveFlows>);
+
 impl LiveScan {
-    pub fn run(self) -> Option<LiveFlows> {
+    fn run(self) -> Option<LiveFlows> {
         Some(self.scan?.live_flows(self.tcp_idle, self.udp_idle))
     }
 
     /// Runs the scan on a blocking thread (the runtime's workers stay free).
-    pub async fn run_blocking(self) -> Option<LiveFlows> {
-        tokio::task::spawn_blocking(move || self.run()).await.ok().flatten()
+    pub async fn run_blocking(self) -> Scanned {
+        Scanned(tokio::task::spawn_blocking(move || self.run()).await.ok().flatten())
     }
 }
 
@@ -377,8 +380,13 @@ impl Core {
         self.counters_with(self.live_flows())
     }
 
+    /// Counters without a connection-table scan (live flows unknown).
+    pub fn counters_unscanned(&self) -> Counters {
+        self.counters_with(None)
+    }
+
     /// [`Core::counters`] with live flows counted elsewhere (None: unknown, or not wanted).
-    pub fn counters_with(&self, live: Option<LiveFlows>) -> Counters {
+    fn counters_with(&self, live: Option<LiveFlows>) -> Counters {
         let ids = &self.reconciler.ids;
         let live = live.map(|l| {
             let vips = ids.vips.iter().map(|(n, id)| (n.clone(), l.vip(*id))).collect();
@@ -409,12 +417,12 @@ impl Core {
 
     /// The status document: configuration and state, with every counter.
     pub fn status(&self) -> Status {
-        self.status_with(self.live_flows())
+        self.status_with(Scanned(self.live_flows()))
     }
 
     /// [`Core::status`] with live flows from a [`LiveScan`] run without the lock.
-    pub fn status_with(&self, live: Option<LiveFlows>) -> Status {
-        let counters = self.counters_with(live);
+    pub fn status_with(&self, live: Scanned) -> Status {
+        let counters = self.counters_with(live.0);
         let now = Instant::now();
         let vips = self
             .desired

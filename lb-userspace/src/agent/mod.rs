@@ -6,14 +6,12 @@ mod lifecycle;
 mod persist;
 mod startup;
 
-pub use core::{Change, Core, CoreError, Counters, HealthReport, LiveScan};
+pub use core::{Change, Core, CoreError, Counters, HealthReport, LiveScan, Scanned};
 
 pub use lifecycle::{Cleanup, Signals};
 pub use persist::{fnv1a, write_atomic};
 pub use startup::*;
 
-/// What a [`LiveScan`] counts: handed out by the core, so readers need not name the dataplane.
-pub use crate::dataplane::LiveFlows;
 
 /// Why the agent did not start (or `veer check` refused the file).
 #[derive(Debug, thiserror::Error)]

@@ -61,7 +61,7 @@ pub fn spawn(core: Shared) -> JoinHandle<()> {
             let passive = if last_passive.elapsed() >= Duration::from_secs(1) {
                 last_passive = Instant::now();
                 // Backend counters only: no connection-table scan under the lock.
-                Some(core.lock().await.counters_with(None).backends)
+                Some(core.lock().await.counters_unscanned().backends)
             } else {
                 None
             };
