@@ -12,7 +12,6 @@ pub use lifecycle::{Cleanup, Signals};
 pub use persist::{fnv1a, write_atomic};
 pub use startup::*;
 
-
 /// Why the agent did not start (or `veer check` refused the file).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
