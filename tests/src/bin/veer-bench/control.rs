@@ -158,8 +158,8 @@ fn idle_memory() -> anyhow::Result<(Rss, f64)> {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // Pages of the kernel's Maglev tables mapped into the agent count as shared memory,
-    // the binary's own pages as file-backed; anonymous pages are the agent's heap.
+    // Pages of the kernel's Maglev tables mapped into the agent count as file-backed (a BPF
+    // map's mapping is a file), like the binary's own; anonymous pages are the agent's heap.
     Ok((
         Rss {
             total_mb: kb("VmRSS:") / 1024.0,
@@ -204,8 +204,8 @@ impl Report {
             self.api_ms, self.late_flips, self.flips, self.first_conn_ms
         );
         println!(
-            "  agent at idle, 100 VIPs x 100 backends: RSS {:.1} MB = anonymous {:.1} MB (the agent's heap; target <= 50) + shared {:.1} MB (the kernel's Maglev tables mapped in) + file {:.1} MB (the binary), ready in {:.0} ms",
-            self.rss.total_mb, self.rss.anon_mb, self.rss.shmem_mb, self.rss.file_mb, self.startup_ms
+            "  agent at idle, 100 VIPs x 100 backends: RSS {:.1} MB = anonymous {:.1} MB (the agent's heap; target <= 50) + file-backed {:.1} MB (the kernel's Maglev tables mapped in, and the binary) + shmem {:.1} MB, ready in {:.0} ms",
+            self.rss.total_mb, self.rss.anon_mb, self.rss.file_mb, self.rss.shmem_mb, self.startup_ms
         );
     }
 }
