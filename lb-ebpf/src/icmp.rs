@@ -19,6 +19,7 @@ use lb_common::{
 use crate::{
     Verdict, fib,
     flow::{self, store},
+    nat::store_addr,
     maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
     parse::{
         IcmpAt, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, Packet, Ports, ptr_at, words_to_addr2, words_to_addr8,
@@ -396,16 +397,6 @@ struct Quoted {
     sport_be: u16,
     dst: [u32; 4],
     dport_be: u16,
-}
-
-#[inline(always)]
-fn store_addr(dst: &mut [u16], new: &[u32; 4]) {
-    let mut i = 0;
-    while i < dst.len() {
-        let word = new[i / 2];
-        dst[i] = if i % 2 == 0 { word as u16 } else { (word >> 16) as u16 };
-        i += 1;
-    }
 }
 
 /// Rewrites the error (outer addresses: to `rw.dst` -> `rw.src`... reversed, see

@@ -16,8 +16,10 @@ pub struct Rewrite<'a> {
     pub dport_be: u16,
 }
 
+/// Writes an address given as 32-bit words into a header field of 16-bit words (packets
+/// are only 2-byte aligned).
 #[inline(always)]
-fn store_addr(dst: &mut [u16], new: &[u32; 4]) {
+pub fn store_addr(dst: &mut [u16], new: &[u32; 4]) {
     let mut i = 0;
     while i < dst.len() {
         let word = new[i / 2];
