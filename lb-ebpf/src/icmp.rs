@@ -115,17 +115,25 @@ fn later_fragment(ctx: &XdpContext) -> Verdict {
     }
 }
 
+/// Where the IP header starts (after Ethernet and at most one VLAN tag, as parsing
+/// accepted) and whether it is IPv4.
+#[inline(always)]
+fn l3_offset(ctx: &XdpContext) -> Option<(usize, bool)> {
+    // SAFETY: bounds checked by ptr_at.
+    let mut ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
+    let mut l3 = 14;
+    if ether == 0x8100 {
+        l3 = 18;
+        // SAFETY: bounds checked by ptr_at.
+        ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
+    }
+    Some((l3, ether == 0x0800))
+}
+
 #[inline(always)]
 fn fragment(ctx: &XdpContext) -> Option<Verdict> {
     let s = scratch()?;
-    let mut l3 = 14;
-    // SAFETY (all reads below): bounds checked by ptr_at.
-    let mut ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
-    if ether == 0x8100 {
-        l3 = 18;
-        ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
-    }
-    let v4 = ether == 0x0800;
+    let (l3, v4) = l3_offset(ctx)?;
     let k = &mut s.frag_key;
     if v4 {
         let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3)? };
@@ -509,13 +517,7 @@ fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> u32 {
 fn build_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> Option<()> {
     // Parsing found Ethernet, at most one VLAN tag, and IPv4 or IPv6 with TCP/UDP after it.
     // SAFETY (all reads below): bounds checked by ptr_at.
-    let mut l3 = 14;
-    let mut ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
-    if ether == 0x8100 {
-        l3 = 18;
-        ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
-    }
-    let v4 = ether == 0x0800;
+    let (l3, v4) = l3_offset(ctx)?;
     // The quote: the packet's IP header (IPv4 options included) and 8 bytes.
     let quote = if v4 {
         (u16::from_be(unsafe { *ptr_at::<u16>(ctx, l3)? }) >> 8 & 0x0f) as usize * 4 + 8
