@@ -18,7 +18,7 @@ impl Tables for Reconciler {
     }
 
     fn backend_at(&self, table: u32, slot: u32, _ring_size: u32) -> Option<u32> {
-        self.tables.get(&table)?.get(slot as usize).copied()
+        self.table_slot(table, slot)
     }
 }
 
@@ -73,7 +73,14 @@ pub fn moved_share(old: &Reconciler, new: &Reconciler, vip: &str) -> f64 {
             table(&o, o.table_next != 0 && start < o.split_bp),
             table(&n, n.table_next != 0 && start < n.split_bp),
         );
-        let differing = (0..ring).filter(|&i| at(old, ot, i) != at(new, nt, i)).count();
+        let differing = if ot == nt && (ot == 0 || old.same_table(new, ot)) {
+            0
+        } else {
+            match (old.table(ot), new.table(nt)) {
+                (Some(a), Some(b)) => a.iter().zip(b.iter()).filter(|(x, y)| x != y).count(),
+                _ => (0..ring).filter(|&i| at(old, ot, i) != at(new, nt, i)).count(),
+            }
+        };
         moved += (end - start) as f64 / SPLIT_SCALE as f64 * differing as f64 / ring as f64;
     }
     moved

@@ -2,6 +2,7 @@
 //! lives in a namespace of its own, real HTTP/UDP servers, real clients, the real agent.
 //! Everything it creates is removed on drop, pass or fail.
 
+mod fill;
 mod netns;
 mod servers;
 mod traffic;
@@ -19,6 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+pub use fill::fill_connection_table;
 pub use netns::{Netns, run_cmd};
 pub use servers::Servers;
 pub use traffic::{
@@ -370,10 +372,14 @@ impl Lab {
 
     /// Starts `veer agent` in the balancer namespace and waits until it says it is ready.
     pub fn start_agent(&mut self, config: &Path) -> anyhow::Result<()> {
-        let veer = veer_bin()?;
+        self.start_agent_bin(&veer_bin()?, config)
+    }
+
+    /// [`Lab::start_agent`] with another `veer` binary (the bench compares two builds).
+    pub fn start_agent_bin(&mut self, veer: &Path, config: &Path) -> anyhow::Result<()> {
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
-        let mut cmd = command_in(&self.lb, &veer)?;
+        let mut cmd = command_in(&self.lb, veer)?;
         let child = cmd
             .args(["agent", "--config"])
             .arg(config)

@@ -41,6 +41,12 @@ struct Options {
     /// Skip the control-plane measurements (table build, API flip, agent memory).
     #[arg(long)]
     data_path_only: bool,
+    /// Only the agent's memory and status/scrape times (see agent.rs).
+    #[arg(long)]
+    agent_only: bool,
+    /// An older `veer` binary measured beside this build in the agent section.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
 }
 
 const FLOW_CAPACITY: u32 = 65_536;
@@ -76,16 +82,27 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench loads BPF programs into the kernel: run it as root (cargo xtask bench)");
     }
+    if opts.agent_only {
+        return agent::run(opts.baseline.as_deref()).map(|r| r.print(opts.json));
+    }
     let control = if opts.data_path_only || opts.only.is_some() {
         None
     } else {
         Some(control::run()?)
+    };
+    let (agent, json_out) = if opts.data_path_only || opts.only.is_some() {
+        (None, opts.json)
+    } else {
+        (Some(agent::run(opts.baseline.as_deref())?), opts.json)
     };
     let data = std::thread::spawn(move || data_path(opts))
         .join()
         .map_err(|_| anyhow::anyhow!("data-path bench panicked"))??;
     if let Some(c) = control {
         c.print(data);
+    }
+    if let Some(a) = agent {
+        a.print(json_out);
     }
     Ok(())
 }
@@ -361,6 +378,7 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
     Ok(opts.json)
 }
 
+mod agent;
 mod control;
 
 fn ns(d: Duration, _repeat: u32) -> f64 {
