@@ -31,6 +31,10 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.max(1))
     }
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "an endless generator: Iterator's Option would only be unwrapped"
+    )]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -465,7 +469,7 @@ fn check_output(
                 return Err("icmpv6 over ipv4".into());
             };
             let want = etherparse::Icmpv6Header::with_checksum(
-                icmp.icmp_type.clone(),
+                icmp.icmp_type,
                 ip.source,
                 ip.destination,
                 h.payload.slice(),
