@@ -3,6 +3,7 @@
 //! `POST /v1/apply|switch|split|ab|rollback|canary`, `GET /v1/flows/{vip}?limit=N`,
 //! `GET /v1/trace/{vip}?src=IP:PORT`.
 
+mod audit;
 pub mod limits;
 mod routes;
 mod server;

@@ -19,7 +19,9 @@ pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHand
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = router(core);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "api socket"), app).await {
+        let listener = super::limits::Limited::new(super::audit::Peered(listener), "api socket");
+        let app = app.into_make_service_with_connect_info::<super::audit::Peer>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("API server: {e}");
         }
     }))
@@ -60,7 +62,9 @@ pub async fn serve_tcp(core: Shared, addr: SocketAddr, token_file: &Path) -> std
         },
     ));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "TCP API"), app).await {
+        let listener = super::limits::Limited::new(super::audit::Peered(listener), "TCP API");
+        let app = app.into_make_service_with_connect_info::<super::audit::Peer>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("TCP API server: {e}");
         }
     }))

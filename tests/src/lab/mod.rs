@@ -377,12 +377,18 @@ impl Lab {
 
     /// [`Lab::start_agent`] with another `veer` binary (the bench compares two builds).
     pub fn start_agent_bin(&mut self, veer: &Path, config: &Path) -> anyhow::Result<()> {
+        self.start_agent_with(veer, config, &[])
+    }
+
+    /// [`Lab::start_agent_bin`] with more arguments for `veer agent` (e.g. `--log-format json`).
+    pub fn start_agent_with(&mut self, veer: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
         let mut cmd = command_in(&self.lb, veer)?;
         let child = cmd
             .args(["agent", "--config"])
             .arg(config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
