@@ -14,7 +14,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::types::ChangeReport;
+use super::{limits::Limited, types::ChangeReport};
 use crate::{
     agent::{Change, Core, CoreError},
     logs::json_field,
@@ -25,18 +25,21 @@ use crate::{
 pub enum Peer {
     /// A Unix-socket client, by SO_PEERCRED (None: the kernel did not say).
     Local { uid: Option<u32>, pid: Option<i32> },
-    /// A TCP client (every request carried the bearer token).
-    Tcp(SocketAddr),
+    /// A TCP client, and the name of the bearer token its request carried.
+    Tcp(SocketAddr, Option<String>),
 }
 
 tokio::task_local! {
     static PEER: Peer;
 }
 
-/// A listener whose connections are known by their [`Peer`].
-pub struct Peered<L>(pub L);
+/// The API socket, its connections known by their [`Peer`].
+pub struct PeeredUnix(pub tokio::net::UnixListener);
 
-impl Listener for Peered<tokio::net::UnixListener> {
+/// A TCP listener of the API (TLS or loopback), its connections known by their [`Peer`].
+pub struct PeeredTcp<L>(pub L);
+
+impl Listener for PeeredUnix {
     type Io = tokio::net::UnixStream;
     type Addr = Peer;
 
@@ -55,32 +58,40 @@ impl Listener for Peered<tokio::net::UnixListener> {
     }
 }
 
-impl Listener for Peered<tokio::net::TcpListener> {
-    type Io = tokio::net::TcpStream;
+impl<L: Listener<Addr = SocketAddr>> Listener for PeeredTcp<L> {
+    type Io = L::Io;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = Listener::accept(&mut self.0).await;
-        (io, Peer::Tcp(addr))
+        let (io, addr) = self.0.accept().await;
+        (io, Peer::Tcp(addr, None))
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr().map(Peer::Tcp)
+        self.0.local_addr().map(|a| Peer::Tcp(a, None))
     }
 }
 
-impl<L> axum::extract::connect_info::Connected<IncomingStream<'_, super::limits::Limited<Peered<L>>>> for Peer
-where
-    Peered<L>: Listener<Addr = Peer>,
-{
-    fn connect_info(stream: IncomingStream<'_, super::limits::Limited<Peered<L>>>) -> Peer {
+impl axum::extract::connect_info::Connected<IncomingStream<'_, Limited<PeeredUnix>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Limited<PeeredUnix>>) -> Peer {
         stream.remote_addr().clone()
     }
 }
 
-/// Middleware: the request's handler runs knowing its peer (read by [`Audit`]).
+impl<L: Listener<Addr = SocketAddr>> axum::extract::connect_info::Connected<IncomingStream<'_, Limited<PeeredTcp<L>>>>
+    for Peer
+{
+    fn connect_info(stream: IncomingStream<'_, Limited<PeeredTcp<L>>>) -> Peer {
+        stream.remote_addr().clone()
+    }
+}
+
+/// Middleware: the request's handler runs knowing its peer (read by [`Audit`]), with the
+/// name of the token a TCP request carried (see [`super::remote::Caller`]).
 pub async fn with_peer(req: Request, next: Next) -> Response {
+    let caller = req.extensions().get::<super::remote::Caller>().map(|c| c.0.clone());
     match req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0.clone()) {
+        Some(Peer::Tcp(addr, _)) => PEER.scope(Peer::Tcp(addr, caller), next.run(req)).await,
         Some(peer) => PEER.scope(peer, next.run(req)).await,
         None => next.run(req).await,
     }
@@ -151,15 +162,16 @@ impl Audit {
     pub fn end(self, core: &Core, result: &Result<ChangeReport, CoreError>) {
         let after = view(core, self.vip.as_deref());
         let peer = PEER.try_with(Clone::clone).ok();
-        let (uid, pid, client) = match &peer {
-            Some(Peer::Local { uid, pid }) => (uid.map(|u| u.to_string()), *pid, None),
-            Some(Peer::Tcp(addr)) => (None, None, Some(addr.ip().to_string())),
-            None => (None, None, None),
+        let (uid, token, pid, client) = match &peer {
+            Some(Peer::Local { uid, pid }) => (uid.map(|u| u.to_string()), None, *pid, None),
+            Some(Peer::Tcp(addr, token)) => (None, token.clone(), None, Some(addr.ip().to_string())),
+            None => (None, None, None, None),
         };
         let who = match &peer {
             Some(Peer::Local { uid: Some(u), .. }) => format!("uid {u}"),
             Some(Peer::Local { uid: None, .. }) => "a local client".to_string(),
-            Some(Peer::Tcp(a)) => format!("{a} (API token)"),
+            Some(Peer::Tcp(a, Some(t))) => format!("token {t:?} from {a}"),
+            Some(Peer::Tcp(a, None)) => format!("{a}"),
             None => "the agent".to_string(),
         };
         let changes = match result {
@@ -177,6 +189,7 @@ impl Audit {
                 event.action = self.verb,
                 event.outcome = "success",
                 user.id = uid.as_deref(),
+                user.name = token.as_deref(),
                 veer.peer.pid = pid,
                 client.address = client.as_deref(),
                 veer.vip = vip,
@@ -194,6 +207,7 @@ impl Audit {
                 event.action = self.verb,
                 event.outcome = "failure",
                 user.id = uid.as_deref(),
+                user.name = token.as_deref(),
                 veer.peer.pid = pid,
                 client.address = client.as_deref(),
                 veer.vip = vip,

@@ -1,25 +1,28 @@
 //! The `veer` command line: `args` (the verbs), `commands` (request, call, print),
-//! `render` (plain text), `wait` (--wait progress), `rollout`, `client` (HTTP over the
+//! `render` (plain text), `wait` (--wait progress), `live` and `top` (status --watch and
+//! the terminal view), `rollout`, `client` (HTTP over the
 //! socket) and `exit` (the exit codes).
 
 mod args;
 pub mod client;
 mod commands;
-mod hook;
 pub mod exit;
+mod hook;
+mod live;
 mod render;
 mod rollout;
+mod top;
 mod wait;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser as _;
 
+pub use self::args::Cli;
 use self::{
     args::{Command, LogFormat},
     exit::CliError,
 };
-pub use self::args::Cli;
 use crate::{agent, config::DEFAULT_SOCKET};
 
 fn init_logs(format: LogFormat) {

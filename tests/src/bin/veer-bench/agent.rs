@@ -26,6 +26,7 @@ const METRICS: &str = "127.0.0.1:9477";
 #[derive(Default, Clone)]
 struct Figures {
     anon_mb: Vec<f64>,
+    anon_after_change_mb: Vec<f64>,
     file_mb: Vec<f64>,
     shmem_mb: Vec<f64>,
     status_ms: Vec<f64>,
@@ -61,8 +62,10 @@ pub fn run(baseline: Option<&Path>) -> anyhow::Result<Report> {
             let i = if rep % 2 == 0 { i } else { n - 1 - i };
             let (name, bin, fig) = &mut builds[i];
             eprintln!("agent bench: {name}, repetition {} of {REPS}", rep + 1);
-            let (anon, file, shmem) = idle_memory(bin).with_context(|| format!("{name}: idle memory"))?;
+            let ((anon, file, shmem), after_change) =
+                idle_memory(bin).with_context(|| format!("{name}: idle memory"))?;
             fig.anon_mb.push(anon);
+            fig.anon_after_change_mb.push(after_change);
             fig.file_mb.push(file);
             fig.shmem_mb.push(shmem);
             let (status, scrape, flows) = full_table(bin).with_context(|| format!("{name}: 1M live flows"))?;
@@ -116,15 +119,32 @@ fn rss(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
 }
 
 /// An agent with 100 VIPs × 100 backends at idle, after one `veer status` (the status
-/// document and whatever the agent keeps for it count too): resident memory by kind.
-fn idle_memory(bin: &Path) -> anyhow::Result<(f64, f64, f64)> {
+/// document and whatever the agent keeps for it count too): resident memory by kind. Then
+/// once more after a `veer apply -f` that changes a weight in every VIP (100 tables
+/// rebuilt): returns (idle, after the change).
+fn idle_memory(bin: &Path) -> anyhow::Result<((f64, f64, f64), f64)> {
     let mut lab = Lab::new(&LabOptions { weights: vec![1] })?;
-    let config = lab.write_config_text("big.toml", &hundred_by_hundred(&lab))?;
+    let text = hundred_by_hundred(&lab);
+    let config = lab.write_config_text("big.toml", &text)?;
     lab.start_agent_bin(bin, &config)?;
     let pid = lab.agent.as_ref().and_then(|a| a.pid()).context("agent pid")?;
     status(bin, &lab.socket())?;
     std::thread::sleep(Duration::from_secs(2));
-    rss(pid)
+    let idle = rss(pid)?;
+    let changed = lab.write_config_text("big2.toml", &text.replace(":8080\" }, ", ":8080\", weight = 50 }, "))?;
+    let out = std::process::Command::new(bin)
+        .arg("--socket")
+        .arg(lab.socket())
+        .args(["apply", "-f"])
+        .arg(&changed)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "veer apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    Ok((idle, rss(pid)?.0))
 }
 
 /// `veer status --json` of build `bin` (the CLI's start included, as an operator sees it).
@@ -224,7 +244,7 @@ impl Report {
                 .map(|(name, bin, f)| {
                     json!({
                         "build": name, "binary": bin.display().to_string(),
-                        "idle_100x100": { "rss_anon_mb": median(&f.anon_mb), "rss_file_mb": median(&f.file_mb), "rss_shmem_mb": median(&f.shmem_mb), "samples": f.anon_mb },
+                        "idle_100x100": { "rss_anon_mb": median(&f.anon_mb), "rss_anon_after_change_mb": median(&f.anon_after_change_mb), "rss_file_mb": median(&f.file_mb), "rss_shmem_mb": median(&f.shmem_mb), "samples": f.anon_mb },
                         "live_flows": f.flows,
                         "status_ms": { "median": median(&f.status_ms), "max": max(&f.status_ms), "samples": f.status_ms.len() },
                         "scrape_ms": { "median": median(&f.scrape_ms), "max": max(&f.scrape_ms), "samples": f.scrape_ms.len() },
@@ -241,14 +261,15 @@ impl Report {
             "\nagent ({REPS} repetitions per build, alternating; medians, max in brackets; targets: anonymous <= 50 MB, status and scrape <= 50 ms)"
         );
         println!(
-            "  {:<12} {:>10} {:>10} {:>10} {:>22} {:>22}",
-            "build", "anon MB", "file MB", "shmem MB", "veer status ms (1M)", "metrics scrape ms (1M)"
+            "  {:<12} {:>10} {:>14} {:>10} {:>10} {:>22} {:>22}",
+            "build", "anon MB", "anon after Δ", "file MB", "shmem MB", "veer status ms (1M)", "metrics scrape ms (1M)"
         );
         for (name, _, f) in &self.builds {
             println!(
-                "  {:<12} {:>10.1} {:>10.1} {:>10.1} {:>14.1} [{:>5.1}] {:>14.1} [{:>5.1}]",
+                "  {:<12} {:>10.1} {:>14.1} {:>10.1} {:>10.1} {:>14.1} [{:>5.1}] {:>14.1} [{:>5.1}]",
                 name,
                 median(&f.anon_mb),
+                median(&f.anon_after_change_mb),
                 median(&f.file_mb),
                 median(&f.shmem_mb),
                 median(&f.status_ms),
