@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use serde_json::Value;
 use veer_tests::lab::*;
 
+const TOKEN: &str = "0123456789abcdef-audit";
+const TCP_API: &str = "127.0.0.1:9480";
+
 fn audit_events(log: &str, action: &str) -> Vec<Value> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -28,9 +31,15 @@ fn a_switch_through_the_api_is_an_ecs_audit_event_with_peer_and_before_after() {
         backend_list(0..1, HTTP_PORT),
         backend_list(1..2, HTTP_PORT)
     );
-    let config = lab
-        .write_config_text("veer.toml", &format!("{}\n{vips}", lab.agent_section()))
+    let tokens = lab
+        .write_config_text("tokens", &format!("ci-runner {TOKEN}\n"))
         .unwrap();
+    let agent = format!(
+        "{}api_listen = \"{TCP_API}\"\napi_token_file = \"{}\"\n",
+        lab.agent_section(),
+        tokens.display()
+    );
+    let config = lab.write_config_text("veer.toml", &format!("{agent}\n{vips}")).unwrap();
     lab.start_agent_with(&veer_bin().unwrap(), &config, &["--log-format", "json"])
         .unwrap();
     let vip = SocketAddr::new(VIP4.into(), 80);
@@ -42,6 +51,27 @@ fn a_switch_through_the_api_is_an_ecs_audit_event_with_peer_and_before_after() {
     assert_ne!(code, 0, "a switch to a pool that does not exist is refused");
     // The status read in between is no change: no audit event for it.
     lab.status().unwrap();
+    // Back to blue over the TCP API (plaintext on loopback), with a named token.
+    let answer = lab
+        .lb
+        .run(|| -> std::io::Result<String> {
+            use std::io::{Read as _, Write as _};
+            let body = r#"{"vip":"web","pool":"blue"}"#;
+            let mut s = std::net::TcpStream::connect(TCP_API)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            write!(
+                s,
+                "POST /v1/switch HTTP/1.1\r\nHost: veer\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     let log = lab.agent_log();
     let mut lines = 0;
@@ -67,7 +97,7 @@ fn a_switch_through_the_api_is_an_ecs_audit_event_with_peer_and_before_after() {
         .into_iter()
         .filter(|v| v["event.outcome"] == "success")
         .collect();
-    assert_eq!(ok.len(), 1, "one audit event for the applied switch:\n{log}");
+    assert_eq!(ok.len(), 2, "one audit event per applied switch:\n{log}");
     let e = &ok[0];
     assert_eq!(
         (&e["event.category"], &e["event.type"], &e["veer.vip"]),
@@ -83,6 +113,21 @@ fn a_switch_through_the_api_is_an_ecs_audit_event_with_peer_and_before_after() {
     assert_eq!(e["veer.change.before"]["active"], "blue", "{e:#}");
     assert_eq!(e["veer.change.after"]["active"], "green", "{e:#}");
     assert_eq!(e["veer.change.after"]["deployment"]["previous_active"], "blue", "{e:#}");
+
+    let tcp = &ok[1];
+    assert_eq!(
+        (&tcp["user.name"], &tcp["client.address"]),
+        (&Value::from("ci-runner"), &Value::from("127.0.0.1")),
+        "the TCP client and its token's name: {tcp:#}"
+    );
+    assert_eq!(
+        (
+            &tcp["veer.change.before"]["active"],
+            &tcp["veer.change.after"]["active"]
+        ),
+        (&Value::from("green"), &Value::from("blue")),
+        "{tcp:#}"
+    );
 
     let refused: Vec<Value> = audit_events(&log, "switch")
         .into_iter()
