@@ -31,6 +31,8 @@ struct Figures {
     shmem_mb: Vec<f64>,
     status_ms: Vec<f64>,
     scrape_ms: Vec<f64>,
+    /// The slowest API call (a trace, which takes the agent's lock) while they ran.
+    api_worst_ms: Vec<f64>,
     flows: usize,
 }
 
@@ -68,9 +70,10 @@ pub fn run(baseline: Option<&Path>) -> anyhow::Result<Report> {
             fig.anon_after_change_mb.push(after_change);
             fig.file_mb.push(file);
             fig.shmem_mb.push(shmem);
-            let (status, scrape, flows) = full_table(bin).with_context(|| format!("{name}: 1M live flows"))?;
+            let (status, scrape, worst, flows) = full_table(bin).with_context(|| format!("{name}: 1M live flows"))?;
             fig.status_ms.extend(status);
             fig.scrape_ms.extend(scrape);
+            fig.api_worst_ms.push(worst);
             fig.flows = flows;
         }
     }
@@ -184,9 +187,27 @@ fn scrape(lab: &Lab) -> anyhow::Result<(f64, usize)> {
     })?
 }
 
+/// One API call that takes the agent's lock (a trace) on the socket; returns ms.
+fn api_call(socket: &Path) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /v1/trace/web4?src=10.77.0.10:1234 HTTP/1.1\r\nHost: veer\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    ensure!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "trace: {}",
+        String::from_utf8_lossy(&out)
+    );
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
 /// An agent whose 1,048,576-flow connection table is full of live flows of one VIP:
-/// `CALLS` status calls and `CALLS` scrapes, each timed, after one of each to warm up.
-fn full_table(bin: &Path) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
+/// `CALLS` status calls and `CALLS` scrapes, each timed, after one of each to warm up,
+/// while another thread makes API calls that take the agent's lock (the slowest is
+/// returned too: a scan must never hold them up).
+fn full_table(bin: &Path) -> anyhow::Result<(Vec<f64>, Vec<f64>, f64, usize)> {
     let mut lab = Lab::new(&LabOptions { weights: vec![1; 3] })?;
     let text = format!(
         "{}\n[[vip]]\nname = \"web4\"\naddress = \"{VIP4}:80\"\nprotocol = \"tcp\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {} ]\n",
@@ -220,6 +241,21 @@ fn full_table(bin: &Path) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
         std::thread::sleep(Duration::from_millis(200));
     }
     scrape(&lab)?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (done, socket) = (done.clone(), socket.clone());
+        std::thread::spawn(move || -> anyhow::Result<f64> {
+            let mut worst: f64 = 0.0;
+            for _ in 0..100_000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                worst = worst.max(api_call(&socket)?);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(worst)
+        })
+    };
     let mut status_ms = Vec::new();
     let mut scrape_ms = Vec::new();
     for _ in 0..CALLS {
@@ -232,7 +268,11 @@ fn full_table(bin: &Path) -> anyhow::Result<(Vec<f64>, Vec<f64>, usize)> {
         status_ms.push(ms);
         scrape_ms.push(scrape(&lab)?.0);
     }
-    Ok((status_ms, scrape_ms, filled))
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = prober
+        .join()
+        .map_err(|_| anyhow::anyhow!("the API prober panicked"))??;
+    Ok((status_ms, scrape_ms, worst, filled))
 }
 
 impl Report {
@@ -248,6 +288,7 @@ impl Report {
                         "live_flows": f.flows,
                         "status_ms": { "median": median(&f.status_ms), "max": max(&f.status_ms), "samples": f.status_ms.len() },
                         "scrape_ms": { "median": median(&f.scrape_ms), "max": max(&f.scrape_ms), "samples": f.scrape_ms.len() },
+                        "api_call_during_scans_worst_ms": max(&f.api_worst_ms),
                     })
                 })
                 .collect();
@@ -258,15 +299,22 @@ impl Report {
             return;
         }
         println!(
-            "\nagent ({REPS} repetitions per build, alternating; medians, max in brackets; targets: anonymous <= 50 MB, status and scrape <= 50 ms)"
+            "\nagent ({REPS} repetitions per build, alternating; medians, max in brackets; targets: anonymous <= 50 MB, status and scrape <= 50 ms; API calls meanwhile never wait for a scan)"
         );
         println!(
-            "  {:<12} {:>10} {:>14} {:>10} {:>10} {:>22} {:>22}",
-            "build", "anon MB", "anon after Δ", "file MB", "shmem MB", "veer status ms (1M)", "metrics scrape ms (1M)"
+            "  {:<12} {:>10} {:>14} {:>10} {:>10} {:>22} {:>22} {:>16}",
+            "build",
+            "anon MB",
+            "anon after Δ",
+            "file MB",
+            "shmem MB",
+            "veer status ms (1M)",
+            "metrics scrape ms (1M)",
+            "API call ms max"
         );
         for (name, _, f) in &self.builds {
             println!(
-                "  {:<12} {:>10.1} {:>14.1} {:>10.1} {:>10.1} {:>14.1} [{:>5.1}] {:>14.1} [{:>5.1}]",
+                "  {:<12} {:>10.1} {:>14.1} {:>10.1} {:>10.1} {:>14.1} [{:>5.1}] {:>14.1} [{:>5.1}] {:>16.1}",
                 name,
                 median(&f.anon_mb),
                 median(&f.anon_after_change_mb),
@@ -275,7 +323,8 @@ impl Report {
                 median(&f.status_ms),
                 max(&f.status_ms),
                 median(&f.scrape_ms),
-                max(&f.scrape_ms)
+                max(&f.scrape_ms),
+                max(&f.api_worst_ms)
             );
         }
         if let [(_, _, a), (_, _, b)] = &self.builds[..] {
