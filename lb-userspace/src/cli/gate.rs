@@ -115,22 +115,22 @@ fn command(cmd: &str, timeout: Duration, vip: &str, c: &CanaryStatus) -> Result<
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.wait();
                 return Err(format!(
-                    "gate {cmd:?} did not answer within {}",
+                    "the gate command did not answer within {}",
                     humantime::format_duration(timeout)
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("gate {cmd:?}: {e}")),
+            Err(e) => return Err(format!("the gate command: {e}")),
         }
     };
     let err = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
     let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     if status.success() {
-        Ok(format!("gate {cmd:?} exited 0"))
+        Ok("the gate command exited 0".to_string())
     } else if last.is_empty() {
-        Err(format!("gate {cmd:?} failed ({status})"))
+        Err(format!("the gate command failed ({status})"))
     } else {
-        Err(format!("gate {cmd:?} failed ({status}): {last}"))
+        Err(format!("the gate command failed ({status}): {last}"))
     }
 }
 
