@@ -823,3 +823,98 @@ fn canary_pause_holds_the_step_resume_continues_and_promote_switches() {
     assert_eq!(green_share(&lab.http_load(vip(), 200).unwrap()), 100.0);
     load.finish(&lab, "canary pause, resume, promote");
 }
+
+/// A real Prometheus server scraping the agent, in the balancer's namespace; killed (by its
+/// PID) and reaped on drop. Its data lives in the lab's directory.
+fn prometheus(lab: &Lab) -> ChildGuard {
+    let dir = lab.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global: { scrape_interval: 250ms, evaluation_interval: 1s }\n\
+         scrape_configs:\n  - job_name: veer\n    static_configs: [ { targets: ['127.0.0.1:9477'] } ]\n",
+    )
+    .unwrap();
+    let child = command_in(&lab.lb, std::path::Path::new("/usr/bin/prometheus"))
+        .unwrap()
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg("--web.listen-address=127.0.0.1:19090")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("prometheus is installed by `cargo xtask setup` (Debian's prometheus package)");
+    ChildGuard(child)
+}
+
+/// `--gate-prometheus URL QUERY` against a real Prometheus that scrapes the agent: the
+/// query `veer_canary_step < 2` has a result during step 1 and none once step 2 is scraped,
+/// so the canary passes its first gate and rolls back at the second (exit 4).
+#[test]
+fn a_prometheus_gate_passes_on_a_result_and_rolls_back_on_an_empty_one() {
+    let Some(lab) = lab() else { return };
+    let _prometheus = prometheus(&lab);
+    let veer = veer_bin().unwrap();
+    let cli = |args: &[&str]| {
+        let out = command_in(&lab.lb, &veer)
+            .unwrap()
+            .arg("--socket")
+            .arg(lab.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = "http://127.0.0.1:19090";
+    let (code, out, err) = cli(&[
+        "canary", "web", "green", "--interval", "1s", "--gate-prometheus", url, "up", "--dry-run",
+    ]);
+    assert_eq!(code, Some(0), "a dry run changes nothing and runs no gate: {out}{err}");
+    // Prometheus answers once it has scraped the agent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = lab
+            .lb
+            .run(move || {
+                use std::io::{Read as _, Write as _};
+                let mut s = std::net::TcpStream::connect("127.0.0.1:19090").ok()?;
+                s.write_all(b"GET /api/v1/query?query=up HTTP/1.0\r\n\r\n").ok()?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).ok()?;
+                Some(body.contains("\"value\"") && body.contains("\"1\""))
+            })
+            .unwrap();
+        if up == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus never scraped the agent");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = cli(&[
+        "canary",
+        "web",
+        "green",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "1500ms",
+        "--gate-prometheus",
+        url,
+        "veer_canary_step{vip=\"web\"} < 2",
+    ]);
+    println!("canary --gate-prometheus:\n{out}");
+    assert_eq!(code, Some(4), "{out}{err}\n{}", lab.agent_log());
+    assert!(out.contains("gate after step 1 passed"), "{out}");
+    assert!(
+        err.contains("gate failed at step 2 (50%)") && err.contains("empty result"),
+        "{err}"
+    );
+    let v = &lab.status().unwrap()["vips"][0];
+    assert!(v["split"].is_null(), "{v}");
+    assert_eq!(v["active"], "blue");
+}
