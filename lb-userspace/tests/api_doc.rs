@@ -13,9 +13,7 @@ fn read(rel: &str) -> String {
 fn routes(source: &str) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for chunk in source.split(".route(\"").skip(1) {
-        let Some((path, rest)) = chunk.split_once('"') else {
-            continue;
-        };
+        let Some((path, rest)) = chunk.split_once('"') else { continue };
         let method = rest
             .trim_start_matches([',', ' '])
             .split('(')

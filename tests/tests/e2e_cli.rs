@@ -17,6 +17,7 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP4.into(), 80)
 }
 
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
 }
@@ -74,11 +75,7 @@ fn check_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
     let (code, out, err) = run(&good, true);
     assert_eq!(code, Some(0), "{out}{err}");
     let v = json(&out);
-    assert_eq!(
-        (v["ok"].as_bool(), v["vips"][0]["name"].as_str()),
-        (Some(true), Some("web")),
-        "{v}"
-    );
+    assert_eq!((v["ok"].as_bool(), v["vips"][0]["name"].as_str()), (Some(true), Some("web")), "{v}");
     assert_eq!(v["vips"][0]["backends"], 2, "{v}");
     let (code, out, err) = run(&bad, true);
     assert_eq!(code, Some(1), "{out}{err}");
@@ -188,16 +185,7 @@ fn usage_errors_exit_64_and_invalid_values_exit_1_without_contacting_the_agent()
         &["canary", "web", "green", "--steps", "50,10", "--interval", "1s"],
         &["canary", "web", "green", "--steps", "10,150", "--interval", "1s"],
         &["canary", "web", "green", "--interval", "soon"],
-        &[
-            "canary",
-            "web",
-            "green",
-            "--interval",
-            "1s",
-            "--gate-prometheus",
-            "https://prom:9090",
-            "up",
-        ],
+        &["canary", "web", "green", "--interval", "1s", "--gate-prometheus", "https://prom:9090", "up"],
         &["rollout", "web", "blue", "--exec", "true", "--drain-timeout", "forever"],
         &["rollout", "web", "blue", "--exec", "true", "--batch", "0"],
         &["status", "--watch", "--interval", "0s"],
@@ -235,10 +223,7 @@ fn the_unreachable_message_says_how_the_socket_was_chosen() {
     assert!(err.contains("/nonexistent/a.sock") && err.contains("--socket"), "{err}");
     let (code, _, err) = veer_alone(&["status"], Some("/nonexistent/b.sock"));
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("/nonexistent/b.sock") && err.contains("VEER_SOCKET"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/b.sock") && err.contains("VEER_SOCKET"), "{err}");
     // The default socket: only where no agent of this host answers on it.
     if !std::path::Path::new("/run/veer/veer.sock").exists() {
         let (code, _, err) = veer_alone(&["status"], None);
@@ -487,145 +472,4 @@ fn a_restart_with_another_flow_capacity_is_refused_with_the_reason() {
     assert_eq!(o.failed, 0, "{:?}", o.errors);
     let original = lab.dir.join("veer.toml");
     lab.start_agent(&original).unwrap();
-}
-
-/// A tmux server of this test's own (its socket named after the process), killed on drop.
-struct Tmux(String);
-
-impl Tmux {
-    fn new() -> Tmux {
-        Tmux(format!("veer-cli-test-{}", std::process::id()))
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new("tmux")
-            .args(["-L", &self.0])
-            .args(args)
-            .output()
-            .expect("tmux is installed by `cargo xtask setup`")
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        self.run(&["kill-server"]);
-    }
-}
-
-/// `veer top` in a real terminal (tmux) under load: every backend with its pool, health,
-/// weight and live flows, packets/s and new flows/s that are counted, the split in
-/// progress; q quits. The capture is what docs/top.md shows.
-#[test]
-fn top_shows_every_backend_with_its_rates_and_the_split_and_q_quits() {
-    let health = "health = { kind = \"http\", path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 3 }";
-    let Some(lab) = Lab::with_config(4, "", &blue_green(health)) else {
-        return;
-    };
-    lab.wait_for_vip(vip()).unwrap();
-    lab.veer_ok(&["split", "web", "green", "25"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = lab.mixed_load(vip(), stop.clone()).unwrap();
-    let tmux = Tmux::new();
-    let cmd = format!(
-        "{} --socket {} top --interval 500ms",
-        veer_bin().unwrap().display(),
-        lab.socket().display()
-    );
-    let out = tmux.run(&["new-session", "-d", "-s", "top", "-x", "132", "-y", "16", &cmd]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rate_of = |screen: &str, row: &str| -> Option<f64> {
-        let line = screen.lines().find(|l| l.contains(row))?;
-        let cells: Vec<&str> = line.trim_matches(|c| c == '│' || c == ' ').split_whitespace().collect();
-        // ... weight, pkts/s, new/s, live
-        cells.get(cells.len().checked_sub(3)?)?.parse().ok()
-    };
-    let screen = loop {
-        let s = tmux.screen();
-        if rate_of(&s, "web 10.77").is_some_and(|r| r > 0.0) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "top never showed a packet rate:\n{s}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in load {
-        let o = h.join().unwrap();
-        assert_eq!(o.failed, 0, "{:?}", o.errors);
-    }
-    println!("veer top under load:\n{screen}");
-    assert!(screen.contains("split 25% -> green"), "{screen}");
-    for i in 0..4 {
-        let row = screen
-            .lines()
-            .find(|l| l.contains(&addr(i)))
-            .unwrap_or_else(|| panic!("{} missing:\n{screen}", addr(i)));
-        assert!(
-            row.contains(if i < 2 { "blue (active)" } else { "green (next)" }),
-            "{row}"
-        );
-        assert!(
-            row.contains("admin ready / ready") && row.contains(" up ") && row.contains(" 100 "),
-            "{row}"
-        );
-    }
-    assert!(
-        (0..4)
-            .filter(|i| rate_of(&screen, &addr(*i)).is_some_and(|r| r > 0.0))
-            .count()
-            >= 3,
-        "backends of both pools show packets/s:\n{screen}"
-    );
-    tmux.run(&["send-keys", "-t", "top", "q"]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tmux.run(&["has-session", "-t", "top"]).status.success() {
-        assert!(Instant::now() < deadline, "q did not quit top");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `veer status --watch` off a terminal prints the status again whenever it changed, and
-/// with --json one status object per line.
-#[test]
-fn status_watch_off_a_terminal_prints_each_changed_status() {
-    let Some(lab) = Lab::with_config(2, "", &one_pool(2, "")) else {
-        return;
-    };
-    lab.wait_for_vip(vip()).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = lab.background_load(vip(), stop.clone(), 20_000).unwrap();
-    let watch = |json: bool| {
-        let mut cmd = std::process::Command::new(veer_bin().unwrap());
-        cmd.arg("--socket").arg(lab.socket());
-        if json {
-            cmd.arg("--json");
-        }
-        let child = cmd
-            .args(["status", "--watch", "--interval", "200ms"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(1300));
-        // SAFETY: SIGTERM to the child this test started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
-    };
-    let plain = watch(false);
-    let json_out = watch(true);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(load.join().unwrap().failed, 0);
-    let blocks = plain.matches("\n--- ").count() + usize::from(plain.starts_with("--- "));
-    assert!(blocks >= 3, "a status per change under load ({blocks}):\n{plain}");
-    assert_eq!(
-        plain.matches("web 10.77").count(),
-        blocks,
-        "each block lists the VIP:\n{plain}"
-    );
-    let lines: Vec<serde_json::Value> = json_out.lines().map(json).collect();
-    assert!(lines.len() >= 3, "{json_out}");
-    assert!(lines.iter().all(|v| v["vips"][0]["name"] == "web"), "{json_out}");
 }

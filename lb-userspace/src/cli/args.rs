@@ -99,13 +99,6 @@ pub enum Command {
         #[arg(long, default_value = "1s", requires = "watch")]
         interval: String,
     },
-    /// Live terminal view of VIPs, pools and backends: packets/s, new flows/s, live flows,
-    /// health, weights, split or canary (q quits). `status --watch` is its plain cousin.
-    Top {
-        /// How often to refresh: 1s, 500ms.
-        #[arg(long, default_value = "1s")]
-        interval: String,
-    },
     /// Change backends: `set VIP ADDR weight N`, `set VIP ADDR state ready|drain|maint`,
     /// `add VIP POOL ADDR [--weight N]`, `del VIP ADDR`.
     Backend {

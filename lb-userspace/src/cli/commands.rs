@@ -73,11 +73,6 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             let s: Status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
             print(json, &s, render::status);
         }
-        Command::Top { interval } => {
-            let every = validate::duration_within(&interval, Duration::from_millis(100), Duration::from_secs(3600))
-                .map_err(rejected("--interval"))?;
-            return super::top::run(socket, every);
-        }
         Command::Backend { action } => {
             let answer = match action {
                 BackendAction::Set {

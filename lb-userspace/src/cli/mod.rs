@@ -1,6 +1,6 @@
 //! The `veer` command line: `args` (the verbs), `commands` (check, request, call, print),
 //! `render` (plain text), `progress` and `wait` (--wait), `gate` (canary gates),
-//! `rollout`, `watch` (status --watch), `top`, `client` (HTTP over the socket) and `exit` (the
+//! `rollout`, `watch` (status --watch), `client` (HTTP over the socket) and `exit` (the
 //! exit codes).
 
 mod args;
@@ -12,7 +12,6 @@ mod hook;
 mod progress;
 mod render;
 mod rollout;
-mod top;
 mod wait;
 mod watch;
 
