@@ -10,8 +10,9 @@ use super::{
     args::{BackendAction, CanaryArgs, CanaryControl, Command, SetWhat},
     client::{self, ClientError},
     gate::{self, Gate},
+    live,
     progress::{Event, Progress},
-    render, rollout, wait,
+    render, rollout, top, wait,
 };
 use crate::{
     api::types::{
@@ -61,18 +62,28 @@ fn weight(s: &str) -> Result<i64, ClientError> {
     Ok(n)
 }
 
+/// A refresh interval of a live view: a duration of at least 100ms.
+fn refresh(flag: &str, s: &str) -> Result<Duration, ClientError> {
+    let d = duration(flag, s)?;
+    if d < Duration::from_millis(100) {
+        return Err(ClientError::Rejected(format!("{flag}: at least 100ms")));
+    }
+    Ok(d)
+}
+
 /// Runs a client verb against the agent at `socket`.
 pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientError> {
     match command {
-        Command::Status { watch, interval } => {
-            let every = validate::duration_within(&interval, Duration::from_millis(100), Duration::from_secs(3600))
-                .map_err(rejected("--interval"))?;
-            if watch {
-                return super::watch::status(socket, json, every);
-            }
+        Command::Status { watch: false, .. } => {
             let s: Status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
             print(json, &s, render::status);
         }
+        Command::Status {
+            watch: true,
+            interval,
+            count,
+        } => live::watch(socket, json, refresh("--interval", &interval)?, count)?,
+        Command::Top { interval } => top::run(socket, refresh("--interval", &interval)?)?,
         Command::Backend { action } => {
             let answer = match action {
                 BackendAction::Set {

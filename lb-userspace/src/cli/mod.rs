@@ -1,7 +1,7 @@
 //! The `veer` command line: `args` (the verbs), `commands` (check, request, call, print),
 //! `render` (plain text), `progress` and `wait` (--wait), `gate` (canary gates),
-//! `rollout`, `watch` (status --watch), `client` (HTTP over the socket) and `exit` (the
-//! exit codes).
+//! `live` and `top` (status --watch and the terminal view), `rollout`, `client` (HTTP over
+//! the socket) and `exit` (the exit codes).
 
 mod args;
 pub mod client;
@@ -9,11 +9,12 @@ mod commands;
 pub mod exit;
 mod gate;
 mod hook;
+mod live;
 mod progress;
 mod render;
 mod rollout;
+mod top;
 mod wait;
-mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
 
