@@ -51,7 +51,6 @@ fn blue_green(name: &str, address: &str, protocol: &str, port: u16, extra: &str)
     )
 }
 
-
 /// Continuous new-connection and keep-alive load for the duration of a scenario.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -462,8 +461,7 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
 #[test]
 fn a_canary_resumes_after_an_agent_restart() {
     let Some(mut lab) = lab_checked() else { return };
-    lab.veer_ok(&["canary", "web", "green", "--steps", "20,100", "--interval", "6s"],
-    );
+    lab.veer_ok(&["canary", "web", "green", "--steps", "20,100", "--interval", "6s"]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {
         assert!(Instant::now() < deadline, "the canary's first step never applied");
@@ -513,7 +511,13 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
     assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
     // Off a terminal, a line per phase of each batch.
     println!("rollout, stdout piped:\n{out}");
-    for (i, phase) in [(1, "draining"), (1, "running the hook"), (1, "healthy"), (2, "draining"), (2, "healthy")] {
+    for (i, phase) in [
+        (1, "draining"),
+        (1, "running the hook"),
+        (1, "healthy"),
+        (2, "draining"),
+        (2, "healthy"),
+    ] {
         let addr = format!("{}:{HTTP_PORT}", backend4(i - 1));
         let want = format!("web: rollout of blue: batch {i}/2 ({addr}): {phase}");
         assert!(out.lines().any(|l| l.starts_with(&want)), "{want:?} in {out}");
@@ -716,7 +720,10 @@ fn switch_wait_off_a_terminal_prints_a_line_per_change_and_json_lines_with_json(
         assert!(lines.contains(&want), "{want:?} in {lines:?}");
     }
     assert_eq!(
-        lines.iter().filter(|l| **l == "web: draining blue: 2 live flows").count(),
+        lines
+            .iter()
+            .filter(|l| **l == "web: draining blue: 2 live flows")
+            .count(),
         1,
         "one line per change, not per poll: {lines:?}"
     );
@@ -762,7 +769,15 @@ fn a_canary_whose_gate_fails_at_step_2_rolls_back_with_exit_4_and_fails_no_reque
     let canary = spawn_veer(
         &lab,
         &[
-            "canary", "web", "green", "--steps", "10,50,100", "--interval", "700ms", "--gate", &gate,
+            "canary",
+            "web",
+            "green",
+            "--steps",
+            "10,50,100",
+            "--interval",
+            "700ms",
+            "--gate",
+            &gate,
         ],
     );
     let out = canary.wait_with_output().unwrap();
@@ -777,8 +792,18 @@ fn a_canary_whose_gate_fails_at_step_2_rolls_back_with_exit_4_and_fails_no_reque
         "the error names the step and the gate's words: {stderr}"
     );
     let runs = std::fs::read_to_string(count.with_extension("log")).unwrap();
-    assert_eq!(runs.lines().collect::<Vec<_>>(), ["1 10", "2 50"], "the gate ran at the end of steps 1 and 2");
-    for want in ["step 1/3 (10%): running", "step 2/3 (50%): running", "gate after step 1 passed", "gate after step 2 FAILED", "rolled back"] {
+    assert_eq!(
+        runs.lines().collect::<Vec<_>>(),
+        ["1 10", "2 50"],
+        "the gate ran at the end of steps 1 and 2"
+    );
+    for want in [
+        "step 1/3 (10%): running",
+        "step 2/3 (50%): running",
+        "gate after step 1 passed",
+        "gate after step 2 FAILED",
+        "rolled back",
+    ] {
         assert!(stdout.contains(want), "{want:?} in {stdout}");
     }
     let v = &lab.status().unwrap()["vips"][0];
@@ -872,7 +897,15 @@ fn a_prometheus_gate_passes_on_a_result_and_rolls_back_on_an_empty_one() {
     };
     let url = "http://127.0.0.1:19090";
     let (code, out, err) = cli(&[
-        "canary", "web", "green", "--interval", "1s", "--gate-prometheus", url, "up", "--dry-run",
+        "canary",
+        "web",
+        "green",
+        "--interval",
+        "1s",
+        "--gate-prometheus",
+        url,
+        "up",
+        "--dry-run",
     ]);
     assert_eq!(code, Some(0), "a dry run changes nothing and runs no gate: {out}{err}");
     // Prometheus answers once it has scraped the agent.
@@ -917,4 +950,53 @@ fn a_prometheus_gate_passes_on_a_result_and_rolls_back_on_an_empty_one() {
     let v = &lab.status().unwrap()["vips"][0];
     assert!(v["split"].is_null(), "{v}");
     assert_eq!(v["active"], "blue");
+}
+
+/// An agent restart (kill -9 and a new agent, as an upgrade would) while `canary --gate`
+/// waits: the CLI asks again until the agent is back, judges the held step, and the canary
+/// completes (exit 0) with every request answered.
+#[test]
+fn a_gated_canary_wait_outlives_an_agent_restart() {
+    let Some(mut lab) = lab() else { return };
+    let load = Load::start(&lab);
+    let canary = spawn_veer(
+        &lab,
+        &[
+            "canary",
+            "web",
+            "green",
+            "--steps",
+            "20,100",
+            "--interval",
+            "3s",
+            "--gate",
+            "true",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {
+        assert!(Instant::now() < deadline, "the canary's first step never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.agent.as_mut().unwrap().kill_hard();
+    let config = lab.dir.join("veer.toml");
+    lab.start_agent(&config).unwrap();
+    let out = canary.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}\n{}", lab.agent_log());
+    assert!(
+        stderr.contains("agent unreachable"),
+        "the wait said the agent was gone: {stderr}"
+    );
+    assert!(stdout.contains("gate after step 1 passed"), "{stdout}");
+    let v = &lab.status().unwrap()["vips"][0];
+    assert_eq!(
+        (v["active"].as_str(), v["canary"]["outcome"]["state"].as_str()),
+        (Some("green"), Some("done")),
+        "{v}"
+    );
+    load.finish(&lab, "gated canary across an agent restart");
 }

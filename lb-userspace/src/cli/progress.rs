@@ -128,6 +128,15 @@ impl Progress {
         self.emit(&event);
     }
 
+    /// A remark outside the state sequence (plain text only; not an event in JSON mode),
+    /// on stderr so stdout keeps its format.
+    pub fn note(&mut self, text: &str) {
+        match &self.mode {
+            Mode::Bar(bar) => bar.println(text),
+            Mode::Lines | Mode::Json => eprintln!("{text}"),
+        }
+    }
+
     fn emit(&mut self, event: &Event) {
         match &self.mode {
             Mode::Json => self.json_line(event),

@@ -16,8 +16,32 @@ use super::{
 };
 use crate::api::types::{CanaryGateReq, CanaryOutcome, CanaryStatus, ChangeReport, Status};
 
-fn status(socket: &Path) -> Result<Status, ClientError> {
-    client::call(socket, "GET", "/v1/status", None::<&()>)
+/// How long a wait keeps asking an agent that went away (a restart, an upgrade: the data
+/// path and the deployment carry on without it) before it gives up with exit 2.
+const AGENT_GONE: Duration = Duration::from_secs(30);
+
+/// The status; while the agent is unreachable, asks again for up to [`AGENT_GONE`],
+/// saying so once.
+fn status(socket: &Path, progress: &mut Progress) -> Result<Status, ClientError> {
+    let mut gone: Option<Instant> = None;
+    loop {
+        match client::call(socket, "GET", "/v1/status", None::<&()>) {
+            Err(ClientError::Unreachable(why)) => {
+                let since = *gone.get_or_insert_with(|| {
+                    progress.note(&format!(
+                        "agent unreachable ({why}); asking again for {}s",
+                        AGENT_GONE.as_secs()
+                    ));
+                    Instant::now()
+                });
+                if since.elapsed() >= AGENT_GONE {
+                    return Err(ClientError::Unreachable(why));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How a drain ended.
@@ -40,7 +64,7 @@ fn draining(s: &Status, vip: &str) -> Option<(String, Option<u64>)> {
 /// Polls the old pool's live flows until they reach 0 or `timeout`.
 pub fn drain(socket: &Path, vip: &str, timeout: Duration, progress: &mut Progress) -> Result<Drain, ClientError> {
     let start = Instant::now();
-    let (pool, mut live) = draining(&status(socket)?, vip)
+    let (pool, mut live) = draining(&status(socket, progress)?, vip)
         .ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no draining pool")))?;
     loop {
         progress.state(Event::Drain {
@@ -54,7 +78,7 @@ pub fn drain(socket: &Path, vip: &str, timeout: Duration, progress: &mut Progres
         std::thread::sleep(Duration::from_millis(200));
         // The pool may have stopped being the previous one (another switch): then it
         // has nothing left to drain for this wait.
-        live = draining(&status(socket)?, vip).map_or(Some(0), |(_, l)| l);
+        live = draining(&status(socket, progress)?, vip).map_or(Some(0), |(_, l)| l);
     }
     Ok(Drain {
         pool,
@@ -80,7 +104,7 @@ fn canary_state(c: &CanaryStatus) -> (&'static str, Option<String>) {
 pub fn canary(socket: &Path, vip: &str, gates: &[Gate], progress: &mut Progress) -> Result<CanaryStatus, ClientError> {
     let mut gated_step: Option<usize> = None;
     loop {
-        let c = status(socket)?
+        let c = status(socket, progress)?
             .vip(vip)
             .and_then(|v| v.canary.clone())
             .ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no canary")))?;
@@ -118,8 +142,11 @@ pub fn canary(socket: &Path, vip: &str, gates: &[Gate], progress: &mut Progress)
             };
             // Refused: the canary moved on meanwhile (promoted, rolled back): the next look
             // at the status says how.
+            // Unreachable: the agent restarts; the step still awaits its gate and is judged
+            // again once the agent is back.
             match client::call::<ChangeReport>(socket, "POST", "/v1/canary/gate", Some(&req)) {
                 Ok(_) | Err(ClientError::Rejected(_)) => {}
+                Err(ClientError::Unreachable(_)) => gated_step = None,
                 Err(e) => return Err(e),
             }
         }
