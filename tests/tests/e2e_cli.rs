@@ -17,7 +17,6 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP4.into(), 80)
 }
 
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
 }
@@ -75,7 +74,11 @@ fn check_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
     let (code, out, err) = run(&good, true);
     assert_eq!(code, Some(0), "{out}{err}");
     let v = json(&out);
-    assert_eq!((v["ok"].as_bool(), v["vips"][0]["name"].as_str()), (Some(true), Some("web")), "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["vips"][0]["name"].as_str()),
+        (Some(true), Some("web")),
+        "{v}"
+    );
     assert_eq!(v["vips"][0]["backends"], 2, "{v}");
     let (code, out, err) = run(&bad, true);
     assert_eq!(code, Some(1), "{out}{err}");
@@ -185,9 +188,19 @@ fn usage_errors_exit_64_and_invalid_values_exit_1_without_contacting_the_agent()
         &["canary", "web", "green", "--steps", "50,10", "--interval", "1s"],
         &["canary", "web", "green", "--steps", "10,150", "--interval", "1s"],
         &["canary", "web", "green", "--interval", "soon"],
-        &["canary", "web", "green", "--interval", "1s", "--gate-prometheus", "https://prom:9090", "up"],
+        &[
+            "canary",
+            "web",
+            "green",
+            "--interval",
+            "1s",
+            "--gate-prometheus",
+            "https://prom:9090",
+            "up",
+        ],
         &["rollout", "web", "blue", "--exec", "true", "--drain-timeout", "forever"],
         &["rollout", "web", "blue", "--exec", "true", "--batch", "0"],
+        &["canary", "web", "green", "--interval", "1s", "--gate", " "],
         &["status", "--watch", "--interval", "0s"],
         &["trace", "web", "10.0.0.7"],
         &["flows", "web/../x"],
@@ -223,7 +236,10 @@ fn the_unreachable_message_says_how_the_socket_was_chosen() {
     assert!(err.contains("/nonexistent/a.sock") && err.contains("--socket"), "{err}");
     let (code, _, err) = veer_alone(&["status"], Some("/nonexistent/b.sock"));
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("/nonexistent/b.sock") && err.contains("VEER_SOCKET"), "{err}");
+    assert!(
+        err.contains("/nonexistent/b.sock") && err.contains("VEER_SOCKET"),
+        "{err}"
+    );
     // The default socket: only where no agent of this host answers on it.
     if !std::path::Path::new("/run/veer/veer.sock").exists() {
         let (code, _, err) = veer_alone(&["status"], None);

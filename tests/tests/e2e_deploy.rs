@@ -443,6 +443,14 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
         ])
         .unwrap();
     assert_eq!(code, 4, "stdout {out} stderr {err}");
+    // NDJSON: every line an object; the result, then the error with its exit code.
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect();
+    let result = lines.iter().find(|l| l["event"] == "result").expect("a result line");
+    assert_eq!(result["outcome"]["state"], "rolled_back", "{result}");
+    assert_eq!(lines.last().unwrap()["exit_code"], 4, "{out}");
     let v = &lab.status().unwrap()["vips"][0];
     assert!(v["split"].is_null(), "rolled back to 0%: {v}");
     assert_eq!(v["active"], "blue");

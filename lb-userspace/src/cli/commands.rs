@@ -332,6 +332,11 @@ fn canary(socket: &Path, json: bool, args: CanaryArgs) -> Result<(), ClientError
     let gate_timeout = duration("--gate-timeout", &args.gate_timeout)?;
     let mut gates = Vec::new();
     if let Some(cmd) = args.gate {
+        if cmd.trim().is_empty() {
+            return Err(ClientError::Rejected(
+                "--gate: an empty command would pass every step".into(),
+            ));
+        }
         gates.push(Gate::Command {
             cmd,
             timeout: gate_timeout,

@@ -1,7 +1,8 @@
 //! Progress of the long verbs (`--wait`, rollout): a bar on a terminal; off a terminal (a
 //! CI log) one plain line per change of state, and a "still ..." line every
 //! [`HEARTBEAT`] while nothing changes, so the log never goes quiet; with `--json` one JSON
-//! object per line (NDJSON), the verb's result last with `"event": "result"`.
+//! object per line (NDJSON), then the verb's result with `"event": "result"` (and on a
+//! failure the error object after it).
 
 use std::{
     io::{IsTerminal as _, Write as _},
@@ -157,7 +158,7 @@ impl Progress {
         self.line(&text);
     }
 
-    /// Ends the progress: the bar is cleared; in JSON mode `result` is the last line, with
+    /// Ends the progress: the bar is cleared; in JSON mode `result` is the next line, with
     /// `"event": "result"`; otherwise `text` (if any) is printed.
     pub fn finish(mut self, result: &impl Serialize, text: Option<&str>) {
         if let Mode::Bar(bar) = &self.mode {
