@@ -5,7 +5,7 @@
 //! failure the error object after it).
 
 use std::{
-    io::{IsTerminal as _, Write as _},
+    io::{IsTerminal as _, Write},
     time::{Duration, Instant},
 };
 
@@ -71,6 +71,8 @@ enum Mode {
 /// Prints an operation's progress in the mode stdout calls for.
 pub struct Progress {
     mode: Mode,
+    out: Box<dyn Write>,
+    heartbeat: Duration,
     started: Instant,
     last: Option<Event>,
     last_printed: Instant,
@@ -93,8 +95,14 @@ impl Progress {
         } else {
             Mode::Lines
         };
+        Progress::with(mode, Box::new(std::io::stdout()), HEARTBEAT)
+    }
+
+    fn with(mode: Mode, out: Box<dyn Write>, heartbeat: Duration) -> Progress {
         Progress {
             mode,
+            out,
+            heartbeat,
             started: Instant::now(),
             last: None,
             last_printed: Instant::now(),
@@ -109,7 +117,7 @@ impl Progress {
     /// "still ..." every [`HEARTBEAT`] otherwise (not in JSON: events are changes).
     pub fn state(&mut self, event: Event) {
         if self.last.as_ref() == Some(&event) {
-            if self.last_printed.elapsed() >= HEARTBEAT
+            if self.last_printed.elapsed() >= self.heartbeat
                 && let Mode::Lines = self.mode
             {
                 self.line(&format!(
@@ -147,9 +155,8 @@ impl Progress {
     }
 
     fn line(&mut self, text: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
         self.last_printed = Instant::now();
     }
 
@@ -176,9 +183,8 @@ impl Progress {
                 result,
             });
         } else if let Some(t) = text {
-            let mut out = std::io::stdout().lock();
-            let _ = write!(out, "{t}");
-            let _ = out.flush();
+            let _ = write!(self.out, "{t}");
+            let _ = self.out.flush();
         }
     }
 }
@@ -257,18 +263,90 @@ pub fn line(e: &Event) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// What a [`Progress`] wrote, shared with the test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+    }
+
+    fn drain(n: u64) -> Event {
+        Event::Drain {
+            vip: "web".into(),
+            pool: "blue".into(),
+            live_flows: Some(n),
+        }
+    }
 
     #[test]
     fn events_are_one_json_object_with_their_kind() {
-        let e = Event::Drain {
-            vip: "web".into(),
-            pool: "blue".into(),
-            live_flows: Some(3),
-        };
+        let e = drain(3);
         let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(v["event"], "drain");
         assert_eq!(v["live_flows"], 3);
         assert_eq!(line(&e), "web: draining blue: 3 live flows");
+    }
+
+    #[test]
+    fn lines_come_once_per_change_and_a_heartbeat_repeats_an_unchanged_state() {
+        let out = Captured::default();
+        let mut p = Progress::with(Mode::Lines, Box::new(out.clone()), Duration::from_millis(50));
+        for n in [3, 3, 3, 2, 2] {
+            p.state(drain(n));
+        }
+        assert_eq!(
+            out.lines(),
+            ["web: draining blue: 3 live flows", "web: draining blue: 2 live flows"]
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        p.state(drain(2));
+        p.state(drain(2));
+        let lines = out.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[2].starts_with("still web: draining blue: 2 live flows [") && lines[2].ends_with("s elapsed]"),
+            "{lines:?}"
+        );
+        p.finish(&serde_json::json!({ "ignored": true }), Some("done\n"));
+        assert_eq!(out.lines().last().map(String::as_str), Some("done"));
+    }
+
+    #[test]
+    fn json_mode_prints_changes_as_objects_without_heartbeats_and_the_result_last() {
+        let out = Captured::default();
+        let mut p = Progress::with(Mode::Json, Box::new(out.clone()), Duration::ZERO);
+        for n in [2, 2, 1, 0] {
+            p.state(drain(n));
+        }
+        p.finish(&serde_json::json!({ "pool": "blue" }), Some("not in JSON"));
+        let lines: Vec<serde_json::Value> = out.lines().iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4, "three changes and the result: {lines:?}");
+        let live: Vec<Option<u64>> = lines[..3].iter().map(|l| l["live_flows"].as_u64()).collect();
+        assert_eq!(live, [Some(2), Some(1), Some(0)]);
+        assert_eq!(
+            (lines[3]["event"].as_str(), lines[3]["pool"].as_str()),
+            (Some("result"), Some("blue"))
+        );
     }
 }
