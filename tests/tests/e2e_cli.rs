@@ -163,6 +163,20 @@ fn veer_alone(args: &[&str], env_socket: Option<&str>) -> (Option<i32>, String, 
 #[test]
 fn usage_errors_exit_64_and_invalid_values_exit_1_without_contacting_the_agent() {
     let nowhere = "/nonexistent/veer-cli-contract.sock";
+    let bad_file = std::env::temp_dir().join(format!("veer-cli-contract-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad_file,
+        "[[vip]]\nname = \"web\"\naddress = \"10.0.0.1:80\"\nactive = \"nosuch\"\n",
+    )
+    .unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(bad_file.clone());
+    let bad_file = bad_file.to_str().unwrap();
     let usage: &[&[&str]] = &[
         &["swich", "web", "green"],
         &["switch", "web"],
@@ -204,6 +218,8 @@ fn usage_errors_exit_64_and_invalid_values_exit_1_without_contacting_the_agent()
         &["status", "--watch", "--interval", "0s"],
         &["trace", "web", "10.0.0.7"],
         &["flows", "web/../x"],
+        &["apply", "-f", "/nonexistent/veer.toml"],
+        &["apply", "-f", bad_file],
     ];
     for (args, want) in usage.iter().map(|a| (a, 64)).chain(invalid.iter().map(|a| (a, 1))) {
         let (code, out, err) = veer_alone(&[&["--socket", nowhere], *args].concat(), None);
