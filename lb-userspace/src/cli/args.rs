@@ -34,12 +34,36 @@ pub struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "VEER_SOCKET", default_value = DEFAULT_SOCKET, help_heading = GLOBAL)]
     pub socket: PathBuf,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
     /// Machine-readable output (stable JSON, see docs/api.md); errors too, and progress as
     /// one JSON object per line.
     #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How to reach the agent's remote API (`--api`) instead of its socket.
+#[derive(clap::Args)]
+pub struct RemoteArgs {
+    /// The agent's remote API instead of its socket: https://HOST:PORT (http:// only to a
+    /// loopback address). Needs a token: VEER_TOKEN or --token-file.
+    #[arg(long, global = true, env = "VEER_API", help_heading = GLOBAL)]
+    pub api: Option<String>,
+    /// File holding the bearer token for --api (its first line); VEER_TOKEN may hold the
+    /// token itself.
+    #[arg(long, global = true, env = "VEER_TOKEN_FILE", help_heading = GLOBAL)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for --api (default: the system's CA bundle).
+    #[arg(long, global = true, env = "VEER_CA_FILE", help_heading = GLOBAL)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for --api, when the agent requires one (with --client-key).
+    #[arg(long, global = true, env = "VEER_CLIENT_CERT", requires = "client_key", help_heading = GLOBAL)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, env = "VEER_CLIENT_KEY", requires = "client_cert", help_heading = GLOBAL)]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -2,13 +2,13 @@
 //! contacted), builds its request from the API's types, calls the agent, and prints the
 //! typed answer (plain text, or JSON with --json).
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::{
     args::{BackendAction, CanaryArgs, CanaryControl, Command, SetWhat},
-    client::{self, ClientError},
+    client::{self, ClientError, Endpoint},
     gate::{self, Gate},
     live,
     progress::{Event, Progress},
@@ -32,7 +32,7 @@ fn print<T: Serialize>(json: bool, answer: &T, render: fn(&T) -> String) {
     }
 }
 
-fn post<T: Serialize>(socket: &Path, path: &str, body: &T) -> Result<ChangeReport, ClientError> {
+fn post<T: Serialize>(socket: &Endpoint, path: &str, body: &T) -> Result<ChangeReport, ClientError> {
     client::call(socket, "POST", path, Some(body))
 }
 
@@ -72,7 +72,7 @@ fn refresh(flag: &str, s: &str) -> Result<Duration, ClientError> {
 }
 
 /// Runs a client verb against the agent at `socket`.
-pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientError> {
+pub fn run(socket: &Endpoint, json: bool, command: Command) -> Result<(), ClientError> {
     match command {
         Command::Status { watch: false, .. } => {
             let s: Status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
@@ -302,7 +302,7 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
 }
 
 /// `veer canary VIP POOL ...` or `veer canary pause|resume|promote VIP`.
-fn canary(socket: &Path, json: bool, args: CanaryArgs) -> Result<(), ClientError> {
+fn canary(socket: &Endpoint, json: bool, args: CanaryArgs) -> Result<(), ClientError> {
     if let Some(control) = args.control {
         let (path, vip) = match control {
             CanaryControl::Pause { vip } => ("/v1/canary/pause", vip),

@@ -4,14 +4,13 @@
 
 use std::{
     io::{IsTerminal as _, Write as _},
-    path::Path,
     time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
 
 use super::{
-    client::{self, ClientError},
+    client::{self, ClientError, Endpoint},
     render::json_name,
 };
 use crate::api::types::{Counters, Status, VipStatus};
@@ -22,7 +21,7 @@ pub struct Sample {
     pub status: Status,
 }
 
-pub fn poll(socket: &Path) -> Result<Sample, ClientError> {
+pub fn poll(socket: &Endpoint) -> Result<Sample, ClientError> {
     let status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
     Ok(Sample {
         at: Instant::now(),
@@ -249,7 +248,7 @@ struct WatchEvent<'a> {
 
 /// `veer status --watch`: poll every `interval` (at most `count` times); on a terminal
 /// redraw in place, elsewhere print one timestamped block per poll, NDJSON with `json`.
-pub fn watch(socket: &Path, json: bool, interval: Duration, count: Option<u64>) -> Result<(), ClientError> {
+pub fn watch(socket: &Endpoint, json: bool, interval: Duration, count: Option<u64>) -> Result<(), ClientError> {
     let tty = std::io::stdout().is_terminal() && !json;
     let mut before: Option<Sample> = None;
     let mut polls = 0u64;

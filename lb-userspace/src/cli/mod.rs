@@ -23,6 +23,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
 pub use self::args::Cli;
 use self::{
     args::{Command, LogFormat},
+    client::Endpoint,
     exit::CliError,
 };
 use crate::{agent, config::DEFAULT_SOCKET};
@@ -157,16 +158,58 @@ pub fn main() -> ExitCode {
                 }),
             )
         }
-        command => match commands::run(&cli.socket, cli.json, command) {
-            Ok(()) => exit::code(exit::OK),
-            Err(CliError::Unreachable(m)) => fail(
-                cli.json,
-                &CliError::Unreachable(format!("{m} ({})", socket_origin(socket_source))).to_string(),
-                exit::UNREACHABLE,
-            ),
-            Err(e) => fail(cli.json, &e.to_string(), e.exit_code()),
-        },
+        command => {
+            let agent = match endpoint(&cli.socket, &cli.remote) {
+                Ok(a) => a,
+                Err(e) => return fail(cli.json, &e.to_string(), e.exit_code()),
+            };
+            let origin = match &agent {
+                Endpoint::Socket(_) => socket_origin(socket_source),
+                Endpoint::Remote(_) => "the remote API given by --api or VEER_API",
+            };
+            match commands::run(&agent, cli.json, command) {
+                Ok(()) => exit::code(exit::OK),
+                Err(CliError::Unreachable(m)) => fail(
+                    cli.json,
+                    &CliError::Unreachable(format!("{m} ({origin})")).to_string(),
+                    exit::UNREACHABLE,
+                ),
+                Err(e) => fail(cli.json, &e.to_string(), e.exit_code()),
+            }
+        }
     }
+}
+
+/// Where the client verbs go: the remote API with `--api`, else the socket.
+fn endpoint(socket: &std::path::Path, cli: &args::RemoteArgs) -> Result<Endpoint, CliError> {
+    let Some(url) = &cli.api else {
+        return Ok(Endpoint::Socket(socket.to_path_buf()));
+    };
+    let token = match (&cli.token_file, std::env::var("VEER_TOKEN")) {
+        (Some(file), _) => std::fs::read_to_string(file)
+            .map_err(|e| CliError::Rejected(format!("--token-file {}: {e}", file.display())))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        (None, Ok(t)) => t.trim().to_string(),
+        (None, Err(_)) => String::new(),
+    };
+    if token.is_empty() {
+        return Err(CliError::Rejected(
+            "--api needs a bearer token: VEER_TOKEN, or --token-file / VEER_TOKEN_FILE".into(),
+        ));
+    }
+    let remote = client::Remote::new(
+        url,
+        client::RemoteOptions {
+            token,
+            ca_file: cli.ca_file.as_deref(),
+            client_cert: cli.client_cert.as_deref().zip(cli.client_key.as_deref()),
+        },
+    )?;
+    Ok(Endpoint::Remote(Box::new(remote)))
 }
 
 /// The socket given on the command line or in VEER_SOCKET (None: the config's).

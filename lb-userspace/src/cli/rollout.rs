@@ -1,10 +1,10 @@
 //! `veer rollout`: the rolling rollout of `deploy::rollout`, run from here through the API
 //! (the hook runs on the operator's host).
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use super::{
-    client::{self, ClientError},
+    client::{self, ClientError, Endpoint},
     progress::{Event, Progress},
 };
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
 };
 
 struct Api<'a> {
-    socket: &'a Path,
+    socket: &'a Endpoint,
     vip: &'a str,
     pool: &'a str,
     exec: &'a str,
@@ -81,7 +81,7 @@ impl RolloutApi for Api<'_> {
 
 /// Runs the rollout; returns the backends rolled out.
 pub fn rollout(
-    socket: &Path,
+    socket: &Endpoint,
     plan: &RolloutPlan,
     exec: &str,
     progress: &mut Progress,

@@ -2,15 +2,12 @@
 //! change of state through [`Progress`]; a gated canary's gates run here, on the
 //! operator's (or the CI runner's) host.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::{
-    client::{self, ClientError},
+    client::{self, ClientError, Endpoint},
     gate::Gate,
     progress::{Event, Progress},
 };
@@ -22,7 +19,7 @@ const AGENT_GONE: Duration = Duration::from_secs(30);
 
 /// The status; while the agent is unreachable, asks again for up to [`AGENT_GONE`],
 /// saying so once.
-fn status(socket: &Path, progress: &mut Progress) -> Result<Status, ClientError> {
+fn status(socket: &Endpoint, progress: &mut Progress) -> Result<Status, ClientError> {
     let mut gone: Option<Instant> = None;
     loop {
         match client::call(socket, "GET", "/v1/status", None::<&()>) {
@@ -62,7 +59,7 @@ fn draining(s: &Status, vip: &str) -> Option<(String, Option<u64>)> {
 }
 
 /// Polls the old pool's live flows until they reach 0 or `timeout`.
-pub fn drain(socket: &Path, vip: &str, timeout: Duration, progress: &mut Progress) -> Result<Drain, ClientError> {
+pub fn drain(socket: &Endpoint, vip: &str, timeout: Duration, progress: &mut Progress) -> Result<Drain, ClientError> {
     let start = Instant::now();
     let (pool, mut live) = draining(&status(socket, progress)?, vip)
         .ok_or_else(|| ClientError::Rejected(format!("VIP {vip:?} has no draining pool")))?;
@@ -101,7 +98,12 @@ fn canary_state(c: &CanaryStatus) -> (&'static str, Option<String>) {
 
 /// Follows a canary until it is done or rolled back; at the end of each step whose gate
 /// the agent waits for, runs `gates` and reports the verdict.
-pub fn canary(socket: &Path, vip: &str, gates: &[Gate], progress: &mut Progress) -> Result<CanaryStatus, ClientError> {
+pub fn canary(
+    socket: &Endpoint,
+    vip: &str,
+    gates: &[Gate],
+    progress: &mut Progress,
+) -> Result<CanaryStatus, ClientError> {
     let mut gated_step: Option<usize> = None;
     loop {
         let c = status(socket, progress)?
