@@ -292,3 +292,55 @@ fn tcp_api_serves_tls_with_named_tokens_and_refuses_plaintext_off_loopback() {
         "a client without a certificate is refused: {no_cert:?}"
     );
 }
+
+#[test]
+fn loopback_tcp_api_serves_plaintext_to_named_tokens_only() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root");
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: WEIGHTS.to_vec(),
+    })
+    .unwrap();
+    let tokens = lab.dir.join("api.tokens");
+    std::fs::write(&tokens, format!("ci {CI_TOKEN}\n")).unwrap();
+    let config = config_with(
+        &lab,
+        "loopback.toml",
+        &format!(
+            "api_listen = \"127.0.0.1:{PORT}\"\napi_token_file = \"{}\"",
+            tokens.display()
+        ),
+    );
+    lab.start_agent(&config).unwrap();
+    let get = |auth: Option<&'static str>| -> String {
+        lab.lb
+            .run(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+                let auth = auth
+                    .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                    .unwrap_or_default();
+                s.write_all(format!("GET /v1/status HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
+                    .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap()
+    };
+    assert!(get(None).contains(" 401 "), "no token");
+    assert!(get(Some("wrong-token-wrong-token")).contains(" 401 "), "wrong token");
+    let with = get(Some(CI_TOKEN));
+    assert!(with.contains(" 200 ") && with.contains("\"vips\""), "{with}");
+    // The CLI over loopback plaintext, from the balancer's own namespace.
+    let url = format!("http://127.0.0.1:{PORT}");
+    let out = command_in(&lab.lb, &veer_bin().unwrap())
+        .unwrap()
+        .env("VEER_TOKEN", CI_TOKEN)
+        .args(["--api", &url, "status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web4 "));
+}
