@@ -369,6 +369,32 @@ impl Core {
         }
     }
 
+    /// What a least-conn correction round needs, to run without the lock (see
+    /// `agent::loads`); None when no VIP is least-conn.
+    pub fn load_scan(&self) -> Option<super::LoadScan> {
+        let ids: Vec<u32> = (self.desired.config.vips.iter())
+            .filter(|v| v.scheduler == crate::config::Scheduler::LeastConn)
+            .flat_map(|v| v.pools.iter().flat_map(|p| &p.backends).map(|b| backend_key(&v.name, b.address)))
+            .filter_map(|key| self.reconciler.ids.backends.get(&key).copied())
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let (scan, loads) = self
+            .dp
+            .load_scan()
+            .map_err(|e| tracing::warn!("least-conn correction: {e}"))
+            .ok()?;
+        let a = &self.desired.config.agent;
+        Some(super::LoadScan {
+            scan,
+            loads,
+            ids,
+            tcp_idle: a.tcp_idle,
+            udp_idle: a.udp_idle,
+        })
+    }
+
     /// The ids the maps use now.
     pub fn ids(&self) -> &state::Ids {
         &self.reconciler.ids
@@ -613,6 +639,8 @@ impl Core {
                 pool: None,
                 slot: None,
                 backend: by_id.get(&flow.backend_id).cloned(),
+                scheduler: Some(v.scheduler.name().to_string()),
+                candidates: Vec::new(),
             });
         }
         let chosen = self.reconciler.select(vip, &key);
@@ -626,13 +654,16 @@ impl Core {
             }),
             _ => Some(v.active.clone()),
         };
+        let candidates = chosen.map(|c| self.reconciler.candidates(&c)).unwrap_or_default();
         Ok(types::Trace {
             vip: vip.to_string(),
             source: src.to_string(),
             existing_flow: false,
             pool,
-            slot: chosen.map(|c| c.slot),
-            backend: chosen.and_then(|c| by_id.get(&c.backend_id).cloned()),
+            slot: chosen.and_then(|c| c.slot),
+            backend: chosen.and_then(|c| by_id.get(&c.backend_id?).cloned()),
+            scheduler: Some(v.scheduler.name().to_string()),
+            candidates: candidates.iter().filter_map(|id| by_id.get(id).cloned()).collect(),
         })
     }
 }

@@ -187,6 +187,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
+    let loads = super::loads::spawn(core.clone());
     let tcp_api = match (p.config.agent.api_listen, &p.config.agent.api_token_file) {
         (Some(addr), Some(token)) => Some(
             api::serve_tcp(core.clone(), addr, token)
@@ -217,6 +218,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let _ = health.await;
     canary.abort();
     let _ = canary.await;
+    loads.abort();
+    let _ = loads.await;
     if let Some(t) = tcp_api {
         t.abort();
     }

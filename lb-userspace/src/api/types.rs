@@ -322,6 +322,15 @@ pub struct Trace {
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
-    /// Null: a new flow would be dropped (no backend takes new flows).
+    /// Null: a new flow would be dropped (no backend takes new flows), or (round-robin,
+    /// least-conn) which backend depends on the moment: see `candidates`.
     pub backend: Option<String>,
+    /// The VIP's scheduler: maglev, source-hash, round-robin or least-conn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// Round-robin: every backend of the pool's sequence (a new flow takes its CPU's next
+    /// turn). Least-conn: the flow's two candidates (it takes the one with fewer live flows
+    /// per unit of weight when it arrives). Empty for the hash schedulers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
 }

@@ -90,6 +90,17 @@ pub fn trace(t: &Trace) -> String {
             t.source,
             t.backend.as_deref().unwrap_or("?")
         )
+    } else if t.backend.is_none() && !t.candidates.is_empty() {
+        let how = match t.scheduler.as_deref() {
+            Some("round-robin") => "round-robin: the next turn of the CPU it arrives on",
+            _ => "least-conn: the one with fewer live flows per unit of weight when it arrives",
+        };
+        format!(
+            "{} -> one of {} (new flow: pool {}, {how})\n",
+            t.source,
+            t.candidates.join(", "),
+            t.pool.as_deref().unwrap_or(""),
+        )
     } else {
         format!(
             "{} -> {} (new flow: pool {}, slot {})\n",
