@@ -107,11 +107,10 @@ pub const fn table_slot(key: &FlowKey, by_source: bool, ring_size: u32) -> u32 {
     h % ring_size
 }
 
-/// Least-conn's second candidate: a slot from a hash of the flow independent of
-/// [`table_slot`]'s.
+/// Least-conn's second candidate: a hash of the flow independent of [`table_slot`]'s.
 #[inline(always)]
-pub const fn second_slot(key: &FlowKey, ring_size: u32) -> u32 {
-    hash_flow(key, SEED_SECOND) % ring_size
+pub const fn second_hash(key: &FlowKey) -> u32 {
+    hash_flow(key, SEED_SECOND)
 }
 
 #[cfg(test)]

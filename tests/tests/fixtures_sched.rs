@@ -224,6 +224,35 @@ fn least_conn_takes_the_less_loaded_of_the_flows_two_candidates() {
     });
 }
 
+/// The data path's least-conn choice is lb_common's `select` over the same table and loads,
+/// flow by flow: backend 1 holds 50 flows, 2 and 3 hold what the new flows add.
+#[test]
+fn least_conn_in_the_kernel_chooses_as_lb_common_predicts() {
+    with_fixture(|fx| {
+        let loads = LoadMemory::of(&fx.ebpf).unwrap();
+        let table = least_conn(fx, &loads);
+        loads.set_offset(1, -50);
+        let vip = VipInfo {
+            table_current: 5,
+            flags: VIP_F_LEAST_CONN,
+            ..Default::default()
+        };
+        let mut to_loaded = 0;
+        for port in 44000..44300u16 {
+            let view = View {
+                table: &table,
+                loads: &loads,
+            };
+            let want = select(&view, &flow_key(&syn(port)), &vip, M).unwrap();
+            let got = sent_to(fx, &syn(port).build()) as u32;
+            assert_eq!(Some(got), want.backend_id, "port {port}: {want:?}");
+            to_loaded += (got == 1) as u32;
+            fx.run(&segment(port, TCP_FIN), None);
+        }
+        assert!(to_loaded < 10, "{to_loaded} of 300 new flows to the loaded backend");
+    });
+}
+
 #[test]
 fn least_conn_counts_go_down_on_fin_rst_eviction_and_idle() {
     with_fixture(|fx| {

@@ -14,7 +14,7 @@ use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, select::Poo
 
 use crate::{
     api::types::{self, ChangeReport, DataState, Health, PoolRole, Status},
-    config::Config,
+    config::{Config, Scheduler},
     dataplane::{Dataplane, LiveFlows},
     deploy::{self, CanaryPlan},
     state::{
@@ -274,6 +274,10 @@ impl Core {
             .iter()
             .map(|v| (v.name.clone(), moved_share(&self.reconciler, &rec, &v.name) * 100.0))
             .collect();
+        let dealt = (edit.next.config.vips.iter())
+            .filter(|v| matches!(v.scheduler, Scheduler::RoundRobin | Scheduler::LeastConn))
+            .map(|v| v.name.clone())
+            .collect();
         if !dry_run {
             // The state file before the maps: it is never behind them, and a failed write
             // changes nothing. (A crash between the two leaves it ahead, which the next
@@ -295,6 +299,7 @@ impl Core {
             applied: !dry_run,
             changes: edit.changes,
             moved_pct,
+            dealt,
         })
     }
 
@@ -373,8 +378,13 @@ impl Core {
     /// `agent::loads`); None when no VIP is least-conn.
     pub fn load_scan(&self) -> Option<super::LoadScan> {
         let ids: Vec<u32> = (self.desired.config.vips.iter())
-            .filter(|v| v.scheduler == crate::config::Scheduler::LeastConn)
-            .flat_map(|v| v.pools.iter().flat_map(|p| &p.backends).map(|b| backend_key(&v.name, b.address)))
+            .filter(|v| v.scheduler == Scheduler::LeastConn)
+            .flat_map(|v| {
+                v.pools
+                    .iter()
+                    .flat_map(|p| &p.backends)
+                    .map(|b| backend_key(&v.name, b.address))
+            })
             .filter_map(|key| self.reconciler.ids.backends.get(&key).copied())
             .collect();
         if ids.is_empty() {

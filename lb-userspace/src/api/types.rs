@@ -122,8 +122,12 @@ pub struct ErrorReply {
 pub struct ChangeReport {
     pub applied: bool,
     pub changes: Vec<String>,
-    /// Per VIP: percent of the new-flow hash space whose backend changes.
+    /// Per VIP: percent of the new-flow hash space whose backend changes. For the VIPs in
+    /// `dealt` (round-robin, least-conn: no flow has a fixed slot) it is instead the least
+    /// share of new flows that goes to other backends (how far the backends' shares move).
     pub moved_pct: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dealt: Vec<String>,
 }
 
 /// Counters of a VIP or a backend. `live_flows` is counted in the connection table; null

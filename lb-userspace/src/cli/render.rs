@@ -59,7 +59,13 @@ pub fn change(c: &ChangeReport) -> String {
         out.push_str(&format!("{line}\n"));
     }
     for (vip, pct) in &c.moved_pct {
-        out.push_str(&format!("{vip}: {pct:.2}% of new-flow hash space moves\n"));
+        if c.dealt.contains(vip) {
+            out.push_str(&format!(
+                "{vip}: at least {pct:.2}% of new flows go to other backends (new flows are dealt, not hashed)\n"
+            ));
+        } else {
+            out.push_str(&format!("{vip}: {pct:.2}% of new-flow hash space moves\n"));
+        }
     }
     out.push_str(if c.applied {
         "applied\n"
