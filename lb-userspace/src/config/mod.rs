@@ -697,7 +697,10 @@ backends = [ { address = "10.0.2.10:8080" } ]
                 .contains("not supported yet")
         );
         assert!(err(&GOOD.replace("maglev", "fastest")).message.contains("expected"));
-        for (name, s) in [("round-robin", Scheduler::RoundRobin), ("least-conn", Scheduler::LeastConn)] {
+        for (name, s) in [
+            ("round-robin", Scheduler::RoundRobin),
+            ("least-conn", Scheduler::LeastConn),
+        ] {
             let c = parse(&GOOD.replace("maglev", name), "t.toml").unwrap();
             assert_eq!((c.vips[0].scheduler, c.vips[0].scheduler.name()), (s, name));
         }
