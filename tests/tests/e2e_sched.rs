@@ -100,11 +100,10 @@ fn hold(lab: &Lab, n: usize, backend: &str) -> Vec<TcpStream> {
 }
 
 #[test]
-fn least_conn_steers_new_connections_from_a_backend_holding_50_idle_ones_until_they_close() {
-    let Some(lab) = lab("least-conn", &backend_list(0..3, HTTP_PORT), 3) else {
+fn least_conn_steers_new_connections_from_a_backend_holding_50_idle_ones_until_they_close_across_a_restart() {
+    let Some(mut lab) = lab("least-conn", &backend_list(0..3, HTTP_PORT), 3) else {
         return;
     };
-    let watch = lab.watch().unwrap();
     // 50 long-lived connections on b1: the others drain while they open.
     let b = |i: usize| format!("{}:{HTTP_PORT}", backend4(i));
     for i in [1, 2] {
@@ -114,6 +113,13 @@ fn least_conn_steers_new_connections_from_a_backend_holding_50_idle_ones_until_t
     for i in [1, 2] {
         lab.veer_ok(&["backend", "set", "web", &b(i), "state", "ready"]);
     }
+    // A restarted agent adopts the counts with the pinned maps (and its first correction
+    // keeps them: every one of the 50 is in the connection table).
+    let config = lab.dir.join("veer.toml");
+    lab.agent.as_mut().unwrap().stop();
+    lab.start_agent(&config).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let watch = lab.watch().unwrap();
     let busy = lab.http_load(vip(), 300).unwrap();
     assert_eq!(busy.failed, 0, "{:?}", busy.errors);
     let b1 = share(&busy, "b1");

@@ -825,6 +825,25 @@ mod tests {
             &[b, a, b, b, b, a, b, b],
             "weights 100:300"
         );
+        // Slow start scales the sequence's shares; drain takes a backend out of it.
+        let mut d = desired(&rr);
+        d.observed
+            .weight_pct
+            .insert(backend_key("web", "10.0.1.2:80".parse().unwrap()), 10);
+        r.reconcile(&d, snat(), None).unwrap();
+        let t = &r.tables[&r.vip_info("web").unwrap().1.table_current];
+        assert_eq!(
+            &t[..13],
+            &[a, a, b, a, a, a, b, a, a, a, b, a, a],
+            "weights 100:30 = 10:3"
+        );
+        d.admin
+            .entry("web".into())
+            .or_default()
+            .insert("10.0.1.1:80".parse().unwrap(), AdminState::Drain);
+        r.reconcile(&d, snat(), None).unwrap();
+        let t = &r.tables[&r.vip_info("web").unwrap().1.table_current];
+        assert!(t.iter().all(|&id| id == b), "a drained backend takes no turn");
         // Same members, other scheduler: another table, in a fresh id.
         let ops = r.reconcile(&desired(CFG), snat(), None).unwrap();
         let (_, maglev) = *r.vip_info("web").unwrap();
