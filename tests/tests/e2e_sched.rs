@@ -118,6 +118,8 @@ fn least_conn_steers_new_connections_from_a_backend_holding_50_idle_ones_until_t
     let config = lab.dir.join("veer.toml");
     lab.agent.as_mut().unwrap().stop();
     lab.start_agent(&config).unwrap();
+    let pin = std::path::Path::new(veer::dataplane::PIN_DIR).join(lb_common::MAP_BACKEND_LOAD);
+    assert!(pin.exists(), "the counts are pinned with the other maps");
     std::thread::sleep(Duration::from_millis(1500));
     let watch = lab.watch().unwrap();
     let busy = lab.http_load(vip(), 300).unwrap();
