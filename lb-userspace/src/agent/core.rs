@@ -14,7 +14,7 @@ use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, select::Poo
 
 use crate::{
     api::types::{self, ChangeReport, DataState, Health, PoolRole, Status},
-    config::Config,
+    config::{Config, Scheduler},
     dataplane::{Dataplane, LiveFlows},
     deploy::{self, CanaryPlan},
     state::{
@@ -280,6 +280,10 @@ impl Core {
             .iter()
             .map(|v| (v.name.clone(), moved_share(&self.reconciler, &rec, &v.name) * 100.0))
             .collect();
+        let dealt = (edit.next.config.vips.iter())
+            .filter(|v| matches!(v.scheduler, Scheduler::RoundRobin | Scheduler::LeastConn))
+            .map(|v| v.name.clone())
+            .collect();
         if !dry_run {
             // The state file before the maps: it is never behind them, and a failed write
             // changes nothing. (A crash between the two leaves it ahead, which the next
@@ -301,6 +305,7 @@ impl Core {
             applied: !dry_run,
             changes: edit.changes,
             moved_pct,
+            dealt,
         })
     }
 
@@ -373,6 +378,37 @@ impl Core {
             tcp_idle: a.tcp_idle,
             udp_idle: a.udp_idle,
         }
+    }
+
+    /// What a least-conn correction round needs, to run without the lock (see
+    /// `agent::loads`); None when no VIP is least-conn.
+    pub fn load_scan(&self) -> Option<super::LoadScan> {
+        let ids: Vec<u32> = (self.desired.config.vips.iter())
+            .filter(|v| v.scheduler == Scheduler::LeastConn)
+            .flat_map(|v| {
+                v.pools
+                    .iter()
+                    .flat_map(|p| &p.backends)
+                    .map(|b| backend_key(&v.name, b.address))
+            })
+            .filter_map(|key| self.reconciler.ids.backends.get(&key).copied())
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let (scan, loads) = self
+            .dp
+            .load_scan()
+            .map_err(|e| tracing::warn!("least-conn correction: {e}"))
+            .ok()?;
+        let a = &self.desired.config.agent;
+        Some(super::LoadScan {
+            scan,
+            loads,
+            ids,
+            tcp_idle: a.tcp_idle,
+            udp_idle: a.udp_idle,
+        })
     }
 
     /// The ids the maps use now.
@@ -622,6 +658,8 @@ impl Core {
                 pool: None,
                 slot: None,
                 backend: by_id.get(&flow.backend_id).cloned(),
+                scheduler: Some(v.scheduler.name().to_string()),
+                candidates: Vec::new(),
             });
         }
         let chosen = self.reconciler.select(vip, &key);
@@ -635,13 +673,16 @@ impl Core {
             }),
             _ => Some(v.active.clone()),
         };
+        let candidates = chosen.map(|c| self.reconciler.candidates(&c)).unwrap_or_default();
         Ok(types::Trace {
             vip: vip.to_string(),
             source: src.to_string(),
             existing_flow: false,
             pool,
-            slot: chosen.map(|c| c.slot),
-            backend: chosen.and_then(|c| by_id.get(&c.backend_id).cloned()),
+            slot: chosen.and_then(|c| c.slot),
+            backend: chosen.and_then(|c| by_id.get(&c.backend_id?).cloned()),
+            scheduler: Some(v.scheduler.name().to_string()),
+            candidates: candidates.iter().filter_map(|id| by_id.get(id).cloned()).collect(),
         })
     }
 }

@@ -188,6 +188,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
+    let loads = super::loads::spawn(core.clone());
     let tcp_api = match remote {
         Some(r) => Some(
             api::serve_tcp(core.clone(), r.addr, r.tokens, r.tls)
@@ -218,6 +219,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let _ = health.await;
     canary.abort();
     let _ = canary.await;
+    loads.abort();
+    let _ = loads.await;
     if let Some(t) = tcp_api {
         t.abort();
     }

@@ -176,8 +176,12 @@ pub struct ErrorReply {
 pub struct ChangeReport {
     pub applied: bool,
     pub changes: Vec<String>,
-    /// Per VIP: percent of the new-flow hash space whose backend changes.
+    /// Per VIP: percent of the new-flow hash space whose backend changes. For the VIPs in
+    /// `dealt` (round-robin, least-conn: no flow has a fixed slot) it is instead the least
+    /// share of new flows that goes to other backends (how far the backends' shares move).
     pub moved_pct: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dealt: Vec<String>,
 }
 
 /// Counters of a VIP or a backend. `live_flows` is counted in the connection table; null
@@ -385,6 +389,15 @@ pub struct Trace {
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
-    /// Null: a new flow would be dropped (no backend takes new flows).
+    /// Null: a new flow would be dropped (no backend takes new flows), or (round-robin,
+    /// least-conn) which backend depends on the moment: see `candidates`.
     pub backend: Option<String>,
+    /// The VIP's scheduler: maglev, source-hash, round-robin or least-conn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// Round-robin: every backend of the pool's sequence (a new flow takes its CPU's next
+    /// turn). Least-conn: the flow's two candidates (it takes the one with fewer live flows
+    /// per unit of weight when it arrives). Empty for the hash schedulers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
 }
