@@ -10,6 +10,8 @@ pub const SEED_SPLIT: u32 = 0x5eed_0001;
 pub const SEED_SLOT: u32 = 0x5eed_0002;
 pub const SEED_OFFSET: u32 = 0x5eed_0003;
 pub const SEED_SKIP: u32 = 0x5eed_0004;
+/// Least-conn's second candidate slot (0x5eed_0005 is the connection table's).
+pub const SEED_SECOND: u32 = 0x5eed_0006;
 
 #[inline(always)]
 pub const fn mix(h: u32, k: u32) -> u32 {
@@ -103,6 +105,12 @@ pub const fn table_slot(key: &FlowKey, by_source: bool, ring_size: u32) -> u32 {
         hash_flow(key, SEED_SLOT)
     };
     h % ring_size
+}
+
+/// Least-conn's second candidate: a hash of the flow independent of [`table_slot`]'s.
+#[inline(always)]
+pub const fn second_hash(key: &FlowKey) -> u32 {
+    hash_flow(key, SEED_SECOND)
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ pub mod hash;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod maps;
+#[cfg(feature = "user")]
+pub mod rr;
 pub mod select;
 
 pub use maps::*;

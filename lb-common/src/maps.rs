@@ -34,6 +34,11 @@ pub const MAP_VIP_FILTER: &str = "VIP_FILTER_V1";
 /// V2: NextHop carries the egress MTU.
 pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V2";
 pub const MAP_AB_RULES: &str = "AB_RULES_V1";
+/// Live flows and effective weight per backend id ([`BackendLoad`]), for least-conn.
+/// Memory-mappable: the agent writes weights and corrects counts in place.
+pub const MAP_BACKEND_LOAD: &str = "BACKEND_LOAD_V1";
+/// Per CPU, per table id: the round-robin cursor (next slot of the table's sequence).
+pub const MAP_RR_CURSORS: &str = "RR_CURSORS_V1";
 pub const DEFAULT_MAX_AB_RULES: u32 = 4096;
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
 pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
@@ -88,6 +93,13 @@ pub const VIP_F_SPLIT_BY_CLIENT: u32 = 1 << 0;
 pub const VIP_F_HASH_SOURCE: u32 = 1 << 1;
 /// The VIP has A/B client-network rules in AB_RULES: a matching client goes to the next pool.
 pub const VIP_F_AB_RULES: u32 = 1 << 2;
+/// Round robin: new flows take the next slot of the pool's table, a smooth weighted
+/// sequence walked by a per-CPU cursor (RR_CURSORS), instead of their hash slot.
+pub const VIP_F_ROUND_ROBIN: u32 = 1 << 3;
+/// Least connections: of two candidate slots (two hashes of the flow) in the pool's table,
+/// the backend with fewer live flows per unit of weight (BACKEND_LOAD) takes the flow, and
+/// its flows are counted there.
+pub const VIP_F_LEAST_CONN: u32 = 1 << 4;
 
 /// `Flow.flags` / `NatRev.flags`
 /// The first FIN or RST of the flow was seen (counted in `closed_flows`).
@@ -96,6 +108,9 @@ pub const FLOW_F_CLOSED: u16 = 1 << 0;
 pub const FLOW_F_ANSWERED: u16 = 1 << 1;
 /// NatRev: the flow was opened by a SYN (not a bare ACK): a reset of it counts.
 pub const FLOW_F_SYN: u16 = 1 << 2;
+/// Flow: counted in its backend's `BackendLoad.live` (a least-conn VIP's flow); the count
+/// goes down once, when the flow is seen closing or its entry is overwritten.
+pub const FLOW_F_COUNTED: u16 = 1 << 3;
 
 /// FRAGS key: a datagram's fragments share addresses, protocol and IP id (IPv4: 16 bits).
 #[repr(C)]
@@ -183,6 +198,39 @@ pub struct Backend {
     pub vip_id: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 24);
+
+/// BACKEND_LOAD value: what least-conn compares.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendLoad {
+    /// Live flows, as a wrapping counter: the data path adds 1 per counted new flow and
+    /// subtracts 1 when one closes or is evicted (atomic adds); the agent adds corrections
+    /// from its table scans. Read through [`BackendLoad::flows`].
+    pub live: u64,
+    /// Effective weight (config weight x slow-start percent), written by the agent.
+    pub weight: u32,
+    /// Written by the agent from its scans, subtracted from `live`: counted flows gone idle
+    /// (past agent.tcp_idle / udp_idle), less live flows the data path did not count
+    /// (opened before the VIP was least-conn), plus any drift of `live` it found.
+    pub offset: i32,
+}
+const _: () = assert!(size_of::<BackendLoad>() == 16);
+
+impl BackendLoad {
+    /// Live flows (`live - offset`), never negative (a transient underflow reads as 0),
+    /// capped so that a product with a weight fits in 64 bits.
+    #[inline(always)]
+    pub const fn flows(&self) -> u64 {
+        let v = (self.live as i64).wrapping_sub(self.offset as i64);
+        if v < 0 {
+            0
+        } else if v > u32::MAX as i64 {
+            u32::MAX as u64
+        } else {
+            v as u64
+        }
+    }
+}
 
 /// A connection's 5-tuple as seen on the wire.
 #[repr(C)]
@@ -491,6 +539,7 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipInfo {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for BackendLoad {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for NatRev {}

@@ -13,7 +13,12 @@
 //!   about once in 10^7 concurrent inserts into a 2^18-bucket table; a compare-and-swap
 //!   claim of the tag (BPF ISA v3 atomics) would close it.
 //! - The first packets of one flow on two CPUs at once both schedule it: same backend (same
-//!   table, same hash) and same port (same tries), equal entries.
+//!   table, same hash) and same port (same tries), equal entries. (Round robin and
+//!   least-conn may pick two backends there; the last entry written wins, and a least-conn
+//!   count is one too high until the agent's next correction.)
+//! - Least-conn live counts (BACKEND_LOAD) change by atomic adds only: +1 when a counted
+//!   flow is recorded, -1 when it is first seen closing or its entry is overwritten while
+//!   still open. Flows going idle are the agent's to take off (its scans correct the count).
 
 use core::mem::{align_of, size_of};
 
@@ -26,8 +31,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, Flow, FlowKey, NatRev, PROTO_TCP,
-    Reason,
+    BACKEND_DOWN, BACKEND_UNSET, Backend, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_COUNTED, Flow, FlowKey,
+    NatRev, PROTO_TCP, Reason,
     conntrack::{
         Choice, FlowEntry, HOLD_CONFIRMED, Heads, Keyed, RevEntry, TAG_CONFIRMED, TAKE_FREE, WAYS, Ways, age, link,
         slot,
@@ -36,7 +41,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{BACKENDS, FLOW_HEADS, FLOWS, NAT_REV, REV_HEADS, conn_mask, scratch},
+    maps::{BACKEND_LOAD, BACKENDS, FLOW_HEADS, FLOWS, NAT_REV, REV_HEADS, conn_mask, scratch},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -99,8 +104,12 @@ impl Established {
     /// unconfirmed flow.
     #[inline(always)]
     pub fn close(&mut self) {
-        self.flow.flags |= FLOW_F_CLOSED;
+        let flags = self.flow.flags;
+        self.flow.flags = flags | FLOW_F_CLOSED;
         store(self.tag, &self.key_tag);
+        if flags & (FLOW_F_COUNTED | FLOW_F_CLOSED) == FLOW_F_COUNTED {
+            add_live(self.seen.backend_id, DOWN);
+        }
     }
 }
 
@@ -506,7 +515,33 @@ pub fn mark_closed(rev: &NatRev, reply: &FlowKey) {
         && let Some(flow) = client_flow(rev, reply, &mut scratch.client)
         && flow.backend_id == rev.backend_id
     {
-        flow.flags |= FLOW_F_CLOSED;
+        let flags = flow.flags;
+        flow.flags = flags | FLOW_F_CLOSED;
+        if flags & (FLOW_F_COUNTED | FLOW_F_CLOSED) == FLOW_F_COUNTED {
+            add_live(rev.backend_id, DOWN);
+        }
+    }
+}
+
+/// `add_live` deltas: one flow more, one flow fewer (wrapping).
+const UP: u64 = 1;
+const DOWN: u64 = u64::MAX;
+
+/// Adds `delta` to a backend's least-conn live count, atomically (BPF_ATOMIC add: other
+/// CPUs add to the same count, and the agent adds its corrections).
+#[inline(always)]
+fn add_live(backend_id: u32, delta: u64) {
+    if let Some(p) = BACKEND_LOAD.get_ptr_mut(backend_id) {
+        // SAFETY: an 8-byte aligned u64 in map memory, valid for the program's lifetime,
+        // only ever changed by atomic adds. (The BPF target has no compare-and-swap, so
+        // core's AtomicU64 offers no fetch_add; this intrinsic with its result unused is
+        // the plain BPF_ATOMIC add.)
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*p).live,
+                delta,
+            )
+        };
     }
 }
 
@@ -532,6 +567,14 @@ pub fn record(
 ) -> Result<(), Reason> {
     if way >= WAYS {
         return Err(Reason::DropFlowInsert);
+    }
+    // The entry this one replaces leaves its backend's live count if it was in it.
+    let old = bucket.ways.ways[way].flow;
+    if bucket.head.tags[way] != 0 && old.flags & (FLOW_F_COUNTED | FLOW_F_CLOSED) == FLOW_F_COUNTED {
+        add_live(old.backend_id, DOWN);
+    }
+    if flow.flags & FLOW_F_COUNTED != 0 {
+        add_live(flow.backend_id, UP);
     }
     // Tag last (see the module comment).
     store(&mut bucket.head.tags[way], &0);

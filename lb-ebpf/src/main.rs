@@ -2,6 +2,9 @@
 //! flows where they are, rewrites (NAT) and forwards at the driver.
 #![no_std]
 #![no_main]
+// core::intrinsics::atomic_xadd: the target has atomic adds but no compare-and-swap (flow.rs).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the one way to an atomic add on BPF")]
 
 mod bench;
 mod fib;
@@ -201,7 +204,7 @@ fn new_flow(
         backend_id: id,
         vip_id: vip.vip_id,
         snat_port_be: port,
-        flags: 0,
+        flags: select::new_flow_flags(vip),
     };
     if let Err(r) = flow::record(&mut bucket, choice.way, key, flow, (rev_link, rev_tag), now) {
         return Verdict::Drop(r);

@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    AbKey, Backend, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_FRAGS, DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, FragKey, FragNat,
-    MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    AbKey, Backend, BackendLoad, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, FragKey,
+    FragNat, MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
     conntrack::{FlowWays, Heads, RevWays, buckets},
 };
 
@@ -21,6 +21,15 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 
 #[map(name = "BACKENDS_V1")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// Live flows and effective weight per backend id, for least-conn VIPs (see flow.rs:
+/// atomic adds, no locks). Memory-mappable: the agent writes weights and corrections in place.
+#[map(name = "BACKEND_LOAD_V1")]
+pub static BACKEND_LOAD: Array<BackendLoad> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
+
+/// Round-robin cursor per table id, per CPU: the next slot of the table's sequence.
+#[map(name = "RR_CURSORS_V1")]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_TABLES, 0);
 
 /// Next hop per backend id, filled by the data path itself (see fib.rs).
 #[map(name = "NEXTHOPS_V2")]

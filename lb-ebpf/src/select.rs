@@ -3,13 +3,14 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
-    AbKey, BACKEND_READY, Backend, Config, FAMILY_V4, FlowKey, Reason, VipInfo,
+    AbKey, BACKEND_READY, Backend, BackendLoad, Config, FAMILY_V4, FLOW_F_COUNTED, FlowKey, Reason, VIP_F_LEAST_CONN,
+    VipInfo,
     select::{Tables, select},
 };
 
-use crate::maps::{AB_RULES, BACKENDS, TABLES};
+use crate::maps::{AB_RULES, BACKEND_LOAD, BACKENDS, RR_CURSORS, TABLES};
 
-/// The A/B rules and Maglev tables as this program reads them.
+/// The A/B rules, tables, round-robin cursors and least-conn loads as this program reads them.
 struct Maps;
 
 impl Tables for Maps {
@@ -30,16 +31,45 @@ impl Tables for Maps {
     fn backend_at(&self, table: u32, slot: u32, ring_size: u32) -> Option<u32> {
         TABLES.get(table * ring_size + slot).copied()
     }
+
+    /// This CPU's cursor: no other CPU writes it, and XDP runs do not nest.
+    #[inline(always)]
+    fn next_slot(&self, table: u32, ring_size: u32) -> Option<u32> {
+        let cursor = RR_CURSORS.get_ptr_mut(table)?;
+        // SAFETY: per-CPU array value, valid for the program's lifetime.
+        let cursor = unsafe { &mut *cursor };
+        let slot = if *cursor < ring_size { *cursor } else { 0 };
+        *cursor = if slot + 1 < ring_size { slot + 1 } else { 0 };
+        Some(slot)
+    }
+
+    #[inline(always)]
+    fn load(&self, backend_id: u32) -> Option<BackendLoad> {
+        let p = BACKEND_LOAD.get_ptr(backend_id)?;
+        // SAFETY: array value, valid for the program's lifetime; other CPUs add to `live`
+        // atomically meanwhile, and a plain 8-byte load reads one of its values.
+        Some(unsafe { core::ptr::read_volatile(p) })
+    }
 }
 
 #[inline(always)]
 pub fn select_backend(key: &FlowKey, vip: &VipInfo, cfg: &Config) -> Result<(u32, Backend), Reason> {
     let id = select(&Maps, key, vip, cfg.ring_size)
-        .ok_or(Reason::DropNoBackend)?
-        .backend_id;
+        .and_then(|s| s.backend_id)
+        .ok_or(Reason::DropNoBackend)?;
     let backend = *BACKENDS.get(id).ok_or(Reason::DropNoBackend)?;
     if backend.state != BACKEND_READY {
         return Err(Reason::DropNoBackend);
     }
     Ok((id, backend))
+}
+
+/// The flags a new flow of `vip` starts with: least-conn VIPs count their flows.
+#[inline(always)]
+pub fn new_flow_flags(vip: &VipInfo) -> u16 {
+    if vip.flags & VIP_F_LEAST_CONN != 0 {
+        FLOW_F_COUNTED
+    } else {
+        0
+    }
 }

@@ -592,6 +592,8 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
             lb_common::MAP_BENCH_PACKET,
             lb_common::MAP_BENCH_PROGS,
             lb_common::MAP_FLOOD_GUARD,
+            lb_common::MAP_BACKEND_LOAD,
+            lb_common::MAP_RR_CURSORS,
         ] {
             assert!(fx.ebpf.map(name).is_some(), "map {name} missing from the object");
         }

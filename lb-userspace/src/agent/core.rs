@@ -14,7 +14,7 @@ use lb_common::{BACKEND_DOWN, BACKEND_DRAIN, BACKEND_READY, FlowKey, select::Poo
 
 use crate::{
     api::types::{self, ChangeReport, DataState, Health, PoolRole, Status},
-    config::Config,
+    config::{Config, Scheduler},
     dataplane::{Dataplane, LiveFlows},
     deploy::{self, CanaryPlan},
     state::{
@@ -65,6 +65,11 @@ pub enum Change {
     Canary {
         vip: String,
         plan: CanaryPlan,
+    },
+    /// Pause, resume, promote or gate a running canary.
+    CanaryControl {
+        vip: String,
+        action: deploy::CanaryAction,
     },
     /// The canary ticker's look at running canaries.
     CanaryTick,
@@ -242,6 +247,7 @@ impl Core {
             Change::Ab { vip, pool, networks } => deploy::ab(d, &vip, &pool, networks)?,
             Change::Rollback { vip } => deploy::rollback(d, &vip)?,
             Change::Canary { vip, plan } => deploy::canary_start(d, &vip, plan, now_ms())?,
+            Change::CanaryControl { vip, action } => deploy::canary_control(d, &vip, action, now_ms())?,
             Change::CanaryTick => match deploy::canary_tick(d, now_ms()) {
                 Some(e) => e,
                 None => return Ok(ChangeReport::default()),
@@ -274,6 +280,10 @@ impl Core {
             .iter()
             .map(|v| (v.name.clone(), moved_share(&self.reconciler, &rec, &v.name) * 100.0))
             .collect();
+        let dealt = (edit.next.config.vips.iter())
+            .filter(|v| matches!(v.scheduler, Scheduler::RoundRobin | Scheduler::LeastConn))
+            .map(|v| v.name.clone())
+            .collect();
         if !dry_run {
             // The state file before the maps: it is never behind them, and a failed write
             // changes nothing. (A crash between the two leaves it ahead, which the next
@@ -296,6 +306,7 @@ impl Core {
             applied: !dry_run,
             changes: edit.changes,
             moved_pct,
+            dealt,
         })
     }
 
@@ -368,6 +379,37 @@ impl Core {
             tcp_idle: a.tcp_idle,
             udp_idle: a.udp_idle,
         }
+    }
+
+    /// What a least-conn correction round needs, to run without the lock (see
+    /// `agent::loads`); None when no VIP is least-conn.
+    pub fn load_scan(&self) -> Option<super::LoadScan> {
+        let ids: Vec<u32> = (self.desired.config.vips.iter())
+            .filter(|v| v.scheduler == Scheduler::LeastConn)
+            .flat_map(|v| {
+                v.pools
+                    .iter()
+                    .flat_map(|p| &p.backends)
+                    .map(|b| backend_key(&v.name, b.address))
+            })
+            .filter_map(|key| self.reconciler.ids.backends.get(&key).copied())
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let (scan, loads) = self
+            .dp
+            .load_scan()
+            .map_err(|e| tracing::warn!("least-conn correction: {e}"))
+            .ok()?;
+        let a = &self.desired.config.agent;
+        Some(super::LoadScan {
+            scan,
+            loads,
+            ids,
+            tcp_idle: a.tcp_idle,
+            udp_idle: a.udp_idle,
+        })
     }
 
     /// The ids the maps use now.
@@ -492,6 +534,9 @@ impl Core {
                         interval_ms: c.interval_ms,
                         max_failing: c.max_failing,
                         outcome: c.outcome.clone(),
+                        gated: c.gated,
+                        awaiting_gate: c.awaiting_gate,
+                        paused: c.paused_since_ms.is_some(),
                     }),
                     pools,
                     counters: types::Counters::from_map(
@@ -614,6 +659,8 @@ impl Core {
                 pool: None,
                 slot: None,
                 backend: by_id.get(&flow.backend_id).cloned(),
+                scheduler: Some(v.scheduler.name().to_string()),
+                candidates: Vec::new(),
             });
         }
         let chosen = self.reconciler.select(vip, &key);
@@ -627,13 +674,16 @@ impl Core {
             }),
             _ => Some(v.active.clone()),
         };
+        let candidates = chosen.map(|c| self.reconciler.candidates(&c)).unwrap_or_default();
         Ok(types::Trace {
             vip: vip.to_string(),
             source: src.to_string(),
             existing_flow: false,
             pool,
-            slot: chosen.map(|c| c.slot),
-            backend: chosen.and_then(|c| by_id.get(&c.backend_id).cloned()),
+            slot: chosen.and_then(|c| c.slot),
+            backend: chosen.and_then(|c| by_id.get(&c.backend_id?).cloned()),
+            scheduler: Some(v.scheduler.name().to_string()),
+            candidates: candidates.iter().filter_map(|id| by_id.get(id).cloned()).collect(),
         })
     }
 }

@@ -3,12 +3,14 @@
 
 mod core;
 mod lifecycle;
+mod loads;
 mod persist;
 mod startup;
 
 pub use core::{Change, Core, CoreError, Counters, HealthReport, LiveScan, Scanned};
 
 pub use lifecycle::{Cleanup, Signals};
+pub use loads::LoadScan;
 pub use persist::{fnv1a, write_atomic};
 pub use startup::*;
 

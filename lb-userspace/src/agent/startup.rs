@@ -202,6 +202,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
+    let loads = super::loads::spawn(core.clone());
     let tcp_api = match remote {
         Some(r) => Some(
             api::serve_tcp(core.clone(), r.addr, r.tokens, r.tls)
@@ -232,6 +233,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let _ = health.await;
     canary.abort();
     let _ = canary.await;
+    loads.abort();
+    let _ = loads.await;
     if let Some(t) = tcp_api {
         t.abort();
     }
@@ -320,19 +323,24 @@ fn remote_api(config: &Config) -> Result<Option<RemoteApi>, AgentError> {
 }
 
 /// `veer check`: validate without touching the kernel.
-pub fn check(config_path: &Path, interfaces: &[String]) -> Result<String, AgentError> {
+pub fn check(config_path: &Path, interfaces: &[String]) -> Result<crate::api::types::CheckReport, AgentError> {
+    use crate::api::types::{CheckReport, CheckedVip};
     let p = prepare(config_path, interfaces)?;
     remote_api(&p.config)?;
-    let mut out = format!("{}: ok\n", config_path.display());
-    for v in &p.config.vips {
-        let backends: usize = v.pools.iter().map(|p| p.backends.len()).sum();
-        out.push_str(&format!(
-            "  vip {} {} active={} pools={} backends={backends}\n",
-            v.name,
-            v.address,
-            v.active,
-            v.pools.len()
-        ));
-    }
-    Ok(out)
+    Ok(CheckReport {
+        config: config_path.display().to_string(),
+        ok: true,
+        vips: p
+            .config
+            .vips
+            .iter()
+            .map(|v| CheckedVip {
+                name: v.name.clone(),
+                address: v.address.to_string(),
+                active: v.active.clone(),
+                pools: v.pools.len(),
+                backends: v.pools.iter().map(|p| p.backends.len()).sum(),
+            })
+            .collect(),
+    })
 }

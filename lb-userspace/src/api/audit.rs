@@ -109,6 +109,15 @@ fn verb(change: &Change) -> (&'static str, Option<&str>) {
         Change::Ab { vip, .. } => ("ab", Some(vip)),
         Change::Rollback { vip } => ("rollback", Some(vip)),
         Change::Canary { vip, .. } => ("canary", Some(vip)),
+        Change::CanaryControl { vip, action } => (
+            match action {
+                crate::deploy::CanaryAction::Pause => "canary-pause",
+                crate::deploy::CanaryAction::Resume => "canary-resume",
+                crate::deploy::CanaryAction::Promote => "canary-promote",
+                crate::deploy::CanaryAction::Gate { .. } => "canary-gate",
+            },
+            Some(vip),
+        ),
         Change::CanaryTick => ("canary-tick", None),
         Change::Observed(_) => ("health", None),
     }

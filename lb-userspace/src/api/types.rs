@@ -95,8 +95,31 @@ pub struct CanaryReq {
     pub max_failing: u32,
     #[serde(default)]
     pub by: Option<SplitBy>,
+    /// The client gates every step (`veer canary --gate`): a step whose interval is over
+    /// holds until `POST /v1/canary/gate` reports the verdict.
+    #[serde(default)]
+    pub gated: bool,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `POST /v1/canary/pause|resume|promote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryControlReq {
+    pub vip: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/canary/gate`: a gate's verdict on step `step` (0-based, as in the status).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryGateReq {
+    pub vip: String,
+    pub step: usize,
+    pub passed: bool,
+    /// Why it failed (shown in the canary's outcome).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +134,37 @@ pub struct TraceQuery {
 
 // ---- replies ----
 
+/// `veer check --json` (no API call: the file is checked where the CLI runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub config: String,
+    pub ok: bool,
+    pub vips: Vec<CheckedVip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckedVip {
+    pub name: String,
+    pub address: String,
+    pub active: String,
+    pub pools: usize,
+    pub backends: usize,
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: ok", self.config)?;
+        for v in &self.vips {
+            writeln!(
+                f,
+                "  vip {} {} active={} pools={} backends={}",
+                v.name, v.address, v.active, v.pools, v.backends
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// An error answer (any non-2xx status).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorReply {
@@ -122,8 +176,12 @@ pub struct ErrorReply {
 pub struct ChangeReport {
     pub applied: bool,
     pub changes: Vec<String>,
-    /// Per VIP: percent of the new-flow hash space whose backend changes.
+    /// Per VIP: percent of the new-flow hash space whose backend changes. For the VIPs in
+    /// `dealt` (round-robin, least-conn: no flow has a fixed slot) it is instead the least
+    /// share of new flows that goes to other backends (how far the backends' shares move).
     pub moved_pct: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dealt: Vec<String>,
 }
 
 /// Counters of a VIP or a backend. `live_flows` is counted in the connection table; null
@@ -245,6 +303,15 @@ pub struct CanaryStatus {
     pub interval_ms: u64,
     pub max_failing: u32,
     pub outcome: CanaryOutcome,
+    /// Each step waits for a client's gate verdict.
+    #[serde(default)]
+    pub gated: bool,
+    /// The step's interval is over; it holds until its gate answers.
+    #[serde(default)]
+    pub awaiting_gate: bool,
+    /// Paused by `veer canary pause`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,6 +389,15 @@ pub struct Trace {
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
-    /// Null: a new flow would be dropped (no backend takes new flows).
+    /// Null: a new flow would be dropped (no backend takes new flows), or (round-robin,
+    /// least-conn) which backend depends on the moment: see `candidates`.
     pub backend: Option<String>,
+    /// The VIP's scheduler: maglev, source-hash, round-robin or least-conn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    /// Round-robin: every backend of the pool's sequence (a new flow takes its CPU's next
+    /// turn). Least-conn: the flow's two candidates (it takes the one with fewer live flows
+    /// per unit of weight when it arrives). Empty for the hash schedulers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
 }

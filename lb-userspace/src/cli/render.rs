@@ -59,7 +59,13 @@ pub fn change(c: &ChangeReport) -> String {
         out.push_str(&format!("{line}\n"));
     }
     for (vip, pct) in &c.moved_pct {
-        out.push_str(&format!("{vip}: {pct:.2}% of new-flow hash space moves\n"));
+        if c.dealt.contains(vip) {
+            out.push_str(&format!(
+                "{vip}: at least {pct:.2}% of new flows go to other backends (new flows are dealt, not hashed)\n"
+            ));
+        } else {
+            out.push_str(&format!("{vip}: {pct:.2}% of new-flow hash space moves\n"));
+        }
     }
     out.push_str(if c.applied {
         "applied\n"
@@ -89,6 +95,17 @@ pub fn trace(t: &Trace) -> String {
             "{} -> {} (existing flow)\n",
             t.source,
             t.backend.as_deref().unwrap_or("?")
+        )
+    } else if t.backend.is_none() && !t.candidates.is_empty() {
+        let how = match t.scheduler.as_deref() {
+            Some("round-robin") => "round-robin: the next turn of the CPU it arrives on",
+            _ => "least-conn: the one with fewer live flows per unit of weight when it arrives",
+        };
+        format!(
+            "{} -> one of {} (new flow: pool {}, {how})\n",
+            t.source,
+            t.candidates.join(", "),
+            t.pool.as_deref().unwrap_or(""),
         )
     } else {
         format!(

@@ -63,6 +63,20 @@ pub enum Protocol {
 pub enum Scheduler {
     Maglev,
     SourceHash,
+    RoundRobin,
+    LeastConn,
+}
+
+impl Scheduler {
+    /// As the config spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "maglev",
+            Scheduler::SourceHash => "source-hash",
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::LeastConn => "least-conn",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -507,13 +521,8 @@ impl Validator<'_> {
         let scheduler = match v.scheduler.as_ref().map(|s| s.get_ref().as_str()) {
             None | Some("maglev") => Scheduler::Maglev,
             Some("source-hash") => Scheduler::SourceHash,
-            Some(s @ ("least-conn" | "round-robin")) => {
-                return self.err(
-                    v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(),
-                    "vip.scheduler",
-                    format!("{s:?} is not supported yet; use \"maglev\" or \"source-hash\""),
-                );
-            }
+            Some("round-robin") => Scheduler::RoundRobin,
+            Some("least-conn") => Scheduler::LeastConn,
             Some(other) => {
                 return self.err(
                     v.scheduler.as_ref().map(|p| p.span()).unwrap_or_default(),
@@ -688,6 +697,13 @@ backends = [ { address = "10.0.2.10:8080" } ]
                 .contains("not supported yet")
         );
         assert!(err(&GOOD.replace("maglev", "fastest")).message.contains("expected"));
+        for (name, s) in [
+            ("round-robin", Scheduler::RoundRobin),
+            ("least-conn", Scheduler::LeastConn),
+        ] {
+            let c = parse(&GOOD.replace("maglev", name), "t.toml").unwrap();
+            assert_eq!((c.vips[0].scheduler, c.vips[0].scheduler.name()), (s, name));
+        }
         assert_eq!(
             err(&GOOD.replace("interfaces", "ring_size = 65536\ninterfaces")).field,
             "agent.ring_size"

@@ -17,9 +17,9 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_REV_HEADS, MAP_TABLES,
-    MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
+    Backend, BackendLoad, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_REV_HEADS,
+    MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
     conntrack::{self, FlowWays, Heads},
 };
 use tracing::{info, warn};
@@ -53,6 +53,8 @@ const PINNED: &[&str] = &[
     MAP_AB_RULES,
     lb_common::MAP_FLOOD_GUARD,
     lb_common::MAP_FRAGS,
+    lb_common::MAP_BACKEND_LOAD,
+    lb_common::MAP_RR_CURSORS,
 ];
 
 /// Loads the ICMP program and puts it where the balancer tail-calls it (ICMP_PROGS[0]).
@@ -134,6 +136,7 @@ pub struct Sizes {
 pub struct Dataplane {
     ebpf: Ebpf,
     tables: std::sync::Arc<TableMemory>,
+    loads: LoadMemory,
     links: Vec<(String, PinnedLink)>,
     pin_dir: PathBuf,
     /// The maps were already pinned: another agent's data path was taken over.
@@ -185,6 +188,8 @@ impl Dataplane {
             .map_max_entries(MAP_BACKENDS, sizes.backends)
             .map_max_entries(MAP_NEXTHOPS, sizes.backends)
             .map_max_entries(MAP_BACKEND_STATS, sizes.backends)
+            .map_max_entries(lb_common::MAP_BACKEND_LOAD, sizes.backends)
+            .map_max_entries(lb_common::MAP_RR_CURSORS, sizes.max_tables)
             .map_max_entries(MAP_TABLES, sizes.max_tables * sizes.ring_size);
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -226,9 +231,11 @@ impl Dataplane {
             }
         }
         let tables = std::sync::Arc::new(TableMemory::map(&ebpf, sizes.max_tables * sizes.ring_size)?);
+        let loads = LoadMemory::of(&ebpf)?;
         Ok(Dataplane {
             ebpf,
             tables,
+            loads,
             links: Vec::new(),
             pin_dir: pin_dir.to_path_buf(),
             adopted,
@@ -300,8 +307,21 @@ impl Dataplane {
                     }
                     let mut m: Array<&mut MapData, Backend> = self.map_mut(MAP_BACKENDS)?;
                     m.set(*id, value, 0).map_err(map_err(MAP_BACKENDS))?;
+                    if *fresh {
+                        // A new backend on this id: no flow of the old one counts for it.
+                        self.loads.reset(*id);
+                    }
                 }
-                Op::Table { id, slots } => self.tables.write(*id, slots)?,
+                Op::Table { id, slots } => {
+                    self.tables.write(*id, slots)?;
+                    // The table is not in use yet: every CPU starts its sequence at slot 0.
+                    let mut cursors: PerCpuArray<&mut MapData, u32> = self.map_mut(lb_common::MAP_RR_CURSORS)?;
+                    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+                    let zeros = aya::maps::PerCpuValues::try_from(vec![0u32; cpus])
+                        .map_err(|e| DataplaneError::Io(std::io::Error::other(e)))?;
+                    cursors.set(*id, zeros, 0).map_err(map_err(lb_common::MAP_RR_CURSORS))?;
+                }
+                Op::Weight { id, weight } => self.loads.set_weight(*id, *weight),
                 Op::Vip(key, info) => {
                     let mut m: HashMap<&mut MapData, VipKey, VipInfo> = self.map_mut(MAP_VIPS)?;
                     m.insert(key, info, 0).map_err(map_err(MAP_VIPS))?;
@@ -426,18 +446,13 @@ impl Dataplane {
     /// A read-only view of the connection table that lives on its own: a scan of a large
     /// table runs on it without the agent's lock (API changes and health go on meanwhile).
     pub fn flow_scan(&self) -> Result<FlowScan, DataplaneError> {
-        let size = |name: &'static str| -> Result<usize, DataplaneError> {
-            match self.ebpf.map(name) {
-                Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.info().map_err(map_err(name))?.max_entries() as usize),
-                _ => Err(DataplaneError::StubObject),
-            }
-        };
-        Ok(FlowScan {
-            heads: ReadMapping::of(&self.ebpf, MAP_FLOW_HEADS)?,
-            ways: ReadMapping::of(&self.ebpf, MAP_FLOWS)?,
-            backends: size(MAP_BACKEND_STATS)?,
-            vips: size(MAP_VIP_STATS)?,
-        })
+        FlowScan::of(&self.ebpf)
+    }
+
+    /// What a least-conn correction round needs, to run without the agent's lock: its own
+    /// mappings of the connection table and of BACKEND_LOAD.
+    pub fn load_scan(&self) -> Result<(FlowScan, LoadMemory), DataplaneError> {
+        Ok((FlowScan::of(&self.ebpf)?, LoadMemory::of(&self.ebpf)?))
     }
 
     /// The agent exits (SIGTERM, SIGINT): program, links and maps stay pinned and keep
@@ -690,6 +705,53 @@ pub struct FlowScan {
 }
 
 impl FlowScan {
+    /// Maps the connection table of a loaded balancer object (the agent's, or a fixture's).
+    pub fn of(ebpf: &Ebpf) -> Result<FlowScan, DataplaneError> {
+        let size = |name: &'static str| -> Result<usize, DataplaneError> {
+            match ebpf.map(name) {
+                Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.info().map_err(map_err(name))?.max_entries() as usize),
+                _ => Err(DataplaneError::StubObject),
+            }
+        };
+        Ok(FlowScan {
+            heads: ReadMapping::of(ebpf, MAP_FLOW_HEADS)?,
+            ways: ReadMapping::of(ebpf, MAP_FLOWS)?,
+            backends: size(MAP_BACKEND_STATS)?,
+            vips: size(MAP_VIP_STATS)?,
+        })
+    }
+
+    /// Per backend id, what least-conn's correction compares (see [`LoadCorrector`]).
+    pub fn load_counts(&self, tcp_idle: Duration, udp_idle: Duration) -> std::collections::HashMap<u32, LoadCount> {
+        let now = conntrack::stamp(coarse_monotonic_ns());
+        let units = |d: Duration| conntrack::stamp(d.as_nanos().min(u64::MAX as u128) as u64);
+        let (tcp, udp) = (units(tcp_idle), units(udp_idle));
+        let mut out: std::collections::HashMap<u32, LoadCount> = std::collections::HashMap::new();
+        for (h, w) in self.heads.entries().zip(self.ways.entries()) {
+            for (way, tag) in h.tags.iter().enumerate() {
+                if *tag == 0 {
+                    continue;
+                }
+                let e = &w.ways[way];
+                if e.flow.flags & lb_common::FLOW_F_CLOSED != 0 {
+                    continue;
+                }
+                let limit = if e.key.proto == lb_common::PROTO_UDP { udp } else { tcp };
+                let live = conntrack::age(now, h.stamps[way]) <= limit;
+                let c = out.entry(e.flow.backend_id).or_default();
+                match (e.flow.flags & lb_common::FLOW_F_COUNTED != 0, live) {
+                    (true, true) => c.counted += 1,
+                    (true, false) => {
+                        c.counted += 1;
+                        c.counted_idle += 1;
+                    }
+                    (false, true) => c.uncounted_live += 1,
+                    (false, false) => {}
+                }
+            }
+        }
+        out
+    }
     /// Live flows per backend id and per VIP id, counted in the connection table: entries not
     /// seen closing (FIN or RST, either side) and used within `tcp_idle` (TCP) or `udp_idle`
     /// (UDP). One pass over the bucket headers, and over the entries of used ways.
@@ -785,5 +847,146 @@ impl<T> Drop for ReadMapping<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`.
         unsafe { libc::munmap(self.base as *mut _, self.len) };
+    }
+}
+
+/// One backend's open (not seen closing) flows in the connection table, as least-conn's
+/// correction sorts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadCount {
+    /// Entries the data path counted in `BackendLoad.live` (FLOW_F_COUNTED).
+    pub counted: i64,
+    /// Of those, idle past agent.tcp_idle / udp_idle: no longer live.
+    pub counted_idle: i64,
+    /// Live entries the data path did not count (opened before the VIP was least-conn).
+    pub uncounted_live: i64,
+}
+
+/// BACKEND_LOAD mapped read-write (BPF_F_MMAPABLE): least-conn's weights, written here, and
+/// live counts, which the data path changes by atomic adds while the agent reads them.
+pub struct LoadMemory {
+    base: *mut BackendLoad,
+    len: usize,
+    entries: u32,
+}
+
+// SAFETY: shared memory owned by this value; every access is a volatile or atomic access
+// to one field, as the data path makes them.
+unsafe impl Send for LoadMemory {}
+
+impl LoadMemory {
+    /// Maps BACKEND_LOAD of a loaded balancer object (the agent's, or a fixture's).
+    pub fn of(ebpf: &Ebpf) -> Result<LoadMemory, DataplaneError> {
+        let Some(aya::maps::Map::Array(data)) = ebpf.map(lb_common::MAP_BACKEND_LOAD) else {
+            return Err(DataplaneError::StubObject);
+        };
+        let entries = data.info().map_err(map_err(lb_common::MAP_BACKEND_LOAD))?.max_entries();
+        let (base, len) = map_array(
+            data,
+            entries as usize * std::mem::size_of::<BackendLoad>(),
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?;
+        Ok(LoadMemory {
+            base: base.cast(),
+            len,
+            entries,
+        })
+    }
+
+    fn slot(&self, id: u32) -> Option<*mut BackendLoad> {
+        // SAFETY: in bounds of the mapping; 16-byte elements, 8-byte aligned.
+        (id < self.entries).then(|| unsafe { self.base.add(id as usize) })
+    }
+
+    /// A backend's load as it stands (None: beyond the map).
+    pub fn get(&self, id: u32) -> Option<BackendLoad> {
+        // SAFETY: a slot of the mapping; field by field, as the data path writes them.
+        self.slot(id).map(|p| unsafe {
+            BackendLoad {
+                live: std::ptr::read_volatile(&raw const (*p).live),
+                weight: std::ptr::read_volatile(&raw const (*p).weight),
+                offset: std::ptr::read_volatile(&raw const (*p).offset),
+            }
+        })
+    }
+
+    pub fn set_weight(&self, id: u32, weight: u32) {
+        if let Some(p) = self.slot(id) {
+            // SAFETY: a slot of the mapping; only the agent writes weights.
+            unsafe { std::ptr::write_volatile(&raw mut (*p).weight, weight) };
+        }
+    }
+
+    pub fn set_offset(&self, id: u32, offset: i32) {
+        if let Some(p) = self.slot(id) {
+            // SAFETY: a slot of the mapping; only the agent writes offsets.
+            unsafe { std::ptr::write_volatile(&raw mut (*p).offset, offset) };
+        }
+    }
+
+    /// Zero count and offset: the id names a new backend.
+    pub fn reset(&self, id: u32) {
+        if let Some(p) = self.slot(id) {
+            // SAFETY: a slot of the mapping; `live` is only ever accessed atomically.
+            unsafe {
+                std::sync::atomic::AtomicU64::from_ptr(&raw mut (*p).live)
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                std::ptr::write_volatile(&raw mut (*p).offset, 0);
+            }
+        }
+    }
+}
+
+impl Drop for LoadMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `of`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// Keeps least-conn's counts honest. The data path counts a flow up when it is recorded
+/// and down when it is seen closing or overwritten; a flow that just goes quiet stays
+/// counted there, and two CPUs scheduling one flow at once count it twice. Every round
+/// scans the connection table and writes, per backend, the offset the data path subtracts
+/// (`BackendLoad::flows`): counted flows now idle, less live flows it did not count, plus
+/// the drift of its count from the table. The drift is measured only when the count did
+/// not move during the scan (a busy backend keeps the drift its last quiet scan found),
+/// so a round never mistakes flows opened during the scan for drift.
+#[derive(Debug, Default)]
+pub struct LoadCorrector {
+    drift: std::collections::HashMap<u32, i64>,
+}
+
+impl LoadCorrector {
+    /// One round over backend ids `ids`; returns the offsets written.
+    pub fn correct(
+        &mut self,
+        scan: &FlowScan,
+        loads: &LoadMemory,
+        ids: &[u32],
+        tcp_idle: Duration,
+        udp_idle: Duration,
+    ) -> Vec<(u32, i32)> {
+        let before: Vec<Option<i64>> = ids.iter().map(|&id| loads.get(id).map(|l| l.live as i64)).collect();
+        let counts = scan.load_counts(tcp_idle, udp_idle);
+        let mut written = Vec::new();
+        for (&id, before) in ids.iter().zip(before) {
+            let (Some(before), Some(now)) = (before, loads.get(id)) else {
+                continue;
+            };
+            let c = counts.get(&id).copied().unwrap_or_default();
+            let live = now.live as i64;
+            if live == before {
+                self.drift.insert(id, live.wrapping_sub(c.counted));
+            }
+            let drift = self.drift.get(&id).copied().unwrap_or(0);
+            let offset = (c.counted_idle - c.uncounted_live + drift).clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            if offset != now.offset {
+                loads.set_offset(id, offset);
+            }
+            written.push((id, offset));
+        }
+        self.drift.retain(|id, _| ids.contains(id));
+        written
     }
 }

@@ -10,9 +10,10 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_SPLIT_BY_CLIENT,
-    VIP_FILTER_WORDS, VipInfo, VipKey,
+    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_LEAST_CONN,
+    VIP_F_ROUND_ROBIN, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
+    rr::build_sequence,
     vip_filter_slot,
 };
 
@@ -35,9 +36,15 @@ pub enum Op {
         value: Backend,
         fresh: bool,
     },
+    /// A table's slots; its round-robin cursors start over at slot 0.
     Table {
         id: u32,
         slots: Arc<[u32]>,
+    },
+    /// A backend's effective weight, as least-conn compares it (BACKEND_LOAD).
+    Weight {
+        id: u32,
+        weight: u32,
     },
     Vip(VipKey, VipInfo),
     RemoveVip(VipKey),
@@ -103,9 +110,12 @@ pub struct Reconciler {
     /// Every table in use (rebuilt from with minimal disruption; see [`TableStore`]).
     tables: BTreeMap<u32, Slots>,
     store: Option<Store>,
-    /// The members each table was built from: an unchanged pool is not rebuilt.
-    members: BTreeMap<u32, Vec<TableBackend>>,
+    /// The members each table was built from, and whether as a round-robin sequence: an
+    /// unchanged pool is not rebuilt.
+    members: BTreeMap<u32, (bool, Vec<TableBackend>)>,
     backends: BTreeMap<u32, Backend>,
+    /// Effective weights written to BACKEND_LOAD.
+    weights: BTreeMap<u32, u32>,
     vips: BTreeMap<String, (VipKey, VipInfo)>,
     filter: Vec<u64>,
     /// The A/B rules' LPM entries: (prefix length, key words as in `AbKey`).
@@ -124,6 +134,7 @@ impl Reconciler {
             store: None,
             members: BTreeMap::new(),
             backends: BTreeMap::new(),
+            weights: BTreeMap::new(),
             vips: BTreeMap::new(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
             ab_rules: BTreeSet::new(),
@@ -280,10 +291,11 @@ impl Reconciler {
             }
         }
         let key = vip_key(v);
-        let mut flags = if v.scheduler == Scheduler::SourceHash {
-            VIP_F_HASH_SOURCE
-        } else {
-            0
+        let mut flags = match v.scheduler {
+            Scheduler::Maglev => 0,
+            Scheduler::SourceHash => VIP_F_HASH_SOURCE,
+            Scheduler::RoundRobin => VIP_F_ROUND_ROBIN,
+            Scheduler::LeastConn => VIP_F_LEAST_CONN,
         };
         if deploy.split.as_ref().is_some_and(|s| s.by == SplitBy::Client) {
             flags |= VIP_F_SPLIT_BY_CLIENT;
@@ -393,6 +405,10 @@ impl Reconciler {
                 port_be: value.port_be,
                 weight: effective,
             });
+            if self.weights.get(&id) != Some(&effective) {
+                w.raise.push(Op::Weight { id, weight: effective });
+                self.weights.insert(id, effective);
+            }
             let old = self.backends.get(&id).copied();
             if old != Some(value) {
                 let fresh = old.is_none_or(|o| o.addr_be != value.addr_be || o.port_be != value.port_be);
@@ -406,13 +422,24 @@ impl Reconciler {
             }
         }
         let old_id = self.ids.tables.get(&pkey).copied();
+        let sequence = v.scheduler == Scheduler::RoundRobin;
+        let built = (sequence, members);
+        let members = &built.1;
         let table_id = if members.iter().all(|b| b.weight == 0) {
             0
-        } else if let Some(id) = old_id.filter(|id| self.members.get(id) == Some(&members)) {
+        } else if let Some(id) = old_id.filter(|id| self.members.get(id) == Some(&built)) {
             id
         } else {
-            let previous = old_id.and_then(|id| self.table(id));
-            let slots = build_table(&members, self.limits.ring_size, previous.as_deref());
+            // A table of the other kind is no base for minimal disruption: a Maglev build
+            // would keep a round-robin sequence (whose shares are right) slot for slot.
+            let previous = old_id
+                .filter(|id| self.members.get(id).is_none_or(|(kind, _)| *kind == sequence))
+                .and_then(|id| self.table(id));
+            let slots = if sequence {
+                build_sequence(members, self.limits.ring_size)
+            } else {
+                build_table(members, self.limits.ring_size, previous.as_deref())
+            };
             let id = match old_id {
                 Some(old) if previous.as_deref() == Some(slots.as_slice()) => old,
                 _ => {
@@ -427,7 +454,7 @@ impl Reconciler {
                     id
                 }
             };
-            self.members.insert(id, members);
+            self.members.insert(id, built.clone());
             id
         };
         if table_id == 0 {
@@ -463,6 +490,7 @@ impl Reconciler {
         for key in gone_backends {
             if let Some(id) = self.ids.backends.remove(&key) {
                 self.backends.remove(&id);
+                self.weights.remove(&id);
                 w.lower.push(Op::Backend {
                     id,
                     value: Backend {
@@ -909,6 +937,74 @@ mod tests {
             (share - 30.0 / 130.0).abs() < 0.01,
             "weight 300 at 10% = 30 against 100: {share}"
         );
+    }
+
+    #[test]
+    fn round_robin_pools_get_the_smooth_sequence_and_least_conn_pools_their_weights() {
+        let rr = CFG.replace("active = \"blue\"", "active = \"blue\"\nscheduler = \"round-robin\"");
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(&rr), snat(), None).unwrap();
+        let (_, info) = *r.vip_info("web").unwrap();
+        assert_eq!(info.flags, VIP_F_ROUND_ROBIN);
+        let id = |a: &str| r.ids.backends[&backend_key("web", a.parse().unwrap())];
+        let (a, b) = (id("10.0.1.1:80"), id("10.0.1.2:80"));
+        assert_eq!(
+            &r.table(info.table_current).unwrap()[..8],
+            &[b, a, b, b, b, a, b, b],
+            "weights 100:300"
+        );
+        // Slow start scales the sequence's shares; drain takes a backend out of it.
+        let mut d = desired(&rr);
+        d.observed
+            .weight_pct
+            .insert(backend_key("web", "10.0.1.2:80".parse().unwrap()), 10);
+        r.reconcile(&d, snat(), None).unwrap();
+        let t = r.table(r.vip_info("web").unwrap().1.table_current).unwrap();
+        assert_eq!(
+            &t[..13],
+            &[a, a, b, a, a, a, b, a, a, a, b, a, a],
+            "weights 100:30 = 10:3"
+        );
+        d.admin
+            .entry("web".into())
+            .or_default()
+            .insert("10.0.1.1:80".parse().unwrap(), AdminState::Drain);
+        r.reconcile(&d, snat(), None).unwrap();
+        let t = r.table(r.vip_info("web").unwrap().1.table_current).unwrap();
+        assert!(t.iter().all(|&id| id == b), "a drained backend takes no turn");
+        // Same members, other scheduler: another table, in a fresh id.
+        let ops = r.reconcile(&desired(CFG), snat(), None).unwrap();
+        let (_, maglev) = *r.vip_info("web").unwrap();
+        assert_ne!(maglev.table_current, info.table_current, "{ops:?}");
+        assert_eq!(maglev.flags, 0);
+        let lc = CFG.replace("active = \"blue\"", "active = \"blue\"\nscheduler = \"least-conn\"");
+        let mut r = Reconciler::new(limits());
+        let mut d = desired(&lc);
+        let ops = r.reconcile(&d, snat(), None).unwrap();
+        assert_eq!(r.vip_info("web").unwrap().1.flags, VIP_F_LEAST_CONN);
+        let weight = |ops: &[Op], id: u32| {
+            ops.iter().find_map(|o| match o {
+                Op::Weight { id: i, weight } if *i == id => Some(*weight),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            weight(&ops, b),
+            Some(300 * 100),
+            "effective weight: weight x slow-start percent"
+        );
+        let table = position(&ops, |o| matches!(o, Op::Table { .. }));
+        assert!(position(&ops, |o| matches!(o, Op::Weight { .. })) < table);
+        d.observed
+            .weight_pct
+            .insert(backend_key("web", "10.0.1.2:80".parse().unwrap()), 10);
+        let ops = r.reconcile(&d, snat(), None).unwrap();
+        assert_eq!(
+            weight(&ops, b),
+            Some(300 * 10),
+            "slow start scales what least-conn compares"
+        );
+        assert_eq!(weight(&ops, a), None, "unchanged weights are not rewritten");
     }
 
     #[test]

@@ -200,6 +200,8 @@ backends = [ { address = "10.0.1.1:80" }, { address = "10.0.1.2:80" } ]
                     maps.vips.push((*k, *i));
                 }
                 Op::RemoveVip(k) => maps.vips.retain(|(key, _)| key != k),
+                // Weights live beside the state adoption reads: rewritten on every start.
+                Op::Weight { .. } => {}
                 Op::Filter(w, bits) => {
                     maps.filter.resize(VIP_FILTER_WORDS as usize, 0);
                     maps.filter[*w as usize] = *bits;
