@@ -3,7 +3,6 @@
 #![no_std]
 #![no_main]
 
-mod bench;
 mod fib;
 mod flow;
 mod guard;
