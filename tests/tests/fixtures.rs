@@ -606,7 +606,11 @@ fn bench_code_is_only_in_the_bench_object() {
             assert!(fx.ebpf.program(name).is_none(), "balancer object has program {name}");
             assert!(bench.program(name).is_some(), "bench object lacks program {name}");
         }
-        for name in [lb_common::MAP_BENCH_PACKET, lb_common::MAP_BENCH_PROGS, lb_common::MAP_BENCH_KEYS] {
+        for name in [
+            lb_common::MAP_BENCH_PACKET,
+            lb_common::MAP_BENCH_PROGS,
+            lb_common::MAP_BENCH_KEYS,
+        ] {
             assert!(fx.ebpf.map(name).is_none(), "balancer object has map {name}");
             assert!(bench.map(name).is_some(), "bench object lacks map {name}");
         }
