@@ -141,7 +141,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             let case = Case::ALL[ci];
             let running = Running::start(&tools, &mut lab, case)?;
             for (si, shape) in Shape::ALL.iter().enumerate() {
-                reset(&tools, &lab)?;
+                let left = reset(&tools, &lab)?;
+                if left > 0 {
+                    progress(format!("e2e: {left} TIME_WAIT sockets survived the reset"));
+                }
                 let s = load(&tools, &lab, &running, *shape, opts.seconds)?;
                 progress(format!(
                     "e2e: rep {}/{} {:<20} {:<27} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {}",
@@ -359,17 +362,18 @@ impl Running {
                     .map(|(i, b)| format!("  server {} {b}\n", backend_name(i)))
                     .collect();
                 let conf = format!(
-                    "global\n  maxconn 65536\n  nbthread 2\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+                    "global\n  maxconn 8000\n  nbthread 2\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
                      frontend f\n  bind {front}\n  default_backend b\n\nbackend b\n  balance roundrobin\n{servers}"
                 );
                 let path = lab.dir.join("haproxy.cfg");
                 std::fs::write(&path, conf)?;
                 let mut cmd = command_in(&lab.lb, &tools.haproxy)?;
+                let log = std::fs::File::create(lab.dir.join("haproxy.log"))?;
                 cmd.arg("-db")
                     .arg("-f")
                     .arg(&path)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null());
+                    .stdout(log.try_clone()?)
+                    .stderr(log);
                 running.proc = Some(Proc::spawn(cmd, "haproxy")?);
                 running.targets = vec![front; CLIENTS];
             }
@@ -397,7 +401,13 @@ impl Running {
             }
         }
         for t in running.targets.clone() {
-            wait_http(lab, t).with_context(|| format!("{}: {t} never answered", case.name()))?;
+            wait_http(lab, t).with_context(|| {
+                format!(
+                    "{}: {t} never answered; HAProxy's log: {}",
+                    case.name(),
+                    std::fs::read_to_string(lab.dir.join("haproxy.log")).unwrap_or_default()
+                )
+            })?;
         }
         Ok(running)
     }
@@ -447,7 +457,8 @@ fn run_in(lab: &Lab, prog: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Between runs: no TIME_WAIT socket and no conntrack entry of the previous run remains.
-fn reset(tools: &Tools, lab: &Lab) -> anyhow::Result<()> {
+/// Returns the TIME_WAIT sockets still there (0 unless the kernel refused to close some).
+fn reset(tools: &Tools, lab: &Lab) -> anyhow::Result<usize> {
     for ns in lab.backends.iter().chain([&lab.client, &lab.lb]) {
         // `ss -K` closes the sockets it lists (the kernel's sock_destroy).
         let _ = command_in(ns, &tools.ss)?
@@ -462,7 +473,15 @@ fn reset(tools: &Tools, lab: &Lab) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .status();
     std::thread::sleep(Duration::from_millis(200));
-    Ok(())
+    let mut left = 0;
+    for ns in lab.backends.iter().chain([&lab.client, &lab.lb]) {
+        let out = command_in(ns, &tools.ss)?
+            .args(["-H", "-t", "-n", "state", "time-wait"])
+            .stderr(Stdio::null())
+            .output()?;
+        left += String::from_utf8_lossy(&out.stdout).lines().count();
+    }
+    Ok(left)
 }
 
 fn wait_http(lab: &Lab, target: SocketAddr) -> anyhow::Result<()> {
