@@ -369,11 +369,7 @@ impl Running {
                 std::fs::write(&path, conf)?;
                 let mut cmd = command_in(&lab.lb, &tools.haproxy)?;
                 let log = std::fs::File::create(lab.dir.join("haproxy.log"))?;
-                cmd.arg("-db")
-                    .arg("-f")
-                    .arg(&path)
-                    .stdout(log.try_clone()?)
-                    .stderr(log);
+                cmd.arg("-db").arg("-f").arg(&path).stdout(log.try_clone()?).stderr(log);
                 running.proc = Some(Proc::spawn(cmd, "haproxy")?);
                 running.targets = vec![front; CLIENTS];
             }
@@ -763,9 +759,9 @@ impl Report {
             .iter()
             .map(|r| r.2)
             .filter(|v| v.is_finite())
-            .fold(1.2f64, f64::max)
-            .ceil()
-            .max(1.2);
+            .fold(1.0f64, f64::max);
+        // Room above the tallest bar, in steps of the 0.2 grid.
+        let max = (max * 1.1 / 0.2).ceil() * 0.2;
         let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\

@@ -251,7 +251,7 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
     let clean = no_bench_code(&fx)?;
     let mut h = Harness::load()?;
     let ingress = Some(fx.ifindex);
-    add_wide_pool(&mut fx);
+    add_wide_pools(&mut fx);
     let keys = rotation_keys(ROTATION);
     h.set_keys(&keys)?;
 
@@ -294,18 +294,6 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             proof: Reason::PassNotVip,
             new_flows: false,
             target: Some(2.0),
-            warmup: None,
-            warmup_runs: 0,
-        },
-        Path {
-            name: "new TCP flow (IPv4)",
-            packet: syn4_wide.build(),
-            harness: true,
-            vary: Vary::Counter,
-            verdict: XDP_TX,
-            proof: Reason::Tx,
-            new_flows: true,
-            target: Some(13.0),
             warmup: None,
             warmup_runs: 0,
         },
@@ -359,6 +347,30 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
         },
     ];
 
+    // One new-flow path per scheduler case, right after the non-VIP pass.
+    let mut paths: Vec<Path> = paths.into_iter().collect();
+    for (k, w) in WIDE_VIPS.iter().enumerate() {
+        let syn = Spec::tcp_syn((CLIENT4.into(), 40000), (VIP4.into(), w.port));
+        paths.insert(
+            1 + k,
+            Path {
+                name: if k == 0 {
+                    "new TCP flow (IPv4)"
+                } else {
+                    Box::leak(format!("new TCP flow (IPv4, {})", w.name).into_boxed_str())
+                },
+                packet: syn.build(),
+                harness: true,
+                vary: Vary::Counter,
+                verdict: XDP_TX,
+                proof: Reason::Tx,
+                new_flows: true,
+                target: (k == 0).then_some(13.0),
+                warmup: None,
+                warmup_runs: 0,
+            },
+        );
+    }
     let paths: Vec<Path> = paths
         .into_iter()
         .filter(|p| opts.only.as_ref().is_none_or(|o| p.name.contains(o.as_str())))
@@ -534,6 +546,13 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             );
         }
         println!("\nIPv6 / IPv4 established: {:.2} (target <= 1.2)", v6 / v4);
+        if let Some(maglev) = by_name("new TCP flow (IPv4)") {
+            for w in &WIDE_VIPS[1..] {
+                if let Some(ns) = by_name(&format!("new TCP flow (IPv4, {})", w.name)) {
+                    println!("new flow, {} / Maglev: {:.2} (target <= 1.2)", w.name, ns / maglev);
+                }
+            }
+        }
     }
     Ok(opts.json)
 }
@@ -672,32 +691,59 @@ fn median(v: &mut [f64]) -> f64 {
 /// VIP_STATS index of the VIP a bench packet goes to.
 fn vip_of(pkt: &[u8]) -> u32 {
     if pkt[12..14] == [0x86, 0xdd] {
-        1
-    } else if pkt[36..38] == WIDE_PORT.to_be_bytes() {
-        WIDE_VIP_ID
-    } else {
-        0
+        return 1;
+    }
+    let port = u16::from_be_bytes([pkt[36], pkt[37]]);
+    WIDE_VIPS.iter().find(|w| w.port == port).map_or(0, |w| w.vip_id)
+}
+
+/// A 16-backend VIP that new flows run against, one per scheduler case: with NAT, each
+/// (backend, SNAT address) pair offers 64512 source ports, and three backends behind a full
+/// 65536-flow table would measure port exhaustion instead of the data path. A case for
+/// another scheduler is one more entry (its `tune` sets the VIP's scheduler); its new-flow
+/// figure is printed beside the first (Maglev) one.
+struct WideVip {
+    name: &'static str,
+    port: u16,
+    vip_id: u32,
+    table: u32,
+    /// Backend ids first_backend.., at 10.9.0.200.. port `backend_port`.
+    first_backend: u32,
+    backend_port: u16,
+    tune: fn(&mut lb_common::VipInfo),
+}
+
+const WIDE_VIPS: &[WideVip] = &[WideVip {
+    name: "Maglev",
+    port: 443,
+    vip_id: 5,
+    table: 6,
+    first_backend: 100,
+    backend_port: 8080,
+    tune: |_| {},
+}];
+
+/// The VIP the established path over many flows uses.
+const WIDE_PORT: u16 = WIDE_VIPS[0].port;
+
+fn add_wide_pools(fx: &mut Fixture) {
+    for w in WIDE_VIPS {
+        add_wide_pool(fx, w);
     }
 }
 
-const WIDE_PORT: u16 = 443;
-const WIDE_VIP_ID: u32 = 5;
-
-/// The new-flow path runs against a 16-backend pool: with NAT, each (backend, SNAT address)
-/// pair offers 64512 source ports, and three backends behind a full 65536-flow table would
-/// measure port exhaustion instead of the data path.
-fn add_wide_pool(fx: &mut Fixture) {
+fn add_wide_pool(fx: &mut Fixture, w: &WideVip) {
     let backends: Vec<(u32, std::net::SocketAddr, u32)> = (0..16u8)
         .map(|i| {
             (
-                100 + i as u32,
-                std::net::SocketAddr::new(std::net::Ipv4Addr::new(10, 9, 0, 200 + i).into(), 8080),
+                w.first_backend + i as u32,
+                std::net::SocketAddr::new(std::net::Ipv4Addr::new(10, 9, 0, 200 + i).into(), w.backend_port),
                 1,
             )
         })
         .collect();
     for &(id, addr, _) in &backends {
-        fx.set_backend(id, addr, WIDE_VIP_ID, lb_common::BACKEND_READY);
+        fx.set_backend(id, addr, w.vip_id, lb_common::BACKEND_READY);
         run_cmd(&[
             "ip",
             "-n",
@@ -713,15 +759,19 @@ fn add_wide_pool(fx: &mut Fixture) {
             "permanent",
         ]);
     }
-    let pool = Pool { table: 6, backends };
+    let pool = Pool {
+        table: w.table,
+        backends,
+    };
     fx.write_table(&pool);
-    let info = lb_common::VipInfo {
-        vip_id: WIDE_VIP_ID,
-        table_current: 6,
+    let mut info = lb_common::VipInfo {
+        vip_id: w.vip_id,
+        table_current: w.table,
         ..Default::default()
     };
+    (w.tune)(&mut info);
     fx.set_vip(
-        std::net::SocketAddr::new(VIP4.into(), WIDE_PORT),
+        std::net::SocketAddr::new(VIP4.into(), w.port),
         lb_common::PROTO_TCP,
         info,
     );
