@@ -42,17 +42,23 @@ pub struct Options {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Case {
     Direct,
+    /// Each wrk process to one backend as in direct, but through the balancer's namespace
+    /// as a plain IP router (host routes both ways): the path every balancer here takes,
+    /// with no balancing. What veer costs beyond that hop is veer's.
+    Routed,
     Veer,
     Haproxy,
     Nft,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [Case::Direct, Case::Veer, Case::Haproxy, Case::Nft];
+    /// Direct first: the ratios divide by it. The others in any order.
+    const ALL: [Case; 5] = [Case::Direct, Case::Routed, Case::Veer, Case::Haproxy, Case::Nft];
 
     fn name(self) -> &'static str {
         match self {
             Case::Direct => "direct",
+            Case::Routed => "routed, no balancer",
             Case::Veer => "veer (NAT)",
             Case::Haproxy => "HAProxy (tcp)",
             Case::Nft => "nftables DNAT+SNAT",
@@ -62,6 +68,7 @@ impl Case {
     fn key(self) -> &'static str {
         match self {
             Case::Direct => "direct",
+            Case::Routed => "routed",
             Case::Veer => "veer_nat",
             Case::Haproxy => "haproxy_tcp",
             Case::Nft => "nftables_dnat",
@@ -326,6 +333,38 @@ struct Running {
     case: Case,
     targets: Vec<SocketAddr>,
     proc: Option<Proc>,
+    routes: Option<Routes>,
+}
+
+/// Host routes that send client <-> backend traffic through the balancer's namespace;
+/// removed on drop.
+struct Routes {
+    added: Vec<(String, String)>,
+}
+
+impl Routes {
+    fn add(lab: &Lab) -> anyhow::Result<Routes> {
+        let mut r = Routes { added: Vec::new() };
+        for i in 0..BACKENDS {
+            r.route(&lab.client.name, &format!("{}/32", backend4(i)))?;
+            r.route(&lab.backends[i].name, &format!("{CLIENT4}/32"))?;
+        }
+        Ok(r)
+    }
+
+    fn route(&mut self, ns: &str, dst: &str) -> anyhow::Result<()> {
+        run_cmd(&["ip", "-n", ns, "route", "add", dst, "via", &LB4.to_string()])?;
+        self.added.push((ns.to_string(), dst.to_string()));
+        Ok(())
+    }
+}
+
+impl Drop for Routes {
+    fn drop(&mut self) {
+        for (ns, dst) in &self.added {
+            let _ = run_cmd(&["ip", "-n", ns, "route", "del", dst]);
+        }
+    }
 }
 
 impl Running {
@@ -338,9 +377,14 @@ impl Running {
             case,
             targets: vec![vip; CLIENTS],
             proc: None,
+            routes: None,
         };
         match case {
             Case::Direct => running.targets = (0..CLIENTS).map(|i| backends[i % BACKENDS]).collect(),
+            Case::Routed => {
+                running.targets = (0..CLIENTS).map(|i| backends[i % BACKENDS]).collect();
+                running.routes = Some(Routes::add(lab)?);
+            }
             Case::Veer => {
                 let list = backends
                     .iter()
@@ -419,6 +463,7 @@ impl Running {
     fn stop(mut self, tools: &Tools, lab: &mut Lab) -> anyhow::Result<()> {
         match self.case {
             Case::Direct => {}
+            Case::Routed => self.routes = None,
             Case::Veer => {
                 if let Some(mut a) = lab.agent.take() {
                     a.stop();
@@ -725,18 +770,36 @@ impl Report {
                 .unwrap_or(f64::NAN)
         };
         let veer_close = get(Case::Veer, Shape::Close);
-        let veer_cpu = samples[1][0]
-            .iter()
-            .zip(&direct[0])
-            .map(|(a, d)| a.machine_us / d.machine_us)
-            .collect::<Vec<_>>();
-        let veer_cpu = median(veer_cpu);
-        let ka_nft = get(Case::Veer, Shape::KeepAlive) / get(Case::Nft, Shape::KeepAlive);
-        let ka_haproxy = get(Case::Veer, Shape::KeepAlive) / get(Case::Haproxy, Shape::KeepAlive);
+        let idx = |c: Case| Case::ALL.iter().position(|x| *x == c).unwrap_or(0);
+        // Case a over case b, repetition by repetition (same run, side by side): the median.
+        let rel = |a: Case, b: Case, shape: Shape, f: fn(&Sample) -> f64| {
+            let si = Shape::ALL.iter().position(|x| *x == shape).unwrap_or(0);
+            median(
+                samples[idx(a)][si]
+                    .iter()
+                    .zip(&samples[idx(b)][si])
+                    .map(|(x, y)| f(x) / f(y))
+                    .collect(),
+            )
+        };
+        let req = |x: &Sample| x.req_s;
+        let cpu = |x: &Sample| x.machine_us;
+        let veer_cpu = rel(Case::Veer, Case::Direct, Shape::Close, cpu);
+        let ka_nft = rel(Case::Veer, Case::Nft, Shape::KeepAlive, req);
+        let ka_haproxy = rel(Case::Veer, Case::Haproxy, Shape::KeepAlive, req);
+        let close_routed = rel(Case::Veer, Case::Routed, Shape::Close, req);
+        let ka_routed = rel(Case::Veer, Case::Routed, Shape::KeepAlive, req);
+        let close_nft = rel(Case::Veer, Case::Nft, Shape::Close, req);
+        let close_haproxy = rel(Case::Veer, Case::Haproxy, Shape::Close, req);
         let _ = writeln!(
             table,
             "\ngoals: veer new-connection req/s {veer_close:.3}x direct (>= 0.95); machine CPU per request {veer_cpu:.2}x direct's (<= 1.1); \
              keep-alive {ka_nft:.2}x nftables (>= 1.0) and {ka_haproxy:.2}x HAProxy (>= 1.2)"
+        );
+        let _ = writeln!(
+            table,
+            "veer over the same hop with no balancing (routed): {close_routed:.3}x new connections, {ka_routed:.3}x keep-alive; \
+             new connections {close_nft:.2}x nftables, {close_haproxy:.2}x HAProxy"
         );
         let json = json!({
             "clients": CLIENTS, "connections_per_client": CONNECTIONS, "backends": BACKENDS,
@@ -745,6 +808,8 @@ impl Report {
             "goals": {
                 "veer_close_ratio_to_direct": veer_close, "veer_close_cpu_ratio_to_direct": veer_cpu,
                 "veer_keepalive_over_nftables": ka_nft, "veer_keepalive_over_haproxy": ka_haproxy,
+                "veer_close_over_routed": close_routed, "veer_keepalive_over_routed": ka_routed,
+                "veer_close_over_nftables": close_nft, "veer_close_over_haproxy": close_haproxy,
             },
         });
         Report { json, table, ratios }
