@@ -20,7 +20,9 @@ use clap::Parser;
 use lb_common::{
     BenchPacket, FloodGuard, FlowKey, MAP_BENCH_KEYS, MAP_BENCH_PACKET, MAP_BENCH_PROGS, MAP_FLOOD_GUARD,
     PROG_BALANCER, PROG_BENCH_FLOOR, PROG_BENCH_HARNESS, Reason,
-    conntrack::{Heads, TAKE_CONFIRMED, TAKE_FREE, TAKE_UNCONFIRMED, WAYS, buckets, slot},
+    conntrack::{
+        FlowWays, Heads, RevWays, TAG_CONFIRMED, TAKE_CONFIRMED, TAKE_FREE, TAKE_UNCONFIRMED, WAYS, buckets, slot,
+    },
 };
 use veer_tests::{
     fixture::*,
@@ -72,6 +74,8 @@ enum Vary {
     Counter,
     /// Client address and port from BENCH_KEYS: [`ROTATION`] established flows in turn.
     Rotation,
+    /// Backend address and NAT port from BENCH_KEYS: the replies of those flows in turn.
+    RotationReply,
 }
 
 /// How a path is run.
@@ -87,10 +91,9 @@ struct Path {
     /// Every run is a new flow (else none is).
     new_flows: bool,
     target: Option<f64>,
-    /// Sent before measuring (through the harness with the path's `vary`, `warmup_runs`
-    /// times): re-creates the flows the new-flow path evicted.
+    /// Sent before measuring (through the harness over every flow in rotation, for the
+    /// rotating paths): re-creates the flows the new-flow path evicted.
     warmup: Option<Vec<u8>>,
-    warmup_runs: u32,
 }
 
 struct Result {
@@ -134,6 +137,8 @@ fn main() -> anyhow::Result<()> {
 /// The bench harness's object, loaded beside the balancer's (which carries no bench code).
 struct Harness {
     ebpf: Ebpf,
+    /// Entries of BENCH_KEYS in use.
+    keys: u32,
 }
 
 impl Harness {
@@ -143,7 +148,7 @@ impl Harness {
             let p: &mut Xdp = ebpf.program_mut(name).context("program")?.try_into()?;
             p.load().with_context(|| format!("load {name}"))?;
         }
-        Ok(Harness { ebpf })
+        Ok(Harness { ebpf, keys: 0 })
     }
 
     fn prog(&self, name: &str) -> anyhow::Result<&Xdp> {
@@ -157,13 +162,19 @@ impl Harness {
 
     /// Sets the packet the harness restores; `counter` is where its flow counter starts.
     fn set_packet(&mut self, pkt: &[u8], vary: Vary, counter: u32) -> anyhow::Result<()> {
+        let keys = self.keys;
+        self.set_packet_keys(pkt, vary, counter, keys)
+    }
+
+    fn set_packet_keys(&mut self, pkt: &[u8], vary: Vary, counter: u32, keys: u32) -> anyhow::Result<()> {
         ensure!(pkt.len() <= 128, "bench packet longer than the harness buffer");
         let mut data = [0u8; 128];
         data[..pkt.len()].copy_from_slice(pkt);
         let (vary_offset, vary_port_offset, keys) = match vary {
             Vary::None => (0, 0, 0),
             Vary::Counter => (OFF_SRC4, OFF_SPORT4, 0),
-            Vary::Rotation => (OFF_SRC4, OFF_SPORT4, ROTATION),
+            Vary::Rotation => (OFF_SRC4, OFF_SPORT4, keys),
+            Vary::RotationReply => (OFF_SRC4, OFF_DPORT4, keys),
         };
         let value = BenchPacket {
             len: pkt.len() as u32,
@@ -183,6 +194,7 @@ impl Harness {
         for (i, k) in keys.iter().enumerate() {
             m.set(i as u32, *k, 0)?;
         }
+        self.keys = keys.len() as u32;
         Ok(())
     }
 
@@ -207,6 +219,7 @@ impl Harness {
 /// Offsets of the IPv4 source address and TCP source port in an untagged frame.
 const OFF_SRC4: u32 = 26;
 const OFF_SPORT4: u32 = 34;
+const OFF_DPORT4: u32 = 36;
 
 /// The production object and binary must carry no bench program or map.
 fn no_bench_code(fx: &Fixture) -> anyhow::Result<String> {
@@ -283,6 +296,36 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
     ensure!(v == XDP_TX, "setup SYN6 not forwarded (verdict {v})");
     let reply4 = reply_to(&syn4, &fwd4)?;
     let other = Spec::tcp_syn((CLIENT4.into(), 40000), ("10.9.0.77".parse()?, 80));
+    // A backend's answer to one of the flows in rotation; the harness writes the backend's
+    // address and the flow's NAT port.
+    let reply_wide = Spec {
+        src_mac: [0x02, 0, 0, 0, 0x02, 0],
+        dst_mac: IF_MAC,
+        src: std::net::Ipv4Addr::new(10, 9, 0, 200).into(),
+        sport: WIDE_VIPS[0].backend_port,
+        dst: SNAT4.into(),
+        dport: 1024,
+        l4: L4::Tcp {
+            syn: false,
+            ack: true,
+            seq: 5000,
+        },
+        payload: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ..syn4.clone()
+    };
+    // The clients in rotation are reached through CLIENT4's neighbour entry.
+    run_cmd(&[
+        "ip",
+        "-n",
+        &fx.ns.name,
+        "route",
+        "replace",
+        "198.16.0.0/12",
+        "via",
+        &CLIENT4.to_string(),
+        "dev",
+        "fx0",
+    ]);
 
     let paths = [
         Path {
@@ -295,7 +338,6 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             new_flows: false,
             target: Some(2.0),
             warmup: None,
-            warmup_runs: 0,
         },
         Path {
             name: "established TCP flow (IPv4)",
@@ -307,7 +349,6 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             new_flows: false,
             target: Some(6.0),
             warmup: Some(ack4.build()),
-            warmup_runs: 1,
         },
         Path {
             name: "established TCP, 65536 flows",
@@ -319,7 +360,19 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             new_flows: false,
             target: None,
             warmup: Some(syn4_wide.build()),
-            warmup_runs: ROTATION,
+        },
+        Path {
+            name: "NAT reply, ~52k flows",
+            packet: reply_wide.build(),
+            harness: true,
+            vary: Vary::RotationReply,
+            verdict: XDP_TX,
+            proof: Reason::TxReply,
+            new_flows: false,
+            target: None,
+            // The flows of the path before (re-created there); their replies are read
+            // from the tables.
+            warmup: Some(reply_wide.build()),
         },
         Path {
             name: "NAT reply (IPv4)",
@@ -331,7 +384,6 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             new_flows: false,
             target: None,
             warmup: Some(syn4.build()),
-            warmup_runs: 1,
         },
         Path {
             name: "established TCP flow (IPv6)",
@@ -343,7 +395,6 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             new_flows: false,
             target: None,
             warmup: Some(ack6.build()),
-            warmup_runs: 1,
         },
     ];
 
@@ -367,7 +418,6 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
                 new_flows: true,
                 target: (k == 0).then_some(13.0),
                 warmup: None,
-                warmup_runs: 0,
             },
         );
     }
@@ -386,6 +436,7 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
     let mut per_path: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut harness_cost: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
     let mut evictions = [0u64; 2];
+    let mut reply_flows = 0usize;
     for _round in 0..opts.rounds {
         floor.push(ns(h.run(PROG_BENCH_FLOOR, &floor_pkt, ingress, opts.repeat)?.1));
         for (i, path) in paths.iter().enumerate() {
@@ -417,19 +468,34 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             h.set_tail(balancer)?;
 
             if let Some(w) = &path.warmup {
-                if path.vary == Vary::Rotation {
+                if path.vary == Vary::RotationReply {
+                    // The replies of the flows in rotation whose reverse entries are in the
+                    // table: reply tuples hash independently of the flows, and a bucket
+                    // that gets more than its ways keeps the newest (about 80% stay).
+                    let replies = rotation_replies(&fx, &keys)?;
+                    ensure!(
+                        replies.len() * 4 >= keys.len() * 3,
+                        "{}: only {} of {} flows in rotation have their reverse entry",
+                        path.name,
+                        replies.len(),
+                        keys.len()
+                    );
+                    reply_flows = replies.len();
+                    h.set_keys(&replies)?;
+                } else if path.vary == Vary::Rotation {
                     // Re-create the flows in rotation (the new-flow path evicted them), then
                     // check that every one of them is in the table.
+                    h.set_keys(&keys)?;
                     h.set_packet(w, Vary::Rotation, 0)?;
                     let vip = vip_of(w);
                     let (tx, flows) = (fx.reason(Reason::Tx), fx.vip_counters(vip).new_flows);
-                    let (v, _) = h.run(PROG_BENCH_HARNESS, w, ingress, path.warmup_runs)?;
+                    let (v, _) = h.run(PROG_BENCH_HARNESS, w, ingress, h.keys)?;
                     let (tx, flows) = (fx.reason(Reason::Tx) - tx, fx.vip_counters(vip).new_flows - flows);
                     ensure!(
-                        v == XDP_TX && tx == path.warmup_runs as u64 && flows == tx,
+                        v == XDP_TX && tx == h.keys as u64 && flows == tx,
                         "{}: {tx} of {} rotation SYNs forwarded as new flows ({flows} new); reasons: {}",
                         path.name,
-                        path.warmup_runs,
+                        h.keys,
                         reasons(&fx)
                     );
                 } else {
@@ -444,7 +510,7 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             match path.vary {
                 Vary::Counter => h.set_packet(&path.packet, Vary::Counter, counter)?,
                 // The warmup set the reply to the flow's current NAT port.
-                _ if path.proof == Reason::TxReply => {}
+                Vary::None if path.proof == Reason::TxReply => {}
                 v => h.set_packet(&path.packet, v, 0)?,
             }
             let before = fx.reason(path.proof);
@@ -502,6 +568,11 @@ fn data_path(opts: Options) -> anyhow::Result<bool> {
             }
             if p.vary == Vary::Rotation {
                 proof += &format!(", {ROTATION} flows re-created before each round");
+            }
+            if p.vary == Vary::RotationReply {
+                proof += &format!(
+                    ", the replies of the {reply_flows} of those flows whose reverse entries are in the table (last round)"
+                );
             }
             if p.harness {
                 proof += &format!(", harness {:.1} ns subtracted", median(h));
@@ -609,6 +680,59 @@ fn flood_guard(fx: &Fixture) -> anyhow::Result<[u64; 4]> {
     Ok(out)
 }
 
+/// For each flow in rotation found in the connection table whose reverse entry is still in
+/// the reverse-NAT table, its backend's answer: (backend address, NAT port) from that entry.
+fn rotation_replies(fx: &Fixture, keys: &[[u32; 2]]) -> anyhow::Result<Vec<[u32; 2]>> {
+    let mask = buckets(FLOW_CAPACITY) - 1;
+    let read = |heads: &str| -> anyhow::Result<Vec<Heads>> {
+        let h: Array<_, Heads> = fx.ebpf.map(heads).context("heads")?.try_into()?;
+        Ok((0..=mask)
+            .map(|i| h.get(&i, 0))
+            .collect::<std::result::Result<Vec<_>, _>>()?)
+    };
+    let flow_heads = read(lb_common::MAP_FLOW_HEADS)?;
+    let rev_heads = read(lb_common::MAP_REV_HEADS)?;
+    let flows: Array<_, FlowWays> = fx.ebpf.map(lb_common::MAP_FLOWS).context("flows")?.try_into()?;
+    let revs: Array<_, RevWays> = fx.ebpf.map(lb_common::MAP_NAT_REV).context("nat rev")?.try_into()?;
+    let port = WIDE_VIPS[0].port;
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let key = FlowKey {
+            src_be: [k[0], 0, 0, 0],
+            dst_be: addr_be(VIP4.into()),
+            sport_be: k[1] as u16,
+            dport_be: port.to_be(),
+            proto: lb_common::PROTO_TCP,
+            family: lb_common::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let sl = slot(&key, mask);
+        let head = &flow_heads[sl.index as usize];
+        let ways = flows.get(&sl.index, 0)?;
+        // Match tag and key: different keys can share a bucket and a tag.
+        let Some(entry) = (0..WAYS)
+            .find(|&w| head.tags[w] & !TAG_CONFIRMED == sl.tag && ways.ways[w].key == key)
+            .map(|w| &ways.ways[w])
+        else {
+            continue;
+        };
+        // The flow's own link to its reverse entry, checked as the data path checks it.
+        let (index, way) = (entry.rev_link >> 2, (entry.rev_link & 3) as usize);
+        let Some(rhead) = rev_heads.get(index as usize) else {
+            continue;
+        };
+        if rhead.tags[way] & !TAG_CONFIRMED != entry.rev_tag & !TAG_CONFIRMED {
+            continue;
+        }
+        let rev = revs.get(&index, 0)?.ways[way];
+        if rev.rev.client_be != key.src_be || rev.rev.client_port_be != key.sport_be {
+            continue;
+        }
+        out.push([rev.key.src_be[0], rev.key.dport_be as u32]);
+    }
+    Ok(out)
+}
+
 /// [`ROTATION`]-many client (address, port) pairs to the wide VIP chosen so that no
 /// connection-table bucket gets more than its ways: all of them fit in the table at once.
 /// Stored as the harness writes them into the packet (network byte order in memory).
@@ -619,12 +743,16 @@ fn rotation_keys(n: u32) -> Vec<[u32; 2]> {
     let mut c = 0u32;
     while out.len() < n as usize {
         c += 1;
-        let ip = std::net::Ipv4Addr::new(198, 18 + (c >> 16) as u8, (c >> 8) as u8, c as u8);
+        assert!(c < 1 << 24, "no {n} flows fit the table");
+        // Scattered over 198.16.0.0/12 (the route to the clients in rotation) and ports
+        // 1024..61023: the flow hash is weak on keys that differ in step (see the report).
+        let x = c.wrapping_mul(0x9e37_79b1);
+        let ip = std::net::Ipv4Addr::from(0xc610_0000 | x >> 12);
         // Never an address the counter-varied new-flow path can produce (its last byte is 0).
-        if c as u8 == 0 {
+        if ip.octets()[3] == 0 {
             continue;
         }
-        let port = 1024 + (c % 60000) as u16;
+        let port = 1024 + (x % 60000) as u16;
         let key = FlowKey {
             src_be: addr_be(ip.into()),
             dst_be: addr_be(VIP4.into()),
