@@ -875,7 +875,7 @@ impl Report {
             }
             let _ = writeln!(
                 s,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"11\">{}</text>",
                 gx + group / 2.0,
                 h - bottom + 18.0,
                 case.name()
