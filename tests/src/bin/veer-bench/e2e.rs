@@ -897,3 +897,43 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// wrk 4.1's report, as it prints it with --latency and a server that closes.
+    const REPORT: &str = "Running 5s test @ http://10.77.0.100:80/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.21ms    2.10ms  41.77ms   94.12%
+    Req/Sec     8.25k     1.02k   10.11k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.10ms
+     90%    1.62ms
+     99%   12.30ms
+  41052 requests in 5.00s, 6.03MB read
+  Socket errors: connect 0, read 3, write 0, timeout 2
+  Non-2xx or 3xx responses: 4
+Requests/sec:   8208.47
+Transfer/sec:      1.21MB
+";
+
+    #[test]
+    fn wrk_report_is_read_whole() {
+        let w = parse_wrk(REPORT).unwrap();
+        assert_eq!(w.requests, 41052);
+        assert!((w.req_s - 8208.47).abs() < 1e-9);
+        assert_eq!(w.errors, 3 + 2 + 4);
+        assert!((w.p50_ms - 0.812).abs() < 1e-9);
+        assert!((w.p99_ms - 12.3).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_report_without_requests_is_an_error() {
+        assert!(parse_wrk("unable to connect to 10.77.0.100:80 Connection refused\n").is_err());
+        assert!(duration_ms("12").is_err());
+        assert!((duration_ms("2.00s").unwrap() - 2000.0).abs() < 1e-9);
+    }
+}
