@@ -53,7 +53,7 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) ->
     }
 }
 
-fn dechunk(mut s: &str) -> String {
+pub(super) fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
