@@ -42,6 +42,9 @@ pub const MAP_RR_CURSORS: &str = "RR_CURSORS_V1";
 pub const DEFAULT_MAX_AB_RULES: u32 = 4096;
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
 pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
+pub const MAP_BENCH_KEYS: &str = "BENCH_KEYS_V1";
+/// Room in BENCH_KEYS: the established path over many flows rotates through up to this many.
+pub const BENCH_MAX_KEYS: u32 = 65_536;
 
 /// Program names in the object file.
 pub const PROG_BALANCER: &str = "veer_xdp";
@@ -319,9 +322,12 @@ pub struct BenchPacket {
     /// Offset of a 16-bit word overwritten with the counter's low half (0: none): the client
     /// port, so NAT source ports do not run out over a million new flows.
     pub vary_port_offset: u32,
+    /// Non-zero: the flows come from BENCH_KEYS[counter % keys] instead (client address at
+    /// `vary_offset`, port at `vary_port_offset`): a fixed set of flows in rotation.
+    pub keys: u32,
     pub data: [u8; 128],
 }
-const _: () = assert!(size_of::<BenchPacket>() == 144);
+const _: () = assert!(size_of::<BenchPacket>() == 148);
 
 /// Per-CPU counters kept per VIP and per backend.
 #[repr(C)]

@@ -6,7 +6,6 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd is the one way to an atomic add on BPF")]
 
-mod bench;
 mod fib;
 mod flow;
 mod guard;

@@ -410,23 +410,29 @@ impl Fixture {
         repeat: u32,
     ) -> (u32, Vec<u8>, std::time::Duration) {
         let prog: &Xdp = self.ebpf.program(name).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; pkt.len() + 64];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let mut ctx = [0u32; 6];
-        ctx[1] = pkt.len() as u32;
-        ctx[3] = ingress.unwrap_or(0);
-        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(pkt);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat;
-        if ingress.is_some() {
-            opts.ctx_in = Some(&ctx_bytes);
-        }
-        let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out, res.duration)
+        test_run(prog, pkt, ingress, repeat)
     }
+}
+
+/// Runs a loaded XDP program `repeat` times on `pkt` (BPF_PROG_TEST_RUN); returns the last
+/// verdict, the output frame and the kernel's average time per run.
+pub fn test_run(prog: &Xdp, pkt: &[u8], ingress: Option<u32>, repeat: u32) -> (u32, Vec<u8>, std::time::Duration) {
+    let mut out = vec![0u8; pkt.len() + 64];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let mut ctx = [0u32; 6];
+    ctx[1] = pkt.len() as u32;
+    ctx[3] = ingress.unwrap_or(0);
+    let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat;
+    if ingress.is_some() {
+        opts.ctx_in = Some(&ctx_bytes);
+    }
+    let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out, res.duration)
 }
 
 pub fn nix_ifindex(name: &str) -> u32 {

@@ -589,14 +589,34 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
             MAP_TX_PORTS,
             lb_common::MAP_VIP_STATS,
             lb_common::MAP_BACKEND_STATS,
-            lb_common::MAP_BENCH_PACKET,
-            lb_common::MAP_BENCH_PROGS,
             lb_common::MAP_FLOOD_GUARD,
             lb_common::MAP_BACKEND_LOAD,
             lb_common::MAP_RR_CURSORS,
         ] {
             assert!(fx.ebpf.map(name).is_some(), "map {name} missing from the object");
         }
+    });
+}
+
+/// The bench harness lives in an object of its own: the balancer's object (the one the agent
+/// loads and the package ships) has no bench program or map, and the bench's has them all.
+#[test]
+fn bench_code_is_only_in_the_bench_object() {
+    with_fixture(|fx| {
+        let bench = aya::Ebpf::load(veer::dataplane::BENCH_OBJECT).expect("load the bench object");
+        for name in [lb_common::PROG_BENCH_HARNESS, lb_common::PROG_BENCH_FLOOR] {
+            assert!(fx.ebpf.program(name).is_none(), "balancer object has program {name}");
+            assert!(bench.program(name).is_some(), "bench object lacks program {name}");
+        }
+        for name in [
+            lb_common::MAP_BENCH_PACKET,
+            lb_common::MAP_BENCH_PROGS,
+            lb_common::MAP_BENCH_KEYS,
+        ] {
+            assert!(fx.ebpf.map(name).is_none(), "balancer object has map {name}");
+            assert!(bench.map(name).is_some(), "bench object lacks map {name}");
+        }
+        assert!(bench.map(MAP_FLOWS).is_none(), "bench object carries balancer maps");
     });
 }
 

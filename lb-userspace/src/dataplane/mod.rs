@@ -30,6 +30,9 @@ use crate::{config::AttachMode, state::Op};
 pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
 /// A map-less XDP_PASS program for veth peers (XDP_TX/REDIRECT into a veth need one).
 pub const PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-pass"));
+/// The bench harness's object (`cargo xtask bench` only). Nothing in the `veer` binary refers
+/// to it, so the binary does not carry it (the bench checks).
+pub const BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-bench"));
 
 /// The default `agent.pin_dir`.
 pub const PIN_DIR: &str = crate::config::DEFAULT_PIN_DIR;
