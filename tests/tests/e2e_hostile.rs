@@ -443,3 +443,139 @@ fn a_spoofed_syn_flood_breaks_no_established_flow() {
         delta.join(" ")
     );
 }
+
+/// The port of the download servers on the backends, and the download's size.
+const DOWNLOAD_PORT: u16 = 5600;
+const DOWNLOAD: usize = 1 << 20;
+
+/// An HTTP server in each backend's namespace answering any request with DOWNLOAD bytes
+/// (a pattern the client checks), then closing. Stops with the guard.
+struct Downloads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Downloads {
+    fn start(lab: &Lab) -> Downloads {
+        use std::io::{Read, Write};
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for ns in &lab.backends {
+            let l = ns
+                .run(|| std::net::TcpListener::bind(SocketAddr::from(([0u16; 8], DOWNLOAD_PORT))))
+                .unwrap()
+                .unwrap();
+            l.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut s, _)) = l.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
+                        let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = (0..DOWNLOAD).map(|k| (k % 253) as u8).collect();
+                        let _ = s.write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {DOWNLOAD}\r\nConnection: close\r\n\r\n")
+                                .as_bytes(),
+                        );
+                        let _ = s.write_all(&body);
+                    });
+                }
+            }));
+        }
+        Downloads { stop, threads }
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One HTTP download from `ns`: the body, checked whole and in order, and how long it
+/// took. A stall (3 s without a byte) or 20 s in all fail it.
+fn download(ns: &Netns, vip: SocketAddr) -> anyhow::Result<Duration> {
+    ns.run(move || -> anyhow::Result<Duration> {
+        use std::io::{Read, Write};
+        let start = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: veer\r\nConnection: close\r\n\r\n")?;
+        let (mut got, mut buf) = (Vec::with_capacity(DOWNLOAD + 256), vec![0u8; 65536]);
+        loop {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "{vip}: {} bytes after 20 s",
+                got.len()
+            );
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => anyhow::bail!("{vip}: stalled after {} bytes ({e})", got.len()),
+            }
+        }
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("{vip}: no HTTP head in {} bytes", got.len()))?;
+        let body = &got[end + 4..];
+        anyhow::ensure!(body.len() == DOWNLOAD, "{vip}: body of {} bytes", body.len());
+        anyhow::ensure!(
+            body.iter().enumerate().all(|(k, &b)| b == (k % 253) as u8),
+            "{vip}: body bytes out of order"
+        );
+        Ok(start.elapsed())
+    })?
+}
+
+/// PMTU discovery through the balancer: a client behind a 1400-byte hop downloads 1 MB
+/// through the VIP, IPv4 and IPv6. The backend's first full-size segments are refused at
+/// the hop; the router's fragmentation-needed / packet-too-big goes to the VIP, and only
+/// if the balancer hands it to the backend (as SNAT -> backend, quoting backend -> SNAT)
+/// does the backend lower its path MTU. Otherwise the download stalls.
+#[test]
+fn a_1mb_download_through_a_1400_byte_hop_completes() {
+    let vips = format!(
+        "[[vip]]\nname = \"dl4\"\naddress = \"{VIP4}:81\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {{ address = \"{}:{DOWNLOAD_PORT}\" }} ]\n\n\
+         [[vip]]\nname = \"dl6\"\naddress = \"[{VIP6}]:81\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {{ address = \"[{}]:{DOWNLOAD_PORT}\" }} ]\n",
+        backend4(0),
+        backend6(0)
+    );
+    let Some(lab) = Lab::with_config(1, "", &vips) else {
+        return;
+    };
+    let routed = lab.add_routed_client(1400).unwrap();
+    let _servers = Downloads::start(&lab);
+    let reason = |name: &str| lab.status().unwrap()["counters"]["reasons"][name].as_u64().unwrap_or(0);
+    for vip in [
+        SocketAddr::new(VIP4.into(), 81),
+        SocketAddr::new(IpAddr::from(VIP6), 81),
+    ] {
+        let watch = lab.watch().unwrap();
+        let translated = reason("icmp_translated");
+        let took =
+            download(&routed.client, vip).unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", lab.agent_log()));
+        let translated = reason("icmp_translated") - translated;
+        println!("{vip}: 1 MiB through the 1400-byte hop in {took:?}, {translated} ICMP errors translated");
+        assert!(
+            translated >= 1,
+            "{vip}: the router's error reached the backend through veer"
+        );
+        lab.assert_no_drops(&watch, &[]);
+    }
+}

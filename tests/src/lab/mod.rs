@@ -3,6 +3,7 @@
 //! Everything it creates is removed on drop, pass or fail.
 
 mod netns;
+mod routed;
 mod servers;
 mod traffic;
 mod watch;
@@ -20,6 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
+pub use routed::{ROUTED4, ROUTED6, ROUTER4, ROUTER6, RoutedClient};
 pub use servers::Servers;
 pub use traffic::{
     Outcome, http_get, http_get_bound, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request,
