@@ -22,6 +22,10 @@ pub const MAP_FLOOD_GUARD: &str = "FLOOD_GUARD_V1";
 /// Global of the XDP program: new flows per CPU per guard window (about a second) before
 /// the flood guard stops evicting confirmed flows; u32::MAX derives it from the table size.
 pub const GLOBAL_FLOW_BUDGET: &str = "FLOW_BUDGET";
+/// Global of the XDP program: 1 = accept a NAT reply (or an ICMP error about a NAT flow
+/// sent to the SNAT address) only when it arrives on the interface the flow leaves by
+/// towards its backend; set by the agent when it runs on more than one interface.
+pub const GLOBAL_REPLY_IFACE_CHECK: &str = "REPLY_IFACE_CHECK";
 /// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
@@ -426,12 +430,17 @@ pub enum Reason {
     PassTooBig = 19,
     /// A later fragment of a NATed datagram, translated like its first fragment.
     Fragment = 20,
+    /// A NAT reply (or an ICMP error about a NAT flow, to the SNAT address) that arrived on
+    /// another interface than the one its flow leaves by towards the backend: a spoofed
+    /// reply from the client side of a two-armed balancer. Dropped (see docs/decisions.md,
+    /// "Reply interface").
+    DropReplyIface = 21,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -453,6 +462,7 @@ impl Reason {
         Reason::TxTimeExceeded,
         Reason::PassTooBig,
         Reason::Fragment,
+        Reason::DropReplyIface,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -479,6 +489,7 @@ impl Reason {
             Reason::TxTimeExceeded => "tx_time_exceeded",
             Reason::PassTooBig => "pass_too_big",
             Reason::Fragment => "fragment",
+            Reason::DropReplyIface => "drop_reply_iface",
         }
     }
 }

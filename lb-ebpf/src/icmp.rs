@@ -19,8 +19,8 @@ use lb_common::{
 use crate::{
     Verdict, fib,
     flow::{self, store},
-    nat::store_addr,
     maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
+    nat::store_addr,
     parse::{
         IcmpAt, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, Packet, Ports, ptr_at, words_to_addr2, words_to_addr8,
     },
@@ -340,6 +340,9 @@ fn translate(ctx: &XdpContext, err: &IcmpError, snat: &[u32; 4], now_ns: u64) ->
         let Some(rev) = flow::find_reverse(&key) else {
             return Verdict::Pass(Reason::PassNotVip);
         };
+        if !fib::arrived_by_egress(ctx, rev.backend_id) {
+            return Verdict::Drop(Reason::DropReplyIface);
+        }
         let rw = Quoted {
             src: rev.client_be,
             sport_be: rev.client_port_be,

@@ -96,7 +96,10 @@ fn process(ctx: &XdpContext) -> Verdict {
     if pkt.key.dst_be == snat
         && let Some(rev) = flow::reverse(ctx, &pkt, now)
     {
-        return to_client(ctx, &pkt, &mut rev.rev, now_ns);
+        return match rev {
+            Ok(rev) => to_client(ctx, &pkt, &mut rev.rev, now_ns),
+            Err(r) => Verdict::Drop(r),
+        };
     }
     let Some(mut bucket) = flow::bucket(&pkt.key) else {
         return Verdict::Pass(Reason::PassNotVip);

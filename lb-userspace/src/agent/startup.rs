@@ -119,6 +119,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         backends: p.config.agent.max_backends,
         ring_size: p.config.agent.ring_size,
         max_tables: max_tables(&p.config),
+        reply_iface_check: p.interfaces.len() > 1,
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
     let state_file = state_file(&p.config);

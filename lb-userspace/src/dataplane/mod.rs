@@ -17,9 +17,10 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_REV_HEADS, MAP_TABLES,
-    MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
+    Backend, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, GLOBAL_REPLY_IFACE_CHECK, MAP_AB_RULES,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS,
+    MAP_REV_HEADS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason,
+    VipInfo, VipKey,
     conntrack::{self, FlowWays, Heads},
 };
 use tracing::{info, warn};
@@ -125,6 +126,9 @@ pub struct Sizes {
     pub backends: u32,
     pub ring_size: u32,
     pub max_tables: u32,
+    /// Accept NAT replies only from the interface their flow leaves by (set on a balancer
+    /// with more than one interface; see docs/decisions.md, "Reply interface").
+    pub reply_iface_check: bool,
 }
 
 /// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
@@ -175,9 +179,11 @@ impl Dataplane {
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let buckets = conntrack::buckets(sizes.flows);
         let mask = buckets - 1;
+        let reply_iface_check = u32::from(sizes.reply_iface_check);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(GLOBAL_CONN_MASK, &mask, true)
+            .override_global(GLOBAL_REPLY_IFACE_CHECK, &reply_iface_check, true)
             .map_max_entries(MAP_FLOWS, buckets)
             .map_max_entries(MAP_FLOW_HEADS, buckets)
             .map_max_entries(MAP_NAT_REV, buckets)
