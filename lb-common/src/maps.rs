@@ -26,6 +26,9 @@ pub const GLOBAL_FLOW_BUDGET: &str = "FLOW_BUDGET";
 /// sent to the SNAT address) only when it arrives on the interface the flow leaves by
 /// towards its backend; set by the agent when it runs on more than one interface.
 pub const GLOBAL_REPLY_IFACE_CHECK: &str = "REPLY_IFACE_CHECK";
+/// Global of the ICMP program: ICMP errors the balancer sends itself (fragmentation
+/// needed / packet too big, time exceeded) per CPU per window of about a second.
+pub const GLOBAL_ICMP_BUDGET: &str = "ICMP_BUDGET";
 /// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
@@ -435,12 +438,16 @@ pub enum Reason {
     /// reply from the client side of a two-armed balancer. Dropped (see docs/decisions.md,
     /// "Reply interface").
     DropReplyIface = 21,
+    /// A packet the balancer would answer with an ICMP error (fragmentation needed /
+    /// packet too big, time exceeded) beyond the per-CPU budget of such errors
+    /// (lb_common::GLOBAL_ICMP_BUDGET per about a second): dropped unanswered.
+    DropIcmpLimit = 22,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -463,6 +470,7 @@ impl Reason {
         Reason::PassTooBig,
         Reason::Fragment,
         Reason::DropReplyIface,
+        Reason::DropIcmpLimit,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -490,6 +498,7 @@ impl Reason {
             Reason::PassTooBig => "pass_too_big",
             Reason::Fragment => "fragment",
             Reason::DropReplyIface => "drop_reply_iface",
+            Reason::DropIcmpLimit => "drop_icmp_limit",
         }
     }
 }

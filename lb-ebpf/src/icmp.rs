@@ -478,6 +478,32 @@ fn rewrite(ctx: &XdpContext, err: &IcmpError, rw: &Quoted) -> Option<()> {
     Some(())
 }
 
+/// ICMP errors the balancer sends itself, per CPU per window of 2^30 ns (about a second);
+/// the loader may override it (lb_common::GLOBAL_ICMP_BUDGET). Like the kernel's own
+/// icmp_msgs_per_sec, it keeps a flood of oversized or expiring packets from turning the
+/// balancer into a source of as many errors (see docs/decisions.md, "ICMP").
+#[unsafe(no_mangle)]
+static ICMP_BUDGET: u32 = 1000;
+
+/// Takes one error from this CPU's budget; false when it is spent for this window.
+#[inline(always)]
+fn within_budget() -> bool {
+    let Some(s) = scratch() else {
+        return false;
+    };
+    let window = (flow::now_ns() >> 30) as u32;
+    if s.icmp_window != window {
+        s.icmp_window = window;
+        s.icmp_sent = 0;
+    }
+    // SAFETY: a read of a constant the loader may have rewritten.
+    if s.icmp_sent >= unsafe { core::ptr::read_volatile(&ICMP_BUDGET) } {
+        return false;
+    }
+    s.icmp_sent += 1;
+    true
+}
+
 /// What stops a packet here: TTL / hop limit at its end, or the egress MTU.
 #[inline(always)]
 pub fn limits(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> Option<Verdict> {
@@ -499,6 +525,10 @@ pub fn limits(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> Option<Verdict> 
 /// Counts its reason and returns the XDP action.
 #[inline(always)]
 fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> u32 {
+    if !within_budget() {
+        stats::count_reason(Reason::DropIcmpLimit);
+        return xdp_action::XDP_DROP;
+    }
     let reason = if too_big {
         Reason::TxTooBig
     } else {

@@ -109,6 +109,9 @@ pub struct Scratch {
     pub vip_key: lb_common::VipKey,
     /// The packet's 5-tuple (parse::Packet::key).
     pub key: lb_common::FlowKey,
+    /// The ICMP errors this CPU sent in the window `icmp_window` (icmp::within_budget).
+    pub icmp_window: u32,
+    pub icmp_sent: u32,
 }
 
 #[map(name = "SCRATCH_V1")]

@@ -1576,3 +1576,63 @@ fn nat_replies_are_accepted_only_from_the_flows_egress_interface() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// The ICMP errors the balancer sends itself are limited per CPU (here 2 per window of
+/// about a second): a burst of oversized DF packets and expiring ones gets at most that
+/// many answers, the rest are dropped and counted, not answered one for one.
+#[test]
+fn the_balancers_own_icmp_errors_are_rate_limited() {
+    if !veer_tests::lab::is_root() {
+        eprintln!("skipped: packet fixtures need root");
+        return;
+    }
+    let t = std::thread::spawn(|| {
+        // One CPU: the budget is per CPU.
+        // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+        }
+        let fx = Fixture::with_icmp_budget(2);
+        run_cmd(&["ip", "-n", &fx.ns.name, "link", "set", "dev", "fx0", "mtu", "1400"]);
+        let syn = Spec::tcp_syn(client4(49001), (VIP4.into(), 80));
+        check_forward(&fx, &syn, 0, 8080);
+        let big = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            payload: vec![7; 1400],
+            ..syn.clone()
+        };
+        let expiring = Spec {
+            ttl: 1,
+            payload: vec![7; 100],
+            ..big.clone()
+        };
+        let (answered, dropped) = (fx.reason(Reason::TxTooBig), fx.reason(Reason::DropIcmpLimit));
+        let mut verdicts = Vec::new();
+        for k in 0..10 {
+            let pkt = if k % 2 == 0 { big.build() } else { expiring.build() };
+            verdicts.push(fx.run(&pkt, Some(fx.ifindex)).0);
+        }
+        let sent = verdicts.iter().filter(|&&v| v == XDP_TX).count() as u64;
+        // Two windows at most if the burst straddles a window's end.
+        assert!((2..=4).contains(&sent), "answered {sent} of 10: {verdicts:?}");
+        assert!(verdicts.iter().all(|&v| v == XDP_TX || v == XDP_DROP), "{verdicts:?}");
+        assert_eq!(
+            fx.reason(Reason::TxTooBig) - answered + fx.reason(Reason::TxTimeExceeded),
+            sent
+        );
+        assert_eq!(
+            fx.reason(Reason::DropIcmpLimit) - dropped,
+            10 - sent,
+            "the rest counted"
+        );
+    });
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
+}
