@@ -19,7 +19,7 @@ use lb_common::{FAMILY_V4, NextHop, Reason};
 use crate::{
     Verdict,
     maps::{NEXTHOPS, TX_PORTS, scratch},
-    parse::ptr_at,
+    packet::ptr_at,
 };
 
 /// 1: a NAT reply is accepted only from the interface its flow leaves by towards the

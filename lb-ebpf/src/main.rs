@@ -10,6 +10,7 @@ mod guard;
 mod icmp;
 mod maps;
 mod nat;
+mod packet;
 mod parse;
 mod select;
 mod stats;
