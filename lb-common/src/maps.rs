@@ -29,6 +29,15 @@ pub const GLOBAL_REPLY_IFACE_CHECK: &str = "REPLY_IFACE_CHECK";
 /// Global of the ICMP program: ICMP errors the balancer sends itself (fragmentation
 /// needed / packet too big, time exceeded) per CPU per window of about a second.
 pub const GLOBAL_ICMP_BUDGET: &str = "ICMP_BUDGET";
+/// Global of the XDP and ICMP programs: 1 = trace the decisions about packets whose client
+/// or VIP address is in TRACE_FILTER (aya-log, debug level) through the trace program;
+/// 0 (the default) leaves the trace out of the verified program altogether.
+pub const GLOBAL_TRACE: &str = "TRACE";
+pub const MAP_TRACE_FILTER: &str = "TRACE_FILTER_V1";
+pub const DEFAULT_MAX_TRACE_PREFIXES: u32 = 64;
+/// [0]: the trace program, tail-called after a traced packet's verdict.
+pub const MAP_TRACE_PROGS: &str = "TRACE_PROGS_V1";
+pub const PROG_TRACE: &str = "veer_trace";
 /// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
@@ -142,6 +151,18 @@ pub struct AbKey {
     pub addr_be: [u32; 4],
 }
 const _: () = assert!(size_of::<AbKey>() == 20);
+
+/// TRACE_FILTER key: an LPM trie over (family, address), so one prefix list matches client
+/// addresses and VIPs of either family; the prefix length covers the 32-bit family word
+/// plus the network's prefix. Only with the trace on (GLOBAL_TRACE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceKey {
+    /// FAMILY_V4 or FAMILY_V6, big-endian.
+    pub family_be: u32,
+    pub addr_be: [u32; 4],
+}
+const _: () = assert!(size_of::<TraceKey>() == 20);
 
 /// `Backend.state`: 0 means the slot is unset.
 pub const BACKEND_UNSET: u8 = 0;
@@ -516,6 +537,7 @@ mod pod {
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for AbKey {}
+    unsafe impl aya::Pod for TraceKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}

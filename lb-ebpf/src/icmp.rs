@@ -71,13 +71,14 @@ pub fn veer_icmp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let (request, mtu) = (s.icmp_request, s.icmp_mtu as u16);
-    if request == REQ_TRANSLATE {
+    let action = if request == REQ_TRANSLATE {
         crate::action(incoming(&ctx))
     } else if request == REQ_FRAGMENT {
         crate::action(later_fragment(&ctx))
     } else {
         send_error(&ctx, request == REQ_TOO_BIG, mtu)
-    }
+    };
+    crate::trace::finish(&ctx, action)
 }
 
 /// Notes how a first fragment was translated (its new addresses, its next hop), for the

@@ -14,6 +14,7 @@ mod packet;
 mod parse;
 mod select;
 mod stats;
+mod trace;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
@@ -47,7 +48,9 @@ pub enum Verdict {
 #[unsafe(link_section = "xdp")]
 pub fn veer_xdp(raw: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(raw);
-    action(process(&ctx))
+    trace::begin();
+    let action = action(process(&ctx));
+    trace::finish(&ctx, action)
 }
 
 /// Counts a verdict's reason; its XDP action.
@@ -88,6 +91,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         }
         Parsed::Ip(pkt) => pkt,
     };
+    trace::select(pkt.key);
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::Pass(Reason::PassNotVip);
     };

@@ -112,6 +112,10 @@ pub struct Scratch {
     /// The ICMP errors this CPU sent in the window `icmp_window` (icmp::within_budget).
     pub icmp_window: u32,
     pub icmp_sent: u32,
+    /// Trace (trace.rs): this packet is traced; its last reason; its XDP action.
+    pub trace: u32,
+    pub trace_reason: u32,
+    pub trace_action: u32,
 }
 
 #[map(name = "SCRATCH_V1")]

@@ -670,3 +670,69 @@ fn a_udp_flow_never_follows_a_reused_backend_id() {
     }
     lab.assert_no_drops(&watch, &[]);
 }
+
+/// The opt-in data-path trace: an agent started with `--trace CLIENT/32 --log-level debug`
+/// logs the decision about each of that client's packets (reason, action, 5-tuple), and
+/// nothing about another client's. Forwarding is unchanged.
+#[test]
+fn the_data_path_trace_logs_only_the_listed_client() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root");
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1] }).unwrap();
+    let config = lab.write_config(&[1]).unwrap();
+    let traced = format!("{CLIENT4}/32");
+    lab.start_agent_with(&config, &["--trace", &traced, "--log-level", "debug"])
+        .unwrap();
+    let other = lab.add_client_aliases(1).unwrap()[0];
+    let vip = SocketAddr::new(VIP4.into(), 80);
+    lab.wait_for_vip(vip).unwrap();
+    let watch = lab.watch().unwrap();
+    let untraced = lab
+        .client
+        .run(move || http_get_from(other, vip, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    let answer = lab
+        .client
+        .run(move || http_get(vip, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((untraced.as_str(), answer.as_str()), ("b1", "b1"));
+    let want = format!("{CLIENT4}:");
+    let mut lines = Vec::new();
+    for _ in 0..30 {
+        lines = lab
+            .agent_log()
+            .lines()
+            .filter(|l| l.contains("veer::trace"))
+            .map(String::from)
+            .collect();
+        if lines
+            .iter()
+            .any(|l| l.contains(&want) && l.contains("-> 10.77.0.100:80"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{} trace lines, e.g. {:?}",
+        lines.len(),
+        lines.iter().find(|l| l.contains(&want))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&want) && l.contains("tcp") && l.contains("-> 10.77.0.100:80")),
+        "the traced client's packets are logged:\n{}",
+        lab.agent_log()
+    );
+    let other = format!("{other}:");
+    assert!(
+        lines.iter().all(|l| !l.contains(&other)),
+        "nothing about the untraced client: {lines:?}"
+    );
+    lab.assert_no_drops(&watch, &["pass_no_neigh<=2"]);
+}

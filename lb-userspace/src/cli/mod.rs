@@ -5,8 +5,8 @@
 mod args;
 pub mod client;
 mod commands;
-mod hook;
 pub mod exit;
+mod hook;
 mod render;
 mod rollout;
 mod wait;
@@ -15,15 +15,19 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser as _;
 
+pub use self::args::Cli;
 use self::{
     args::{Command, LogFormat},
     exit::CliError,
 };
-pub use self::args::Cli;
 use crate::{agent, config::DEFAULT_SOCKET};
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    init_logs_at(format, "info");
+}
+
+fn init_logs_at(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -70,8 +74,14 @@ pub fn main() -> ExitCode {
             interfaces,
             xdp_mode,
             cleanup: false,
+            trace,
+            log_level,
         } => {
-            init_logs(cli.log_format);
+            if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+                eprintln!("error: --log-level {log_level:?}: one of error, warn, info, debug");
+                return exit::code(exit::USAGE);
+            }
+            init_logs_at(cli.log_format, &log_level);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -89,6 +99,7 @@ pub fn main() -> ExitCode {
                 interfaces,
                 socket,
                 mode: xdp_mode,
+                trace,
             })))
         }
         Command::Check { config, interfaces } => {

@@ -25,6 +25,9 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
+mod trace;
+
+pub use self::trace::TracePrefix;
 use crate::{config::AttachMode, state::Op};
 
 /// The balancer's object (built by build.rs from lb-ebpf).
@@ -120,7 +123,7 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError
 }
 
 /// Map sizes fixed at load time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sizes {
     pub flows: u32,
     pub backends: u32,
@@ -129,6 +132,9 @@ pub struct Sizes {
     /// Accept NAT replies only from the interface their flow leaves by (set on a balancer
     /// with more than one interface; see docs/decisions.md, "Reply interface").
     pub reply_iface_check: bool,
+    /// Clients and VIPs whose packets' decisions are traced (empty: the trace is off and
+    /// left out of the program; see trace.rs).
+    pub trace: Vec<TracePrefix>,
 }
 
 /// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
@@ -180,10 +186,12 @@ impl Dataplane {
         let buckets = conntrack::buckets(sizes.flows);
         let mask = buckets - 1;
         let reply_iface_check = u32::from(sizes.reply_iface_check);
+        let trace = u32::from(!sizes.trace.is_empty());
         let mut loader = EbpfLoader::new();
         loader
             .override_global(GLOBAL_CONN_MASK, &mask, true)
             .override_global(GLOBAL_REPLY_IFACE_CHECK, &reply_iface_check, true)
+            .override_global(lb_common::GLOBAL_TRACE, &trace, true)
             .map_max_entries(MAP_FLOWS, buckets)
             .map_max_entries(MAP_FLOW_HEADS, buckets)
             .map_max_entries(MAP_NAT_REV, buckets)
@@ -217,6 +225,9 @@ impl Dataplane {
             .try_into()?;
         prog.load()?;
         load_icmp(&mut ebpf)?;
+        if !sizes.trace.is_empty() {
+            trace::install(&mut ebpf, &sizes.trace)?;
+        }
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
             for name in RETIRED {

@@ -372,6 +372,11 @@ impl Lab {
 
     /// Starts `veer agent` in the balancer namespace and waits until it says it is ready.
     pub fn start_agent(&mut self, config: &Path) -> anyhow::Result<()> {
+        self.start_agent_with(config, &[])
+    }
+
+    /// [`Lab::start_agent`] with more `veer agent` arguments.
+    pub fn start_agent_with(&mut self, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
         let veer = veer_bin()?;
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
@@ -379,6 +384,7 @@ impl Lab {
         let child = cmd
             .args(["agent", "--config"])
             .arg(config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
