@@ -71,14 +71,17 @@ pub fn veer_icmp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let (request, mtu) = (s.icmp_request, s.icmp_mtu as u16);
-    let action = if request == REQ_TRANSLATE {
-        crate::action(incoming(&ctx))
-    } else if request == REQ_FRAGMENT {
-        crate::action(later_fragment(&ctx))
+    let (reason, action) = if request == REQ_TRANSLATE || request == REQ_FRAGMENT {
+        let verdict = if request == REQ_TRANSLATE {
+            incoming(&ctx)
+        } else {
+            later_fragment(&ctx)
+        };
+        (verdict.reason(), crate::action(verdict))
     } else {
         send_error(&ctx, request == REQ_TOO_BIG, mtu)
     };
-    crate::trace::finish(&ctx, action)
+    crate::trace::finish(&ctx, reason, action)
 }
 
 /// Notes how a first fragment was translated (its new addresses, its next hop), for the
@@ -522,28 +525,20 @@ pub fn limits(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> Option<Verdict> 
 /// back out of the interface it came in by: fragmentation needed / packet too big with
 /// `mtu` (`too_big`), else time exceeded. The error quotes the packet's IP header and the
 /// first 8 bytes of its payload, which is what the sender's stack needs to find the socket.
-/// Counts its reason and returns the XDP action.
+/// Counts its reason; returns it and the XDP action.
 #[inline(always)]
-fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> u32 {
-    if !within_budget() {
-        stats::count_reason(Reason::DropIcmpLimit);
-        return xdp_action::XDP_DROP;
-    }
-    let reason = if too_big {
-        Reason::TxTooBig
+fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> (Reason, u32) {
+    let (reason, action) = if !within_budget() {
+        (Reason::DropIcmpLimit, xdp_action::XDP_DROP)
     } else {
-        Reason::TxTimeExceeded
+        match build_error(ctx, too_big, mtu) {
+            Some(()) if too_big => (Reason::TxTooBig, xdp_action::XDP_TX),
+            Some(()) => (Reason::TxTimeExceeded, xdp_action::XDP_TX),
+            None => (Reason::DropTruncated, xdp_action::XDP_DROP),
+        }
     };
-    match build_error(ctx, too_big, mtu) {
-        Some(()) => {
-            stats::count_reason(reason);
-            xdp_action::XDP_TX
-        }
-        None => {
-            stats::count_reason(Reason::DropTruncated);
-            xdp_action::XDP_DROP
-        }
-    }
+    stats::count_reason(reason);
+    (reason, action)
 }
 
 #[inline(always)]

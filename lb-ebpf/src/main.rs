@@ -48,9 +48,18 @@ pub enum Verdict {
 #[unsafe(link_section = "xdp")]
 pub fn veer_xdp(raw: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(raw);
-    trace::begin();
-    let action = action(process(&ctx));
-    trace::finish(&ctx, action)
+    let verdict = process(&ctx);
+    let reason = verdict.reason();
+    trace::finish(&ctx, reason, action(verdict))
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub fn reason(&self) -> Reason {
+        match *self {
+            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Tx(r) | Verdict::Redirect(r, _) => r,
+        }
+    }
 }
 
 /// Counts a verdict's reason; its XDP action.

@@ -7,7 +7,6 @@ use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
-    crate::trace::note(reason);
     if let Some(c) = REASONS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *c += 1 };

@@ -30,16 +30,6 @@ fn on() -> bool {
     unsafe { core::ptr::read_volatile(&TRACE) != 0 }
 }
 
-/// A new packet: nothing traced yet.
-#[inline(always)]
-pub fn begin() {
-    if on()
-        && let Some(s) = scratch()
-    {
-        s.trace = 0;
-    }
-}
-
 #[inline(always)]
 fn listed(family: u8, addr: &[u32; 4]) -> bool {
     let key = Key::new(
@@ -65,25 +55,18 @@ pub fn select(key: &FlowKey) {
     }
 }
 
-/// A reason was counted for this packet: the last one is its decision.
+/// The packet's decision is `reason`, its XDP action `action`: hand a traced packet to
+/// the trace program, which logs and returns the same action. Returns `action` (also when
+/// that program is missing). Clears the mark, so a packet that never reaches
+/// [`select`] (not TCP/UDP to a VIP or the SNAT address) is never traced.
 #[inline(always)]
-pub fn note(reason: Reason) {
-    if on()
-        && let Some(s) = scratch()
-    {
-        s.trace_reason = reason as u32;
-    }
-}
-
-/// The packet's XDP action is `action`: hand a traced packet to the trace program, which
-/// logs and returns the same action. Returns `action` (also when that program is missing).
-#[inline(always)]
-pub fn finish(ctx: &XdpContext, action: u32) -> u32 {
+pub fn finish(ctx: &XdpContext, reason: Reason, action: u32) -> u32 {
     if on()
         && let Some(s) = scratch()
         && s.trace != 0
     {
         s.trace = 0;
+        s.trace_reason = reason as u32;
         s.trace_action = action;
         // SAFETY: tail call into the trace program; returns only on failure.
         let _ = unsafe { TRACE_PROGS.tail_call(ctx, 0) };

@@ -606,7 +606,11 @@ fn the_programs_leave_room_in_the_verifier_budget() {
         for name in [lb_common::PROG_BALANCER, lb_common::PROG_ICMP] {
             let prog: &aya::programs::Xdp = fx.ebpf.program(name).unwrap().try_into().unwrap();
             let n = prog.info().unwrap().verified_instruction_count().unwrap_or(0);
-            println!("{name}: {n} instructions verified");
+            let info = prog.info().unwrap();
+            println!(
+                "{name}: {n} instructions verified, {} bytes translated",
+                info.size_translated().unwrap_or(0)
+            );
             assert!(n < 750_000, "{name}: {n} of 1,000,000 verified instructions");
         }
     });
