@@ -15,7 +15,7 @@ use crate::util::{is_root, output, run as run_cmd};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Tools the lab, the end-to-end tests and the metrics test call (procps: sysctl; bpftool
 /// and curl: inspecting a running agent by hand; prometheus: the scrape test).
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "bpftool", "curl", "prometheus"];
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "bpftool", "curl", "prometheus", "tmux"];
 
 #[derive(clap::Args, Default)]
 pub struct Options {

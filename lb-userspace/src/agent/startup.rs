@@ -111,6 +111,7 @@ pub fn limits(config: &Config) -> Limits {
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     crate::host::harden_process();
     let p = prepare(&opts.config, &opts.interfaces)?;
+    let remote = remote_api(&p.config)?;
     let host = crate::host::prepare(&p.config, &p.interfaces).map_err(|e| match e.is_rejected() {
         true => AgentError::Rejected(e.to_string()),
         false => AgentError::Failed(e.into()),
@@ -191,13 +192,13 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let server = api::serve_unix(core.clone(), &socket).await.context("API socket")?;
     let health = crate::health::task::spawn(core.clone());
     let canary = crate::deploy::spawn(core.clone());
-    let tcp_api = match (p.config.agent.api_listen, &p.config.agent.api_token_file) {
-        (Some(addr), Some(token)) => Some(
-            api::serve_tcp(core.clone(), addr, token)
+    let tcp_api = match remote {
+        Some(r) => Some(
+            api::serve_tcp(core.clone(), r.addr, r.tokens, r.tls)
                 .await
-                .context("TCP API listener")?,
+                .with_context(|| format!("TCP API listener on {}", r.addr))?,
         ),
-        _ => None,
+        None => None,
     };
     let metrics_server = match metrics {
         Some(addr) => Some(
@@ -279,9 +280,39 @@ pub fn interface_addresses(iface: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) 
     (v4, v6)
 }
 
+/// The TCP API's listener address, tokens and TLS configuration, read and checked before
+/// the agent touches the kernel (a bad token or certificate file is rejected input).
+struct RemoteApi {
+    addr: std::net::SocketAddr,
+    tokens: api::remote::Tokens,
+    tls: Option<rustls::ServerConfig>,
+}
+
+fn remote_api(config: &Config) -> Result<Option<RemoteApi>, AgentError> {
+    let a = &config.agent;
+    let (Some(addr), Some(tokens)) = (a.api_listen, &a.api_token_file) else {
+        return Ok(None);
+    };
+    let rejected = |what: &str, e: std::io::Error| AgentError::Rejected(format!("{what}: {e}"));
+    let tokens = api::remote::Tokens::load(tokens).map_err(|e| rejected("agent.api_token_file", e))?;
+    let tls = match (&a.api_tls_cert, &a.api_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            api::remote::server_config(&api::remote::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: a.api_tls_client_ca.clone(),
+            })
+            .map_err(|e| rejected("TCP API TLS", e))?,
+        ),
+        _ => None,
+    };
+    Ok(Some(RemoteApi { addr, tokens, tls }))
+}
+
 /// `veer check`: validate without touching the kernel.
 pub fn check(config_path: &Path, interfaces: &[String]) -> Result<String, AgentError> {
     let p = prepare(config_path, interfaces)?;
+    remote_api(&p.config)?;
     let mut out = format!("{}: ok\n", config_path.display());
     for v in &p.config.vips {
         let backends: usize = v.pools.iter().map(|p| p.backends.len()).sum();

@@ -87,7 +87,25 @@ pub enum Command {
         interfaces: Vec<String>,
     },
     /// VIPs, pools, backends: weight, admin and health state, live flows, packets.
-    Status,
+    Status {
+        /// Refresh every --interval until interrupted, with packets and new flows per
+        /// second: redrawn on a terminal, one block per refresh elsewhere, NDJSON with --json.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes: 1s, 500ms.
+        #[arg(long, default_value = "1s", requires = "watch")]
+        interval: String,
+        /// Stop --watch after this many refreshes (scripts, CI logs).
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
+    },
+    /// Live terminal view of VIPs, pools and backends: packets/s, new flows/s, live flows,
+    /// health, weights, split or canary state (q quits). Needs a terminal.
+    Top {
+        /// How often the view refreshes: 1s, 500ms.
+        #[arg(long, default_value = "1s")]
+        interval: String,
+    },
     /// Change backends: `set VIP ADDR weight N`, `set VIP ADDR state ready|drain|maint`,
     /// `add VIP POOL ADDR [--weight N]`, `del VIP ADDR`.
     Backend {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{
     args::{BackendAction, Command, SetWhat},
     client::{self, ClientError},
-    render, rollout, wait,
+    live, render, rollout, top, wait,
 };
 use crate::{
     api::types::{
@@ -36,13 +36,28 @@ fn duration(flag: &str, s: &str) -> Result<std::time::Duration, ClientError> {
     validate::duration(s).map_err(|e| ClientError::Rejected(format!("{flag}: {e}")))
 }
 
+/// A refresh interval of a live view: a duration of at least 100ms.
+fn refresh(flag: &str, s: &str) -> Result<std::time::Duration, ClientError> {
+    let d = duration(flag, s)?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err(ClientError::Rejected(format!("{flag}: at least 100ms")));
+    }
+    Ok(d)
+}
+
 /// Runs a client verb against the agent at `socket`.
 pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientError> {
     match command {
-        Command::Status => {
+        Command::Status { watch: false, .. } => {
             let s: Status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
             print(json, &s, render::status);
         }
+        Command::Status {
+            watch: true,
+            interval,
+            count,
+        } => live::watch(socket, json, refresh("--interval", &interval)?, count)?,
+        Command::Top { interval } => top::run(socket, refresh("--interval", &interval)?)?,
         Command::Backend { action } => {
             let answer = match action {
                 BackendAction::Set {

@@ -1,5 +1,6 @@
 //! The `veer` command line: `args` (the verbs), `commands` (request, call, print),
-//! `render` (plain text), `wait` (--wait progress), `rollout`, `client` (HTTP over the
+//! `render` (plain text), `wait` (--wait progress), `live` and `top` (status --watch and
+//! the terminal view), `rollout`, `client` (HTTP over the
 //! socket) and `exit` (the exit codes).
 
 mod args;
@@ -7,8 +8,10 @@ pub mod client;
 mod commands;
 pub mod exit;
 mod hook;
+mod live;
 mod render;
 mod rollout;
+mod top;
 mod wait;
 
 use std::{path::PathBuf, process::ExitCode};

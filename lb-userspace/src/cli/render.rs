@@ -6,7 +6,7 @@ fn or_null<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "null".to_string(), |v| v.to_string())
 }
 
-fn json_name<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn json_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -79,8 +79,16 @@ pub struct AgentConfig {
     pub state_file: PathBuf,
     /// Optional TCP listener for the API (off by default); needs `api_token_file`.
     pub api_listen: Option<SocketAddr>,
-    /// File holding the bearer token the TCP listener requires.
+    /// File holding the named bearer tokens the TCP listener accepts (`NAME TOKEN` lines).
     pub api_token_file: Option<PathBuf>,
+    /// PEM certificate chain and private key: with both set, the TCP listener serves TLS.
+    #[serde(default)]
+    pub api_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub api_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, TCP API clients must present a certificate they signed.
+    #[serde(default)]
+    pub api_tls_client_ca: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub snat_v4: Option<Ipv4Addr>,
     pub snat_v6: Option<Ipv6Addr>,
@@ -170,6 +178,9 @@ struct RawAgent {
     state_file: Option<String>,
     api_listen: Option<Spanned<String>>,
     api_token_file: Option<Spanned<String>>,
+    api_tls_cert: Option<Spanned<String>>,
+    api_tls_key: Option<Spanned<String>>,
+    api_tls_client_ca: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
     snat_v4: Option<Spanned<String>>,
     snat_v6: Option<Spanned<String>>,
@@ -322,6 +333,30 @@ impl Validator<'_> {
                 "the TCP API needs agent.api_token_file (a bearer token)",
             );
         }
+        match (&a.api_tls_cert, &a.api_tls_key) {
+            (Some(c), None) => return self.err(c.span(), "agent.api_tls_cert", "needs agent.api_tls_key too"),
+            (None, Some(k)) => return self.err(k.span(), "agent.api_tls_key", "needs agent.api_tls_cert too"),
+            _ => {}
+        }
+        if let Some(ca) = &a.api_tls_client_ca
+            && a.api_tls_cert.is_none()
+        {
+            return self.err(
+                ca.span(),
+                "agent.api_tls_client_ca",
+                "client certificates need TLS: set agent.api_tls_cert and agent.api_tls_key",
+            );
+        }
+        if let (Some(l), Some(addr)) = (&a.api_listen, api_listen)
+            && a.api_tls_cert.is_none()
+            && !addr.ip().is_loopback()
+        {
+            return self.err(
+                l.span(),
+                "agent.api_listen",
+                "plaintext is served only on loopback: set agent.api_tls_cert and agent.api_tls_key, or listen on 127.0.0.1/::1",
+            );
+        }
         let ring_size = self.int(
             &a.ring_size,
             "agent.ring_size",
@@ -366,6 +401,9 @@ impl Validator<'_> {
             manage_sysctls: a.manage_sysctls.unwrap_or(true),
             api_listen,
             api_token_file: a.api_token_file.as_ref().map(|t| PathBuf::from(t.get_ref())),
+            api_tls_cert: a.api_tls_cert.as_ref().map(|t| PathBuf::from(t.get_ref())),
+            api_tls_key: a.api_tls_key.as_ref().map(|t| PathBuf::from(t.get_ref())),
+            api_tls_client_ca: a.api_tls_client_ca.as_ref().map(|t| PathBuf::from(t.get_ref())),
             metrics,
             snat_v4,
             snat_v6,
@@ -595,6 +633,24 @@ backends = [ { address = "10.0.2.10:8080" } ]
         assert_eq!(c.vips[0].pools[0].backends[1].weight, DEFAULT_WEIGHT);
         assert_eq!(c.agent.ring_size, 65537);
         assert_eq!(c.agent.snat_v4, Some(Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn the_tcp_api_is_plaintext_only_on_loopback_and_tls_needs_both_files() {
+        let with = |keys: &str| GOOD.replace("[agent]\n", &format!("[agent]\n{keys}\n"));
+        let token = "api_token_file = \"/etc/veer/api.tokens\"";
+        assert!(parse(&with(&format!("api_listen = \"127.0.0.1:9478\"\n{token}")), "veer.toml").is_ok());
+        assert!(parse(&with(&format!("api_listen = \"[::1]:9478\"\n{token}")), "veer.toml").is_ok());
+        let e = err(&with(&format!("api_listen = \"0.0.0.0:9478\"\n{token}")));
+        assert_eq!((e.line, e.field.as_str()), (3, "agent.api_listen"), "{e}");
+        assert!(e.message.contains("plaintext is served only on loopback"), "{e}");
+        let tls = "api_tls_cert = \"/etc/veer/api.crt\"\napi_tls_key = \"/etc/veer/api.key\"";
+        let c = parse(&with(&format!("api_listen = \"0.0.0.0:9478\"\n{token}\n{tls}")), "veer.toml").unwrap();
+        assert_eq!(c.agent.api_tls_cert.as_deref(), Some(Path::new("/etc/veer/api.crt")));
+        let e = err(&with(&format!("api_listen = \"0.0.0.0:9478\"\n{token}\napi_tls_cert = \"/c\"")));
+        assert_eq!(e.field, "agent.api_tls_cert", "{e}");
+        let e = err(&with(&format!("api_listen = \"127.0.0.1:9478\"\n{token}\napi_tls_client_ca = \"/ca\"")));
+        assert_eq!(e.field, "agent.api_tls_client_ca", "{e}");
     }
 
     #[test]
