@@ -442,6 +442,16 @@ fn a_spoofed_syn_flood_breaks_no_established_flow() {
         "the flood ran over the new-flow budget: {}",
         delta.join(" ")
     );
+    // An operator sees the same in `veer status` (and the metric built from it).
+    let status = lab.status().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let shown = status["counters"]["flood_guard"][*name].as_u64();
+        assert!(
+            shown.is_some_and(|n| n >= d[i]),
+            "veer status shows flood_guard.{name} ({shown:?}, map {})",
+            d[i]
+        );
+    }
 }
 
 /// The port of the download servers on the backends, and the download's size.

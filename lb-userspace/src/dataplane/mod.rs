@@ -488,6 +488,24 @@ impl Dataplane {
         self.per_cpu_sum(MAP_BACKEND_STATS, backend_id)
     }
 
+    /// The flood guard's decisions on new flows, summed over CPUs, by name
+    /// (lb_common::FloodGuard::NAMES).
+    pub fn flood_guard(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+        let name = lb_common::MAP_FLOOD_GUARD;
+        let map: PerCpuArray<&MapData, lb_common::FloodGuard> = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::StubObject)?
+            .try_into()
+            .map_err(map_err(name))?;
+        let sum = map
+            .get(&0, 0)
+            .map_err(map_err(name))?
+            .iter()
+            .fold(lb_common::FloodGuard::default(), |a, c| a.add(*c));
+        Ok(lb_common::FloodGuard::NAMES.into_iter().zip(sum.counters()).collect())
+    }
+
     /// Every reason counter, summed over CPUs.
     pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
         let map: PerCpuArray<&MapData, u64> = self
