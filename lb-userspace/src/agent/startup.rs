@@ -122,7 +122,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         backends: p.config.agent.max_backends,
         ring_size: p.config.agent.ring_size,
         max_tables: max_tables(&p.config),
-        reply_iface_check: p.interfaces.len() > 1,
+        reply_iface_check: p.interfaces.len() > 1 && p.config.agent.reply_interface_check,
         trace: opts.trace.clone(),
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
