@@ -17,7 +17,6 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP4.into(), 80)
 }
 
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
 }
@@ -72,6 +71,20 @@ fn check_accepts_a_good_file_and_names_the_line_of_a_bad_one() {
     let (code, out, err) = run(&good, false);
     assert_eq!(code, Some(0), "a good file passes: {out}{err}");
     assert!(out.contains("vip web"), "check lists the VIP: {out}");
+    let (code, out, err) = run(&good, true);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v = json(&out);
+    assert_eq!(
+        (v["ok"].as_bool(), v["vips"][0]["name"].as_str()),
+        (Some(true), Some("web")),
+        "{v}"
+    );
+    assert_eq!(v["vips"][0]["backends"], 2, "{v}");
+    let (code, out, err) = run(&bad, true);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let v = json(out.trim());
+    assert_eq!(v["exit_code"], 1, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("bad.toml:")), "{v}");
     let (code, out, err) = run(&bad, false);
     assert_eq!(code, Some(1), "a bad file is rejected with exit 1: {out}{err}");
     let msg = format!("{out}{err}");
@@ -126,6 +139,132 @@ fn json_errors_carry_the_message_and_the_exit_code() {
         "{v}"
     );
     assert_eq!(v["exit_code"], 2, "{v}");
+}
+
+/// `veer ARGS` with no agent anywhere near: the socket does not exist, so a command that
+/// contacted the agent would exit 2.
+fn veer_alone(args: &[&str], env_socket: Option<&str>) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(veer_bin().unwrap());
+    cmd.env_remove("VEER_SOCKET");
+    if let Some(s) = env_socket {
+        cmd.env("VEER_SOCKET", s);
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI contract scripts rely on, with no agent running: usage errors exit 64, invalid
+/// values exit 1 without the agent being contacted, and with --json every failure is one
+/// JSON object with its message and exit code.
+#[test]
+fn usage_errors_exit_64_and_invalid_values_exit_1_without_contacting_the_agent() {
+    let nowhere = "/nonexistent/veer-cli-contract.sock";
+    let bad_file = std::env::temp_dir().join(format!("veer-cli-contract-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad_file,
+        "[[vip]]\nname = \"web\"\naddress = \"10.0.0.1:80\"\nactive = \"nosuch\"\n",
+    )
+    .unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(bad_file.clone());
+    let bad_file = bad_file.to_str().unwrap();
+    let usage: &[&[&str]] = &[
+        &["swich", "web", "green"],
+        &["switch", "web"],
+        &["split", "web", "green"],
+        &["canary", "web", "green"],
+        &["backend", "set", "web", "10.0.0.1:80", "volume", "3"],
+        &["switch", "web", "green", "--no-such-flag"],
+        &["backend", "set", "web", "10.0.0.1:80", "state", "sleeping"],
+        &[],
+    ];
+    let invalid: &[&[&str]] = &[
+        &["split", "web", "green", "150%"],
+        &["split", "web", "green", "ten"],
+        &["ab", "web", "green", "--cidr", "10.1.0.0/33"],
+        &["ab", "web", "green", "--cidr", "10.1.2.3/16"],
+        &["ab", "web", "green", "--cidr", "fd00::1/64"],
+        &["backend", "set", "web", "10.0.0.1:80", "weight", "10001"],
+        &["backend", "set", "web", "10.0.0.1:80", "weight", "-1"],
+        &["backend", "set", "web", "10.0.0.1:80", "weight", "heavy"],
+        &["backend", "add", "web", "blue", "10.0.0.1:80", "--weight", "20000"],
+        &["backend", "add", "web", "blue", "10.0.0.1"],
+        &["switch", "web", "green", "--wait", "--drain-timeout", "5 parsecs"],
+        &["canary", "web", "green", "--steps", "50,10", "--interval", "1s"],
+        &["canary", "web", "green", "--steps", "10,150", "--interval", "1s"],
+        &["canary", "web", "green", "--interval", "soon"],
+        &[
+            "canary",
+            "web",
+            "green",
+            "--interval",
+            "1s",
+            "--gate-prometheus",
+            "https://prom:9090",
+            "up",
+        ],
+        &["rollout", "web", "blue", "--exec", "true", "--drain-timeout", "forever"],
+        &["rollout", "web", "blue", "--exec", "true", "--batch", "0"],
+        &["canary", "web", "green", "--interval", "1s", "--gate", " "],
+        &["status", "--watch", "--interval", "0s"],
+        &["trace", "web", "10.0.0.7"],
+        &["flows", "web/../x"],
+        &["apply", "-f", "/nonexistent/veer.toml"],
+        &["apply", "-f", bad_file],
+    ];
+    for (args, want) in usage.iter().map(|a| (a, 64)).chain(invalid.iter().map(|a| (a, 1))) {
+        let (code, out, err) = veer_alone(&[&["--socket", nowhere], *args].concat(), None);
+        assert_eq!(code, Some(want), "veer {args:?}: {out}{err}");
+        if want == 1 {
+            assert!(!err.contains("unreachable"), "veer {args:?} contacted the agent: {err}");
+            assert!(err.starts_with("error: "), "veer {args:?}: a clear error: {err}");
+        }
+        let (code, out, err) = veer_alone(&[&["--json", "--socket", nowhere], *args].concat(), None);
+        assert_eq!(code, Some(want), "veer --json {args:?}: {out}{err}");
+        let v = json(out.trim());
+        assert_eq!(v["exit_code"], want, "veer --json {args:?}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty() && !e.contains('\n')),
+            "veer --json {args:?}: a one-line message: {v}"
+        );
+    }
+    // --help and --version are answers, not errors.
+    assert_eq!(veer_alone(&["--help"], None).0, Some(0));
+    assert_eq!(veer_alone(&["switch", "--help"], None).0, Some(0));
+    assert_eq!(veer_alone(&["--version"], None).0, Some(0));
+}
+
+/// An unreachable agent's message says where the socket came from, so an operator knows
+/// what to change.
+#[test]
+fn the_unreachable_message_says_how_the_socket_was_chosen() {
+    let (code, _, err) = veer_alone(&["--socket", "/nonexistent/a.sock", "status"], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/a.sock") && err.contains("--socket"), "{err}");
+    let (code, _, err) = veer_alone(&["status"], Some("/nonexistent/b.sock"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("/nonexistent/b.sock") && err.contains("VEER_SOCKET"),
+        "{err}"
+    );
+    // The default socket: only where no agent of this host answers on it.
+    if !std::path::Path::new("/run/veer/veer.sock").exists() {
+        let (code, _, err) = veer_alone(&["status"], None);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("/run/veer/veer.sock") && err.contains("default socket"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

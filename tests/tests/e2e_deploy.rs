@@ -51,7 +51,6 @@ fn blue_green(name: &str, address: &str, protocol: &str, port: u16, extra: &str)
     )
 }
 
-
 /// Continuous new-connection and keep-alive load for the duration of a scenario.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -444,6 +443,14 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
         ])
         .unwrap();
     assert_eq!(code, 4, "stdout {out} stderr {err}");
+    // NDJSON: every line an object; the result, then the error with its exit code.
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect();
+    let result = lines.iter().find(|l| l["event"] == "result").expect("a result line");
+    assert_eq!(result["outcome"]["state"], "rolled_back", "{result}");
+    assert_eq!(lines.last().unwrap()["exit_code"], 4, "{out}");
     let v = &lab.status().unwrap()["vips"][0];
     assert!(v["split"].is_null(), "rolled back to 0%: {v}");
     assert_eq!(v["active"], "blue");
@@ -462,8 +469,7 @@ fn canary_into_a_pool_failing_its_checks_rolls_back_with_exit_4() {
 #[test]
 fn a_canary_resumes_after_an_agent_restart() {
     let Some(mut lab) = lab_checked() else { return };
-    lab.veer_ok(&["canary", "web", "green", "--steps", "20,100", "--interval", "6s"],
-    );
+    lab.veer_ok(&["canary", "web", "green", "--steps", "20,100", "--interval", "6s"]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {
         assert!(Instant::now() < deadline, "the canary's first step never applied");
@@ -496,7 +502,7 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
         lab.dir.display(),
         hooks.display()
     );
-    let (code, _, err) = lab
+    let (code, out, err) = lab
         .veer(&[
             "rollout",
             "web",
@@ -511,6 +517,19 @@ fn rollout_over_every_backend_fails_no_request_and_runs_every_hook() {
         ])
         .unwrap();
     assert_eq!(code, 0, "{err}\n{}", lab.agent_log());
+    // Off a terminal, a line per phase of each batch.
+    println!("rollout, stdout piped:\n{out}");
+    for (i, phase) in [
+        (1, "draining"),
+        (1, "running the hook"),
+        (1, "healthy"),
+        (2, "draining"),
+        (2, "healthy"),
+    ] {
+        let addr = format!("{}:{HTTP_PORT}", backend4(i - 1));
+        let want = format!("web: rollout of blue: batch {i}/2 ({addr}): {phase}");
+        assert!(out.lines().any(|l| l.starts_with(&want)), "{want:?} in {out}");
+    }
     load.finish(&lab, "rollout over blue");
     let ran = std::fs::read_to_string(&hooks).unwrap();
     for i in 0..2 {
@@ -637,4 +656,355 @@ fn switch_wait_on_a_udp_vip_returns_once_the_old_pools_flows_go_idle() {
         "--wait returned {after:?} after the last datagram, before udp_idle (1s) passed"
     );
     println!("udp switch: --wait returned {after:?} after the last datagram of the busy flow (udp_idle 1s)");
+}
+
+/// `veer ARGS` against the lab's agent in its own process, stdout and stderr piped (as in a
+/// CI job: stdout is no terminal).
+fn spawn_veer(lab: &Lab, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(veer_bin().unwrap())
+        .arg("--socket")
+        .arg(lab.socket())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Three long-lived connections to the active pool, checked to be on `pool`'s backends.
+fn three_streams(lab: &Lab, pool: &[&str]) -> Vec<std::net::TcpStream> {
+    (0..3)
+        .map(|_| {
+            let mut s = lab.connect(vip()).unwrap();
+            let who = keepalive_get(&mut s).unwrap();
+            assert!(pool.contains(&who.as_str()), "a stream reached {who}");
+            s
+        })
+        .collect()
+}
+
+/// Closes the streams one per second, then returns the waiting process's exit code,
+/// stdout, and how long it ran.
+fn close_one_per_second(
+    mut streams: Vec<std::net::TcpStream>,
+    wait: std::process::Child,
+) -> (Option<i32>, String, String, Duration) {
+    let started = Instant::now();
+    while let Some(s) = streams.pop() {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(s);
+    }
+    let out = wait.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A CI job pipes stdout: there, `switch --wait` prints one line per change of the old
+/// pool's live flows (3, 2, 1, drained) while three long-lived connections keep the drain
+/// open for 3 s; with --json every line is a JSON object, the result last.
+#[test]
+fn switch_wait_off_a_terminal_prints_a_line_per_change_and_json_lines_with_json() {
+    let Some(lab) = lab() else { return };
+    let watch = lab.watch().unwrap();
+    let streams = three_streams(&lab, &BLUE);
+    let wait = spawn_veer(&lab, &["switch", "web", "green", "--wait", "--drain-timeout", "20s"]);
+    let (code, out, err, took) = close_one_per_second(streams, wait);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    println!("switch --wait, stdout piped, held {took:?}:\n{out}");
+    assert!(took >= Duration::from_secs(3), "held {took:?}");
+    let progress: Vec<&&str> = lines.iter().filter(|l| l.contains("blue")).collect();
+    assert!(progress.len() >= 3, "at least 3 progress lines: {lines:?}");
+    for want in [
+        "web: draining blue: 3 live flows",
+        "web: draining blue: 2 live flows",
+        "web: draining blue: 1 live flow",
+        "web: blue drained (0 live flows)",
+    ] {
+        assert!(lines.contains(&want), "{want:?} in {lines:?}");
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| **l == "web: draining blue: 2 live flows")
+            .count(),
+        1,
+        "one line per change, not per poll: {lines:?}"
+    );
+
+    // And back, as NDJSON.
+    let streams = three_streams(&lab, &GREEN);
+    let wait = spawn_veer(
+        &lab,
+        &["--json", "switch", "web", "blue", "--wait", "--drain-timeout", "20s"],
+    );
+    let (code, out, err, _) = close_one_per_second(streams, wait);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n{out}")))
+        .collect();
+    let live: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "drain")
+        .map(|e| e["live_flows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(live, [3, 2, 1, 0], "one drain event per change: {out}");
+    assert_eq!(events[0]["event"], "applied", "{out}");
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "result", "{out}");
+    assert_eq!(last["drain"]["live_flows_left"], 0, "{last}");
+    lab.assert_no_drops(&watch, &[]);
+}
+
+/// `--gate CMD` runs at the end of every step; the gate fails at step 2 (50%): the canary
+/// rolls back to 0% with exit 4 and the gate's words, under load without a failed request.
+#[test]
+fn a_canary_whose_gate_fails_at_step_2_rolls_back_with_exit_4_and_fails_no_request() {
+    let Some(lab) = lab_checked() else { return };
+    let count = lab.dir.join("gate-runs");
+    let gate = format!(
+        "n=$(cat {f} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {f}; \
+         echo \"$VEER_STEP $VEER_PERCENT\" >> {f}.log; \
+         if [ $n -ge 2 ]; then echo \"error budget burned at $VEER_PERCENT%\" >&2; exit 1; fi",
+        f = count.display()
+    );
+    let load = Load::start(&lab);
+    let canary = spawn_veer(
+        &lab,
+        &[
+            "canary",
+            "web",
+            "green",
+            "--steps",
+            "10,50,100",
+            "--interval",
+            "700ms",
+            "--gate",
+            &gate,
+        ],
+    );
+    let out = canary.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!("canary --gate, stdout piped:\n{stdout}");
+    assert_eq!(out.status.code(), Some(4), "{stdout}{stderr}\n{}", lab.agent_log());
+    assert!(
+        stderr.contains("gate failed at step 2 (50%)") && stderr.contains("error budget burned at 50%"),
+        "the error names the step and the gate's words: {stderr}"
+    );
+    let runs = std::fs::read_to_string(count.with_extension("log")).unwrap();
+    assert_eq!(
+        runs.lines().collect::<Vec<_>>(),
+        ["1 10", "2 50"],
+        "the gate ran at the end of steps 1 and 2"
+    );
+    for want in [
+        "step 1/3 (10%): running",
+        "step 2/3 (50%): running",
+        "gate after step 1 passed",
+        "gate after step 2 FAILED",
+        "rolled back",
+    ] {
+        assert!(stdout.contains(want), "{want:?} in {stdout}");
+    }
+    let v = &lab.status().unwrap()["vips"][0];
+    assert!(v["split"].is_null(), "rolled back to 0%: {v}");
+    assert_eq!(v["active"], "blue");
+    assert_eq!(v["canary"]["outcome"]["state"], "rolled_back");
+    assert_eq!(green_share(&lab.http_load(vip(), 200).unwrap()), 0.0);
+    load.finish(&lab, "canary gate fails at step 2");
+}
+
+/// `veer canary pause` holds the step past its interval, `resume` goes on with what was
+/// left, `promote` makes the pool active at once; all under load.
+#[test]
+fn canary_pause_holds_the_step_resume_continues_and_promote_switches() {
+    let Some(lab) = lab() else { return };
+    let load = Load::start(&lab);
+    let split = || lab.status().unwrap()["vips"][0]["split"]["percent"].as_f64();
+    let wait_split = |want: f64, within: Duration| {
+        let deadline = Instant::now() + within;
+        while split() != Some(want) {
+            assert!(Instant::now() < deadline, "split never reached {want}%: {:?}", split());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (code, _, err) = lab.veer(&["canary", "pause", "web"]).unwrap();
+    assert_eq!(code, 1, "no canary to pause: {err}");
+    lab.veer_ok(&["canary", "web", "green", "--steps", "10,50,100", "--interval", "1s"]);
+    wait_split(10.0, Duration::from_secs(3));
+    lab.veer_ok(&["canary", "pause", "web"]);
+    assert_eq!(lab.status().unwrap()["vips"][0]["canary"]["paused"], true);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(split(), Some(10.0), "a paused canary holds its step past the interval");
+    lab.veer_ok(&["canary", "resume", "web"]);
+    wait_split(50.0, Duration::from_secs(3));
+    assert_eq!(lab.status().unwrap()["vips"][0]["canary"]["paused"], false);
+    let out = lab.veer_ok(&["canary", "promote", "web"]);
+    assert!(out.contains("promoted"), "{out}");
+    let v = &lab.status().unwrap()["vips"][0];
+    assert_eq!(v["active"], "green", "{v}");
+    assert!(v["split"].is_null(), "{v}");
+    assert_eq!(v["canary"]["outcome"]["state"], "done");
+    assert_eq!(green_share(&lab.http_load(vip(), 200).unwrap()), 100.0);
+    load.finish(&lab, "canary pause, resume, promote");
+}
+
+/// A real Prometheus server scraping the agent, in the balancer's namespace; killed (by its
+/// PID) and reaped on drop. Its data lives in the lab's directory.
+fn prometheus(lab: &Lab) -> ChildGuard {
+    let dir = lab.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global: { scrape_interval: 250ms, evaluation_interval: 1s }\n\
+         scrape_configs:\n  - job_name: veer\n    static_configs: [ { targets: ['127.0.0.1:9477'] } ]\n",
+    )
+    .unwrap();
+    let child = command_in(&lab.lb, std::path::Path::new("/usr/bin/prometheus"))
+        .unwrap()
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg("--web.listen-address=127.0.0.1:19090")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .spawn()
+        .expect("prometheus is installed by `cargo xtask setup` (Debian's prometheus package)");
+    ChildGuard(child)
+}
+
+/// `--gate-prometheus URL QUERY` against a real Prometheus that scrapes the agent: the
+/// query `veer_canary_step < 2` has a result during step 1 and none once step 2 is scraped,
+/// so the canary passes its first gate and rolls back at the second (exit 4).
+#[test]
+fn a_prometheus_gate_passes_on_a_result_and_rolls_back_on_an_empty_one() {
+    let Some(lab) = lab() else { return };
+    let _prometheus = prometheus(&lab);
+    let veer = veer_bin().unwrap();
+    let cli = |args: &[&str]| {
+        let out = command_in(&lab.lb, &veer)
+            .unwrap()
+            .arg("--socket")
+            .arg(lab.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = "http://127.0.0.1:19090";
+    let (code, out, err) = cli(&[
+        "canary",
+        "web",
+        "green",
+        "--interval",
+        "1s",
+        "--gate-prometheus",
+        url,
+        "up",
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(0), "a dry run changes nothing and runs no gate: {out}{err}");
+    // Prometheus answers once it has scraped the agent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = lab
+            .lb
+            .run(move || {
+                use std::io::{Read as _, Write as _};
+                let mut s = std::net::TcpStream::connect("127.0.0.1:19090").ok()?;
+                s.write_all(b"GET /api/v1/query?query=up HTTP/1.0\r\n\r\n").ok()?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).ok()?;
+                Some(body.contains("\"value\"") && body.contains("\"1\""))
+            })
+            .unwrap();
+        if up == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus never scraped the agent");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = cli(&[
+        "canary",
+        "web",
+        "green",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "1500ms",
+        "--gate-prometheus",
+        url,
+        "veer_canary_step{vip=\"web\"} < 2",
+    ]);
+    println!("canary --gate-prometheus:\n{out}");
+    assert_eq!(code, Some(4), "{out}{err}\n{}", lab.agent_log());
+    assert!(out.contains("gate after step 1 passed"), "{out}");
+    assert!(
+        err.contains("gate failed at step 2 (50%)") && err.contains("empty result"),
+        "{err}"
+    );
+    let v = &lab.status().unwrap()["vips"][0];
+    assert!(v["split"].is_null(), "{v}");
+    assert_eq!(v["active"], "blue");
+}
+
+/// An agent restart (kill -9 and a new agent, as an upgrade would) while `canary --gate`
+/// waits: the CLI asks again until the agent is back, judges the held step, and the canary
+/// completes (exit 0) with every request answered.
+#[test]
+fn a_gated_canary_wait_outlives_an_agent_restart() {
+    let Some(mut lab) = lab() else { return };
+    let load = Load::start(&lab);
+    let canary = spawn_veer(
+        &lab,
+        &[
+            "canary",
+            "web",
+            "green",
+            "--steps",
+            "20,100",
+            "--interval",
+            "3s",
+            "--gate",
+            "true",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {
+        assert!(Instant::now() < deadline, "the canary's first step never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.agent.as_mut().unwrap().kill_hard();
+    let config = lab.dir.join("veer.toml");
+    lab.start_agent(&config).unwrap();
+    let out = canary.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}\n{}", lab.agent_log());
+    assert!(
+        stderr.contains("agent unreachable"),
+        "the wait said the agent was gone: {stderr}"
+    );
+    assert!(stdout.contains("gate after step 1 passed"), "{stdout}");
+    let v = &lab.status().unwrap()["vips"][0];
+    assert_eq!(
+        (v["active"].as_str(), v["canary"]["outcome"]["state"].as_str()),
+        (Some("green"), Some("done")),
+        "{v}"
+    );
+    load.finish(&lab, "gated canary across an agent restart");
 }

@@ -120,6 +120,23 @@ fn plaintext_get() -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `veer --api ...` run from the client's namespace (a CI runner off the balancer host):
+/// (exit code, stdout, stderr).
+fn remote_veer(lab: &Lab, args: &[&str]) -> (i32, String, String) {
+    let out = command_in(&lab.client, &veer_bin().unwrap())
+        .unwrap()
+        .env_remove("VEER_SOCKET")
+        .env_remove("VEER_TOKEN")
+        .args(args)
+        .output()
+        .expect("run veer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn config_with(lab: &Lab, name: &str, agent_keys: &str) -> PathBuf {
     let config = lab.write_config(&WEIGHTS).unwrap();
     let text = std::fs::read_to_string(&config)
@@ -181,6 +198,51 @@ fn tcp_api_serves_tls_with_named_tokens_and_refuses_plaintext_off_loopback() {
         !plaintext.contains("HTTP/1.") && !plaintext.contains("vips"),
         "plaintext from the client's namespace must get no HTTP answer: {plaintext:?}"
     );
+    // The CLI itself over TLS, from the client's namespace: read, then change traffic.
+    let url = format!("https://{}", api());
+    let token_file = lab.dir.join("ci.token");
+    std::fs::write(&token_file, format!("{CI_TOKEN}\n")).unwrap();
+    let (ca_s, tok_s) = (pki.ca.to_str().unwrap(), token_file.to_str().unwrap());
+    let remote = ["--api", url.as_str(), "--ca-file", ca_s, "--token-file", tok_s];
+    let (code, out, err) = remote_veer(&lab, &[&remote[..], &["status", "--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"web4\""), "{out}");
+    let backend = format!("{}:{HTTP_PORT}", backend4(0));
+    let (code, _, err) = remote_veer(
+        &lab,
+        &[&remote[..], &["backend", "set", "web4", &backend, "weight", "3"]].concat(),
+    );
+    assert_eq!(code, 0, "a change through the remote API: {err}");
+    let status = lab.status().unwrap();
+    let weight = status["vips"][0]["pools"][0]["backends"][0]["weight"].clone();
+    assert_eq!(weight, 3, "the change reached the agent: {status}");
+    // Plaintext to a non-loopback address is refused by the CLI before anything is sent.
+    let plain_url = format!("http://{}", api());
+    let (code, _, err) = remote_veer(&lab, &["--api", &plain_url, "--token-file", tok_s, "status"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("plaintext only to loopback"), "{err}");
+    // A certificate the CA did not sign is not trusted: the agent is unreachable (exit 2).
+    let (code, _, err) = remote_veer(
+        &lab,
+        &[
+            "--api",
+            &url,
+            "--ca-file",
+            pki.server_cert.to_str().unwrap(),
+            "--token-file",
+            tok_s,
+            "status",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the remote API given by --api"), "{err}");
+    // A wrong token: the agent refuses (401), exit 1.
+    std::fs::write(&token_file, "0123456789abcdef-not-a-token\n").unwrap();
+    let (code, _, err) = remote_veer(&lab, &[&remote[..], &["status"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bearer token"), "{err}");
+    std::fs::write(&token_file, format!("{CI_TOKEN}\n")).unwrap();
+
     // The agent logs the refusal just after it closes the connection: give it a moment.
     let logged = (0..40).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
@@ -204,6 +266,26 @@ fn tcp_api_serves_tls_with_named_tokens_and_refuses_plaintext_off_loopback() {
         .unwrap()
         .expect("handshake with a client certificate");
     assert!(with_cert.starts_with("HTTP/1.1 200"), "{with_cert}");
+    let (cert_file, key_file) = (lab.dir.join("client.pem"), lab.dir.join("client.key"));
+    std::fs::write(&cert_file, &pki.client_cert).unwrap();
+    std::fs::write(&key_file, &pki.client_key).unwrap();
+    let (code, _, err) = remote_veer(
+        &lab,
+        &[
+            &remote[..],
+            &[
+                "--client-cert",
+                cert_file.to_str().unwrap(),
+                "--client-key",
+                key_file.to_str().unwrap(),
+                "status",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "the CLI with a client certificate: {err}");
+    let (code, _, err) = remote_veer(&lab, &[&remote[..], &["status"]].concat());
+    assert_ne!(code, 0, "the CLI without a client certificate is refused: {err}");
     let no_cert = lab.client.run(move || tls_get(&ca, None, Some(CI_TOKEN))).unwrap();
     assert!(
         !no_cert.as_deref().is_ok_and(|a| a.contains(" 200 ")),

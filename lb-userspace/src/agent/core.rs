@@ -66,6 +66,11 @@ pub enum Change {
         vip: String,
         plan: CanaryPlan,
     },
+    /// Pause, resume, promote or gate a running canary.
+    CanaryControl {
+        vip: String,
+        action: deploy::CanaryAction,
+    },
     /// The canary ticker's look at running canaries.
     CanaryTick,
     /// What health checks observe now.
@@ -244,6 +249,7 @@ impl Core {
             Change::Ab { vip, pool, networks } => deploy::ab(d, &vip, &pool, networks)?,
             Change::Rollback { vip } => deploy::rollback(d, &vip)?,
             Change::Canary { vip, plan } => deploy::canary_start(d, &vip, plan, now_ms())?,
+            Change::CanaryControl { vip, action } => deploy::canary_control(d, &vip, action, now_ms())?,
             Change::CanaryTick => match deploy::canary_tick(d, now_ms()) {
                 Some(e) => e,
                 None => return Ok(ChangeReport::default()),
@@ -500,6 +506,9 @@ impl Core {
                         interval_ms: c.interval_ms,
                         max_failing: c.max_failing,
                         outcome: c.outcome.clone(),
+                        gated: c.gated,
+                        awaiting_gate: c.awaiting_gate,
+                        paused: c.paused_since_ms.is_some(),
                     }),
                     pools,
                     counters: types::Counters::from_map(

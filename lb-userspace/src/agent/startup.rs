@@ -310,19 +310,24 @@ fn remote_api(config: &Config) -> Result<Option<RemoteApi>, AgentError> {
 }
 
 /// `veer check`: validate without touching the kernel.
-pub fn check(config_path: &Path, interfaces: &[String]) -> Result<String, AgentError> {
+pub fn check(config_path: &Path, interfaces: &[String]) -> Result<crate::api::types::CheckReport, AgentError> {
+    use crate::api::types::{CheckReport, CheckedVip};
     let p = prepare(config_path, interfaces)?;
     remote_api(&p.config)?;
-    let mut out = format!("{}: ok\n", config_path.display());
-    for v in &p.config.vips {
-        let backends: usize = v.pools.iter().map(|p| p.backends.len()).sum();
-        out.push_str(&format!(
-            "  vip {} {} active={} pools={} backends={backends}\n",
-            v.name,
-            v.address,
-            v.active,
-            v.pools.len()
-        ));
-    }
-    Ok(out)
+    Ok(CheckReport {
+        config: config_path.display().to_string(),
+        ok: true,
+        vips: p
+            .config
+            .vips
+            .iter()
+            .map(|v| CheckedVip {
+                name: v.name.clone(),
+                address: v.address.to_string(),
+                active: v.active.clone(),
+                pools: v.pools.len(),
+                backends: v.pools.iter().map(|p| p.backends.len()).sum(),
+            })
+            .collect(),
+    })
 }

@@ -13,13 +13,13 @@ use axum::{
 };
 
 use super::types::{
-    AbReq, Apply, BackendAdd, BackendDel, BackendSet, CanaryReq, ChangeReport, ErrorReply, Flows, FlowsQuery,
-    RollbackReq, SplitReq, Status, SwitchReq, Trace, TraceQuery,
+    AbReq, Apply, BackendAdd, BackendDel, BackendSet, CanaryControlReq, CanaryGateReq, CanaryReq, ChangeReport,
+    ErrorReply, Flows, FlowsQuery, RollbackReq, SplitReq, Status, SwitchReq, Trace, TraceQuery,
 };
 use crate::{
     agent::{Change, CoreError, Shared},
     config,
-    deploy::CanaryPlan,
+    deploy::{CanaryAction, CanaryPlan},
     state::{SplitBy, validate},
 };
 
@@ -77,6 +77,10 @@ pub fn router(core: Shared) -> Router {
         .route("/v1/ab", post(ab))
         .route("/v1/rollback", post(rollback))
         .route("/v1/canary", post(canary))
+        .route("/v1/canary/pause", post(canary_pause))
+        .route("/v1/canary/resume", post(canary_resume))
+        .route("/v1/canary/promote", post(canary_promote))
+        .route("/v1/canary/gate", post(canary_gate))
         .route("/v1/flows/{vip}", get(flows))
         .route("/v1/trace/{vip}", get(trace))
         .layer(axum::middleware::from_fn(crate::metrics::track_api))
@@ -188,9 +192,46 @@ async fn canary(State(core): State<Shared>, Json(req): Json<CanaryReq>) -> Reply
             interval,
             max_failing: req.max_failing,
             by: req.by.unwrap_or(SplitBy::Flow),
+            gated: req.gated,
         },
     };
     change(&core, c, req.dry_run).await
+}
+
+async fn canary_action(core: &Shared, req: CanaryControlReq, action: CanaryAction) -> Reply {
+    change(core, Change::CanaryControl { vip: req.vip, action }, req.dry_run).await
+}
+
+/// Holds the running canary's step (health checks still roll it back).
+async fn canary_pause(State(core): State<Shared>, Json(req): Json<CanaryControlReq>) -> Reply {
+    canary_action(&core, req, CanaryAction::Pause).await
+}
+
+/// Continues a paused canary with what was left of its step.
+async fn canary_resume(State(core): State<Shared>, Json(req): Json<CanaryControlReq>) -> Reply {
+    canary_action(&core, req, CanaryAction::Resume).await
+}
+
+/// Skips the remaining steps: the canary's pool becomes active.
+async fn canary_promote(State(core): State<Shared>, Json(req): Json<CanaryControlReq>) -> Reply {
+    canary_action(&core, req, CanaryAction::Promote).await
+}
+
+/// A gating client's verdict on a step.
+async fn canary_gate(State(core): State<Shared>, Json(req): Json<CanaryGateReq>) -> Reply {
+    let verdict = if req.passed {
+        Ok(())
+    } else {
+        Err(req.reason.unwrap_or_else(|| "the gate failed".into()))
+    };
+    let c = Change::CanaryControl {
+        vip: req.vip,
+        action: CanaryAction::Gate {
+            step: req.step,
+            verdict,
+        },
+    };
+    change(&core, c, false).await
 }
 
 async fn flows(

@@ -95,8 +95,31 @@ pub struct CanaryReq {
     pub max_failing: u32,
     #[serde(default)]
     pub by: Option<SplitBy>,
+    /// The client gates every step (`veer canary --gate`): a step whose interval is over
+    /// holds until `POST /v1/canary/gate` reports the verdict.
+    #[serde(default)]
+    pub gated: bool,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `POST /v1/canary/pause|resume|promote`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryControlReq {
+    pub vip: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/canary/gate`: a gate's verdict on step `step` (0-based, as in the status).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryGateReq {
+    pub vip: String,
+    pub step: usize,
+    pub passed: bool,
+    /// Why it failed (shown in the canary's outcome).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +133,37 @@ pub struct TraceQuery {
 }
 
 // ---- replies ----
+
+/// `veer check --json` (no API call: the file is checked where the CLI runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub config: String,
+    pub ok: bool,
+    pub vips: Vec<CheckedVip>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckedVip {
+    pub name: String,
+    pub address: String,
+    pub active: String,
+    pub pools: usize,
+    pub backends: usize,
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: ok", self.config)?;
+        for v in &self.vips {
+            writeln!(
+                f,
+                "  vip {} {} active={} pools={} backends={}",
+                v.name, v.address, v.active, v.pools, v.backends
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// An error answer (any non-2xx status).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +299,15 @@ pub struct CanaryStatus {
     pub interval_ms: u64,
     pub max_failing: u32,
     pub outcome: CanaryOutcome,
+    /// Each step waits for a client's gate verdict.
+    #[serde(default)]
+    pub gated: bool,
+    /// The step's interval is over; it holds until its gate answers.
+    #[serde(default)]
+    pub awaiting_gate: bool,
+    /// Paused by `veer canary pause`.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

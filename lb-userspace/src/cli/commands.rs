@@ -1,19 +1,23 @@
-//! The client verbs: each builds its request from the API's types, calls the agent, and
-//! prints the typed answer (plain text, or JSON with --json).
+//! The client verbs: each checks its values first (a bad value exits 1 before the agent is
+//! contacted), builds its request from the API's types, calls the agent, and prints the
+//! typed answer (plain text, or JSON with --json).
 
-use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use super::{
-    args::{BackendAction, Command, SetWhat},
-    client::{self, ClientError},
-    live, render, rollout, top, wait,
+    args::{BackendAction, CanaryArgs, CanaryControl, Command, SetWhat},
+    client::{self, ClientError, Endpoint},
+    gate::{self, Gate},
+    live,
+    progress::{Event, Progress},
+    render, rollout, top, wait,
 };
 use crate::{
     api::types::{
-        AbReq, Apply, BackendAdd, BackendDel, BackendSet, CanaryOutcome, CanaryReq, ChangeReport, Flows, RollbackReq,
-        SplitReq, Status, SwitchReq, Trace,
+        AbReq, Apply, BackendAdd, BackendDel, BackendSet, CanaryControlReq, CanaryOutcome, CanaryReq, ChangeReport,
+        Flows, RollbackReq, SplitReq, Status, SwitchReq, Trace,
     },
     deploy::rollout::RolloutPlan,
     state::validate,
@@ -28,25 +32,47 @@ fn print<T: Serialize>(json: bool, answer: &T, render: fn(&T) -> String) {
     }
 }
 
-fn post<T: Serialize>(socket: &Path, path: &str, body: &T) -> Result<ChangeReport, ClientError> {
+fn post<T: Serialize>(socket: &Endpoint, path: &str, body: &T) -> Result<ChangeReport, ClientError> {
     client::call(socket, "POST", path, Some(body))
 }
 
-fn duration(flag: &str, s: &str) -> Result<std::time::Duration, ClientError> {
-    validate::duration(s).map_err(|e| ClientError::Rejected(format!("{flag}: {e}")))
+fn rejected(what: &str) -> impl Fn(validate::Invalid) -> ClientError + '_ {
+    move |e| ClientError::Rejected(format!("{what}: {e}"))
+}
+
+fn duration(flag: &str, s: &str) -> Result<Duration, ClientError> {
+    validate::duration(s).map_err(rejected(flag))
+}
+
+fn vip_name(vip: &str) -> Result<(), ClientError> {
+    validate::vip_name(vip).map_err(rejected("VIP"))
+}
+
+fn address(what: &str, s: &str) -> Result<(), ClientError> {
+    validate::service_address(s).map(drop).map_err(rejected(what))
+}
+
+/// A weight as written: a number in 0..=10000.
+fn weight(s: &str) -> Result<i64, ClientError> {
+    let n: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| ClientError::Rejected(format!("weight {s:?} is not a number (0..={})", validate::MAX_WEIGHT)))?;
+    validate::weight(n).map_err(rejected("weight"))?;
+    Ok(n)
 }
 
 /// A refresh interval of a live view: a duration of at least 100ms.
-fn refresh(flag: &str, s: &str) -> Result<std::time::Duration, ClientError> {
+fn refresh(flag: &str, s: &str) -> Result<Duration, ClientError> {
     let d = duration(flag, s)?;
-    if d < std::time::Duration::from_millis(100) {
+    if d < Duration::from_millis(100) {
         return Err(ClientError::Rejected(format!("{flag}: at least 100ms")));
     }
     Ok(d)
 }
 
 /// Runs a client verb against the agent at `socket`.
-pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientError> {
+pub fn run(socket: &Endpoint, json: bool, command: Command) -> Result<(), ClientError> {
     match command {
         Command::Status { watch: false, .. } => {
             let s: Status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
@@ -66,8 +92,10 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
                     what,
                     dry_run,
                 } => {
+                    vip_name(&vip)?;
+                    address("backend", &addr)?;
                     let (weight, state) = match what {
-                        SetWhat::Weight { value } => (Some(value), None),
+                        SetWhat::Weight { value } => (Some(weight(&value)?), None),
                         SetWhat::State { value } => (None, Some(value)),
                     };
                     let req = BackendSet {
@@ -83,19 +111,23 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
                     vip,
                     pool,
                     addr,
-                    weight,
+                    weight: w,
                     dry_run,
                 } => {
+                    vip_name(&vip)?;
+                    address("backend", &addr)?;
                     let req = BackendAdd {
                         vip,
                         pool,
                         address: addr,
-                        weight,
+                        weight: w.as_deref().map(weight).transpose()?,
                         dry_run,
                     };
                     post(socket, "/v1/backend/add", &req)?
                 }
                 BackendAction::Del { vip, addr, dry_run } => {
+                    vip_name(&vip)?;
+                    address("backend", &addr)?;
                     let req = BackendDel {
                         vip,
                         address: addr,
@@ -109,6 +141,9 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
         Command::Apply { file, dry_run } => {
             let config = std::fs::read_to_string(&file)
                 .map_err(|e| ClientError::Rejected(format!("{}: {e}", file.display())))?;
+            // The same parse and rules the agent applies: a bad file never reaches it.
+            crate::config::parse(&config, &file.display().to_string())
+                .map_err(|e| ClientError::Rejected(e.to_string()))?;
             print(
                 json,
                 &post(socket, "/v1/apply", &Apply { config, dry_run })?,
@@ -122,6 +157,7 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             drain_timeout,
             dry_run,
         } => {
+            vip_name(&vip)?;
             let timeout = duration("--drain-timeout", &drain_timeout)?;
             let answer = post(
                 socket,
@@ -136,22 +172,19 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
                 print(json, &answer, render::change);
                 return Ok(());
             }
-            if !json {
-                print!("{}", render::change(&answer));
+            let mut progress = Progress::new(json);
+            progress.event(Event::Applied { report: answer.clone() });
+            let drain = wait::drain(socket, &vip, timeout, &mut progress)?;
+            #[derive(Serialize)]
+            struct Waited<'a> {
+                switch: &'a ChangeReport,
+                drain: &'a wait::Drain,
             }
-            let drain = wait::drain(socket, &vip, timeout, json)?;
-            if json {
-                #[derive(Serialize)]
-                struct Waited<'a> {
-                    switch: &'a ChangeReport,
-                    drain: &'a wait::Drain,
-                }
-                let w = Waited {
-                    switch: &answer,
-                    drain: &drain,
-                };
-                println!("{}", serde_json::to_string_pretty(&w).unwrap_or_default());
-            }
+            let w = Waited {
+                switch: &answer,
+                drain: &drain,
+            };
+            progress.finish(&w, None);
             if drain.live_flows_left != Some(0) {
                 let left = drain
                     .live_flows_left
@@ -169,7 +202,9 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             by,
             dry_run,
         } => {
+            vip_name(&vip)?;
             let percent = validate::parse_percent(&percent).map_err(|e| ClientError::Rejected(e.0))?;
+            validate::percent(percent).map_err(|e| ClientError::Rejected(e.0))?;
             let req = SplitReq {
                 vip,
                 pool,
@@ -185,6 +220,10 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             cidrs,
             dry_run,
         } => {
+            vip_name(&vip)?;
+            for c in &cidrs {
+                validate::cidr(c).map_err(rejected("--cidr"))?;
+            }
             let req = AbReq {
                 vip,
                 pool,
@@ -193,43 +232,7 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             };
             print(json, &post(socket, "/v1/ab", &req)?, render::change);
         }
-        Command::Canary {
-            vip,
-            pool,
-            steps,
-            interval,
-            max_failing,
-            by,
-            wait,
-            dry_run,
-        } => {
-            let req = CanaryReq {
-                vip: vip.clone(),
-                pool,
-                steps,
-                interval,
-                max_failing,
-                by: Some(by),
-                dry_run,
-            };
-            let answer = post(socket, "/v1/canary", &req)?;
-            if !wait || dry_run {
-                print(json, &answer, render::change);
-                return Ok(());
-            }
-            if !json {
-                print!("{}", render::change(&answer));
-            }
-            let canary = wait::canary(socket, &vip, json)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&canary).unwrap_or_default());
-            }
-            return match canary.outcome {
-                CanaryOutcome::Done => Ok(()),
-                CanaryOutcome::RolledBack(reason) => Err(ClientError::RolledBack(reason)),
-                CanaryOutcome::Running => Err(ClientError::Rejected("canary ended unexpectedly".into())),
-            };
-        }
+        Command::Canary(args) => return canary(socket, json, args),
         Command::Rollout {
             vip,
             pool,
@@ -239,15 +242,22 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             drain_timeout,
             healthy_timeout,
         } => {
+            vip_name(&vip)?;
+            if batch == 0 {
+                return Err(ClientError::Rejected(
+                    "--batch 0: at least one backend at a time".into(),
+                ));
+            }
             let plan = RolloutPlan {
                 drain_timeout: duration("--drain-timeout", &drain_timeout)?,
                 healthy_timeout: duration("--healthy-timeout", &healthy_timeout)?,
                 vip,
                 pool,
-                batch: batch.max(1),
-                poll: std::time::Duration::from_millis(100),
+                batch,
+                poll: Duration::from_millis(100),
             };
-            let done = rollout::rollout(socket, &plan, &exec, json)?;
+            let mut progress = Progress::new(json);
+            let done = rollout::rollout(socket, &plan, &exec, &mut progress)?;
             #[derive(Serialize)]
             struct RolledOut {
                 vip: String,
@@ -259,9 +269,11 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
                 pool: plan.pool,
                 done,
             };
-            print(json, &r, |r| format!("rolled out {} backends\n", r.done.len()));
+            let text = format!("rolled out {} backends\n", r.done.len());
+            progress.finish(&r, Some(&text));
         }
         Command::Rollback { vip, dry_run } => {
+            vip_name(&vip)?;
             print(
                 json,
                 &post(socket, "/v1/rollback", &RollbackReq { vip, dry_run })?,
@@ -269,11 +281,17 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
             );
         }
         Command::Flows { vip, limit } => {
+            vip_name(&vip)?;
             let f: Flows = client::call(socket, "GET", &format!("/v1/flows/{vip}?limit={limit}"), None::<&()>)?;
             print(json, &f, render::flows);
         }
         Command::Trace { vip, src } => {
-            let t: Trace = client::call(socket, "GET", &format!("/v1/trace/{vip}?src={src}"), None::<&()>)?;
+            vip_name(&vip)?;
+            let parsed: std::net::SocketAddr = src
+                .trim()
+                .parse()
+                .map_err(|_| ClientError::Rejected(format!("{src:?} is not IP:PORT or [IPv6]:PORT")))?;
+            let t: Trace = client::call(socket, "GET", &format!("/v1/trace/{vip}?src={parsed}"), None::<&()>)?;
             print(json, &t, render::trace);
         }
         Command::Agent { .. } | Command::Check { .. } | Command::Detach { .. } => {
@@ -281,4 +299,79 @@ pub fn run(socket: &Path, json: bool, command: Command) -> Result<(), ClientErro
         }
     }
     Ok(())
+}
+
+/// `veer canary VIP POOL ...` or `veer canary pause|resume|promote VIP`.
+fn canary(socket: &Endpoint, json: bool, args: CanaryArgs) -> Result<(), ClientError> {
+    if let Some(control) = args.control {
+        let (path, vip) = match control {
+            CanaryControl::Pause { vip } => ("/v1/canary/pause", vip),
+            CanaryControl::Resume { vip } => ("/v1/canary/resume", vip),
+            CanaryControl::Promote { vip } => ("/v1/canary/promote", vip),
+        };
+        vip_name(&vip)?;
+        let req = CanaryControlReq { vip, dry_run: false };
+        print(json, &post(socket, path, &req)?, render::change);
+        return Ok(());
+    }
+    // clap requires these without a control subcommand.
+    let (Some(vip), Some(pool), Some(interval)) = (args.vip, args.pool, args.interval) else {
+        return Err(ClientError::Rejected(
+            "canary: VIP, POOL and --interval are required".into(),
+        ));
+    };
+    vip_name(&vip)?;
+    let steps = args
+        .steps
+        .iter()
+        .map(|s| validate::parse_percent(s))
+        .collect::<Result<Vec<f64>, _>>()
+        .map_err(rejected("--steps"))?;
+    validate::canary_steps(&steps).map_err(rejected("--steps"))?;
+    duration("--interval", &interval)?;
+    let gate_timeout = duration("--gate-timeout", &args.gate_timeout)?;
+    let mut gates = Vec::new();
+    if let Some(cmd) = args.gate {
+        if cmd.trim().is_empty() {
+            return Err(ClientError::Rejected(
+                "--gate: an empty command would pass every step".into(),
+            ));
+        }
+        gates.push(Gate::Command {
+            cmd,
+            timeout: gate_timeout,
+        });
+    }
+    if let [url, query] = &args.gate_prometheus[..] {
+        gates.push(Gate::Prometheus {
+            url: gate::http_url(url).map_err(ClientError::Rejected)?,
+            query: query.clone(),
+            timeout: gate_timeout,
+        });
+    }
+    let req = CanaryReq {
+        vip: vip.clone(),
+        pool,
+        steps,
+        interval,
+        max_failing: args.max_failing,
+        by: Some(args.by),
+        gated: !gates.is_empty() && !args.dry_run,
+        dry_run: args.dry_run,
+    };
+    let answer = post(socket, "/v1/canary", &req)?;
+    // A gated canary needs this process to run its gates: it always waits.
+    if (!args.wait && gates.is_empty()) || args.dry_run {
+        print(json, &answer, render::change);
+        return Ok(());
+    }
+    let mut progress = Progress::new(json);
+    progress.event(Event::Applied { report: answer });
+    let canary = wait::canary(socket, &vip, &gates, &mut progress)?;
+    progress.finish(&canary, None);
+    match canary.outcome {
+        CanaryOutcome::Done => Ok(()),
+        CanaryOutcome::RolledBack(reason) => Err(ClientError::RolledBack(reason)),
+        CanaryOutcome::Running => Err(ClientError::Rejected("canary ended unexpectedly".into())),
+    }
 }

@@ -4,14 +4,13 @@
 
 use std::{
     io::{IsTerminal as _, Write as _},
-    path::Path,
     time::{Duration, Instant, SystemTime},
 };
 
 use serde::Serialize;
 
 use super::{
-    client::{self, ClientError},
+    client::{self, ClientError, Endpoint},
     render::json_name,
 };
 use crate::api::types::{Counters, Status, VipStatus};
@@ -22,7 +21,7 @@ pub struct Sample {
     pub status: Status,
 }
 
-pub fn poll(socket: &Path) -> Result<Sample, ClientError> {
+pub fn poll(socket: &Endpoint) -> Result<Sample, ClientError> {
     let status = client::call(socket, "GET", "/v1/status", None::<&()>)?;
     Ok(Sample {
         at: Instant::now(),
@@ -107,6 +106,18 @@ fn secs(before: &Sample, now: &Sample) -> f64 {
     now.at.saturating_duration_since(before.at).as_secs_f64()
 }
 
+/// A canary's state in a word or two (its outcome is a tagged object in JSON).
+fn canary_state(c: &crate::api::types::CanaryStatus) -> &'static str {
+    use crate::api::types::CanaryOutcome;
+    match c.outcome {
+        CanaryOutcome::Running if c.paused => "paused",
+        CanaryOutcome::Running if c.awaiting_gate => "awaiting gate",
+        CanaryOutcome::Running => "running",
+        CanaryOutcome::Done => "done",
+        CanaryOutcome::RolledBack(_) => "rolled back",
+    }
+}
+
 /// The deployment a VIP is in, in a few words.
 pub fn deployment(v: &VipStatus) -> String {
     let mut parts = Vec::new();
@@ -117,7 +128,7 @@ pub fn deployment(v: &VipStatus) -> String {
             (c.step + 1).min(c.steps.len()),
             c.steps.len(),
             c.percent.map_or_else(|| "-".to_string(), |p| format!("{p}%")),
-            json_name(&c.outcome)
+            canary_state(c)
         ));
     } else if let Some(s) = &v.split {
         parts.push(format!("split {}% -> {} by {}", s.percent, s.pool, json_name(&s.by)));
@@ -237,7 +248,7 @@ struct WatchEvent<'a> {
 
 /// `veer status --watch`: poll every `interval` (at most `count` times); on a terminal
 /// redraw in place, elsewhere print one timestamped block per poll, NDJSON with `json`.
-pub fn watch(socket: &Path, json: bool, interval: Duration, count: Option<u64>) -> Result<(), ClientError> {
+pub fn watch(socket: &Endpoint, json: bool, interval: Duration, count: Option<u64>) -> Result<(), ClientError> {
     let tty = std::io::stdout().is_terminal() && !json;
     let mut before: Option<Sample> = None;
     let mut polls = 0u64;
@@ -326,8 +337,10 @@ mod tests {
 
     #[test]
     fn drops_count_only_drop_reasons() {
+        // One base instant: two calls of Instant::now() would make the 2 s not quite 2 s.
+        let base = Instant::now();
         let sample = |drop: u64, pass: u64, secs: u64| Sample {
-            at: Instant::now() + Duration::from_secs(secs),
+            at: base + Duration::from_secs(secs),
             status: Status {
                 vips: vec![],
                 counters: GlobalCounters {

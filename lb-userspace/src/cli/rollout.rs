@@ -1,19 +1,23 @@
 //! `veer rollout`: the rolling rollout of `deploy::rollout`, run from here through the API
 //! (the hook runs on the operator's host).
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use super::client::{self, ClientError};
+use super::{
+    client::{self, ClientError, Endpoint},
+    progress::{Event, Progress},
+};
 use crate::{
     api::types::{AdminState, BackendSet, ChangeReport, Status},
-    deploy::rollout::{RolloutApi, RolloutError, RolloutPlan, run},
+    deploy::rollout::{Phase, RolloutApi, RolloutError, RolloutPlan, run},
 };
 
 struct Api<'a> {
-    socket: &'a Path,
+    socket: &'a Endpoint,
     vip: &'a str,
+    pool: &'a str,
     exec: &'a str,
-    bar: indicatif::ProgressBar,
+    progress: &'a mut Progress,
 }
 
 impl RolloutApi for Api<'_> {
@@ -24,7 +28,6 @@ impl RolloutApi for Api<'_> {
     }
 
     fn set_state(&mut self, address: &str, state: AdminState) -> Result<(), ClientError> {
-        self.bar.set_message(format!("{address}: {state:?}"));
         let req = BackendSet {
             vip: self.vip.to_string(),
             address: address.to_string(),
@@ -33,14 +36,10 @@ impl RolloutApi for Api<'_> {
             dry_run: false,
         };
         client::call::<ChangeReport>(self.socket, "POST", "/v1/backend/set", Some(&req))?;
-        if state == AdminState::Ready {
-            self.bar.inc(1);
-        }
         Ok(())
     }
 
     fn run_hook(&mut self, address: &str) -> Result<(), String> {
-        self.bar.set_message(format!("running the hook for {address}"));
         let cmd = match address.parse() {
             Ok(backend) => super::hook::hook_command(self.exec, backend),
             Err(_) => self.exec.replace("{addr}", address),
@@ -63,26 +62,40 @@ impl RolloutApi for Api<'_> {
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
     }
+
+    fn progress(&mut self, at: (usize, usize), group: &[String], phase: Phase) {
+        self.progress.state(Event::Rollout {
+            vip: self.vip.to_string(),
+            pool: self.pool.to_string(),
+            batch: at.0,
+            batches: at.1,
+            backends: group.to_vec(),
+            phase: phase.name().to_string(),
+            live_flows: match phase {
+                Phase::Drain(live) => live,
+                _ => None,
+            },
+        });
+    }
 }
 
 /// Runs the rollout; returns the backends rolled out.
-pub fn rollout(socket: &Path, plan: &RolloutPlan, exec: &str, quiet: bool) -> Result<Vec<String>, ClientError> {
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(0)
-    };
+pub fn rollout(
+    socket: &Endpoint,
+    plan: &RolloutPlan,
+    exec: &str,
+    progress: &mut Progress,
+) -> Result<Vec<String>, ClientError> {
     let mut api = Api {
         socket,
         vip: &plan.vip,
+        pool: &plan.pool,
         exec,
-        bar,
+        progress,
     };
-    let done = run(&mut api, plan).map_err(|e| match e {
+    run(&mut api, plan).map_err(|e| match e {
         RolloutError::Api(e) => e,
         RolloutError::Rejected(m) => ClientError::Rejected(m),
         RolloutError::TimedOut(m) => ClientError::TimedOut(m),
-    })?;
-    api.bar.finish();
-    Ok(done)
+    })
 }

@@ -3,7 +3,6 @@
 
 use std::{
     io::IsTerminal as _,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -17,7 +16,7 @@ use ratatui::{
 };
 
 use super::{
-    client::ClientError,
+    client::{ClientError, Endpoint},
     live::{self, Row, Sample},
 };
 
@@ -92,13 +91,13 @@ fn table_rows(rows: &[Row]) -> Vec<TableRow<'static>> {
         .collect()
 }
 
-fn draw(frame: &mut Frame, socket: &Path, interval: Duration, rows: &[Row], drops: f64, error: Option<&str>) {
+fn draw(frame: &mut Frame, socket: &Endpoint, interval: Duration, rows: &[Row], drops: f64, error: Option<&str>) {
     let [title, body, footer] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(frame.area());
     frame.render_widget(
         Paragraph::new(Line::from(format!(
             "veer top — {} — every {} — q quits",
-            socket.display(),
+            socket,
             humantime::format_duration(interval)
         )))
         .reversed(),
@@ -139,7 +138,7 @@ fn draw(frame: &mut Frame, socket: &Path, interval: Duration, rows: &[Row], drop
 }
 
 /// Runs the view until the user quits. Needs a terminal: elsewhere use `status --watch`.
-pub fn run(socket: &Path, interval: Duration) -> Result<(), ClientError> {
+pub fn run(socket: &Endpoint, interval: Duration) -> Result<(), ClientError> {
     if !std::io::stdout().is_terminal() {
         return Err(ClientError::Rejected(
             "veer top needs a terminal; use `veer status --watch` (plain lines, --json for NDJSON)".into(),

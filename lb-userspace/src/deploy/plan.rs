@@ -125,6 +125,8 @@ pub struct CanaryPlan {
     pub interval: Duration,
     pub max_failing: u32,
     pub by: SplitBy,
+    /// A client gates every step (see [`CanaryAction::Gate`]).
+    pub gated: bool,
 }
 
 /// Starts a stepped canary at its first step (the ticker drives the rest).
@@ -144,13 +146,18 @@ pub fn canary_start(d: &Desired, vip: &str, plan: CanaryPlan, now_ms: u64) -> Re
         max_failing: plan.max_failing,
         by: plan.by,
         outcome: CanaryOutcome::Running,
+        gated: plan.gated,
+        awaiting_gate: false,
+        gate_passed: None,
+        paused_since_ms: None,
     });
     enter_step(&mut next, vip, 0, now_ms);
     let changes = vec![format!(
-        "{vip}: canary to {} in steps {:?} every {}",
+        "{vip}: canary to {} in steps {:?} every {}{}",
         plan.pool,
         plan.steps,
-        humantime::format_duration(plan.interval)
+        humantime::format_duration(plan.interval),
+        if plan.gated { ", each step gated" } else { "" }
     )];
     Ok(Edit { next, changes })
 }
@@ -162,15 +169,9 @@ fn enter_step(d: &mut Desired, vip: &str, step: usize, now_ms: u64) {
     let Some(&pct) = c.steps.get(step) else { return };
     c.step = step;
     c.step_started_ms = now_ms;
+    c.awaiting_gate = false;
     if pct >= 100.0 {
-        let pool = c.pool.clone();
-        c.outcome = CanaryOutcome::Done;
-        dep.split = None;
-        let old = d.vip(vip).map(|v| v.active.clone());
-        set_active(d, vip, &pool);
-        if let Some(dep) = d.deploy.get_mut(vip) {
-            dep.previous_active = old;
-        }
+        complete(d, vip);
     } else {
         dep.split = Some(Split {
             pool: c.pool.clone(),
@@ -178,6 +179,110 @@ fn enter_step(d: &mut Desired, vip: &str, step: usize, now_ms: u64) {
             by: c.by,
         });
     }
+}
+
+/// The canary's pool becomes the active pool (a switch): the canary is done.
+fn complete(d: &mut Desired, vip: &str) {
+    let Some(dep) = d.deploy.get_mut(vip) else { return };
+    let Some(c) = dep.canary.as_mut() else { return };
+    let pool = c.pool.clone();
+    c.outcome = CanaryOutcome::Done;
+    c.awaiting_gate = false;
+    c.paused_since_ms = None;
+    dep.split = None;
+    let old = d.vip(vip).map(|v| v.active.clone());
+    set_active(d, vip, &pool);
+    if let Some(dep) = d.deploy.get_mut(vip) {
+        dep.previous_active = old;
+    }
+}
+
+/// Rolls a canary back to 0% for `reason`.
+fn roll_back(d: &mut Desired, vip: &str, reason: String) {
+    if let Some(dep) = d.deploy.get_mut(vip) {
+        dep.split = None;
+        if let Some(k) = dep.canary.as_mut() {
+            k.outcome = CanaryOutcome::RolledBack(reason);
+            k.awaiting_gate = false;
+        }
+    }
+}
+
+/// What an operator (or a gating client) does to a running canary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CanaryAction {
+    /// Hold the current step until resumed (health checks still roll it back).
+    Pause,
+    /// Continue: the step keeps the part of its interval that was left.
+    Resume,
+    /// Skip the remaining steps: the pool becomes active now.
+    Promote,
+    /// The gate's verdict on step `step` (0-based): Ok lets the canary go on once the
+    /// step's interval is over; Err rolls it back with the reason.
+    Gate { step: usize, verdict: Result<(), String> },
+}
+
+/// Pauses, resumes, promotes or gates the VIP's running canary.
+pub fn canary_control(d: &Desired, vip: &str, action: CanaryAction, now_ms: u64) -> Result<Edit, Refused> {
+    vip_of(d, vip)?;
+    let can = d
+        .deploy
+        .get(vip)
+        .and_then(|dep| dep.canary.as_ref())
+        .filter(|c| c.outcome == CanaryOutcome::Running)
+        .ok_or_else(|| Refused::Invalid(format!("VIP {vip:?} has no running canary")))?;
+    let pct = |step: usize| can.steps.get(step).copied().unwrap_or(0.0);
+    let mut next = d.clone();
+    let Some(c) = next.deploy.get_mut(vip).and_then(|dep| dep.canary.as_mut()) else {
+        return Err(Refused::Invalid(format!("VIP {vip:?} has no running canary")));
+    };
+    let change = match action {
+        CanaryAction::Pause => {
+            if c.paused_since_ms.is_some() {
+                return Err(Refused::Invalid(format!("the canary of {vip:?} is paused already")));
+            }
+            c.paused_since_ms = Some(now_ms);
+            format!("{vip}: canary paused at {}%", pct(c.step))
+        }
+        CanaryAction::Resume => {
+            let Some(since) = c.paused_since_ms.take() else {
+                return Err(Refused::Invalid(format!("the canary of {vip:?} is not paused")));
+            };
+            c.step_started_ms = c.step_started_ms.saturating_add(now_ms.saturating_sub(since));
+            format!("{vip}: canary resumed at {}%", pct(c.step))
+        }
+        CanaryAction::Promote => {
+            let pool = c.pool.clone();
+            complete(&mut next, vip);
+            format!("{vip}: canary promoted: {pool} takes all new flows")
+        }
+        CanaryAction::Gate { step, verdict } => {
+            if step != c.step {
+                return Err(Refused::Invalid(format!(
+                    "the canary of {vip:?} is at step {}, not {}: a late gate verdict is ignored",
+                    c.step + 1,
+                    step + 1
+                )));
+            }
+            match verdict {
+                Ok(()) => {
+                    c.gate_passed = Some(step);
+                    format!("{vip}: canary gate passed at {}%", pct(step))
+                }
+                Err(why) => {
+                    let reason = format!("gate failed at step {} ({}%): {why}", step + 1, pct(step));
+                    warn!(%vip, %reason, "canary rolled back to 0%");
+                    let change = format!("{vip}: canary rolled back: {reason}");
+                    roll_back(&mut next, vip, reason);
+                    change
+                }
+            }
+        }
+    };
+    Ok(Edit {
+        next,
+        changes: vec![change],
+    })
 }
 
 /// One look at every running canary at `now_ms`: too many failing backends in its pool
@@ -208,14 +313,21 @@ pub fn canary_tick(d: &Desired, now_ms: u64) -> Option<Edit> {
             );
             warn!(%vip, %reason, "canary rolled back to 0%");
             changes.push(format!("{vip}: canary rolled back: {reason}"));
-            if let Some(dep) = next.deploy.get_mut(vip) {
-                dep.split = None;
-                if let Some(k) = dep.canary.as_mut() {
-                    k.outcome = CanaryOutcome::RolledBack(reason);
-                }
-            }
+            roll_back(&mut next, vip, reason);
+        } else if can.paused_since_ms.is_some() {
+            // Paused: the step holds (health checks above still roll it back).
         } else if now_ms.saturating_sub(can.step_started_ms) >= can.interval_ms {
-            if can.step + 1 < can.steps.len() {
+            if can.gated && can.gate_passed != Some(can.step) {
+                if !can.awaiting_gate {
+                    changes.push(format!(
+                        "{vip}: canary step {}% held for its gate",
+                        can.steps.get(can.step).copied().unwrap_or(0.0)
+                    ));
+                    if let Some(k) = next.deploy.get_mut(vip).and_then(|d| d.canary.as_mut()) {
+                        k.awaiting_gate = true;
+                    }
+                }
+            } else if can.step + 1 < can.steps.len() {
                 info!(%vip, percent = can.steps[can.step + 1], "canary step");
                 changes.push(format!("{vip}: canary step {}%", can.steps[can.step + 1]));
                 enter_step(&mut next, vip, can.step + 1, now_ms);
@@ -223,6 +335,7 @@ pub fn canary_tick(d: &Desired, now_ms: u64) -> Option<Edit> {
                 info!(%vip, "canary completed at its last step");
                 changes.push(format!("{vip}: canary completed"));
                 k.outcome = CanaryOutcome::Done;
+                k.awaiting_gate = false;
             }
         }
     }
@@ -254,6 +367,7 @@ mod tests {
             interval: Duration::from_secs(10),
             max_failing,
             by: SplitBy::Flow,
+            gated: false,
         }
     }
 
@@ -344,5 +458,96 @@ mod tests {
             CanaryOutcome::RolledBack(_)
         ));
         assert_eq!(canary_tick(&s.next, 1_000_000), None);
+    }
+
+    fn gated(steps: &[f64]) -> CanaryPlan {
+        CanaryPlan {
+            gated: true,
+            ..plan(steps, 0)
+        }
+    }
+
+    fn canary(e: &Edit) -> &Canary {
+        dep(e).canary.as_ref().unwrap()
+    }
+
+    #[test]
+    fn a_gated_step_holds_past_its_interval_until_its_gate_passes() {
+        let start = canary_start(&desired(), "web", gated(&[10.0, 50.0, 100.0]), 0).unwrap();
+        let held = canary_tick(&start.next, 10_000).unwrap();
+        assert!(canary(&held).awaiting_gate, "{:?}", held.changes);
+        assert_eq!(dep(&held).split.as_ref().unwrap().bp, 1000, "the step holds");
+        assert_eq!(canary_tick(&held.next, 60_000), None, "still held, nothing new to say");
+        let late = CanaryAction::Gate {
+            step: 1,
+            verdict: Ok(()),
+        };
+        assert!(
+            canary_control(&held.next, "web", late, 60_000).is_err(),
+            "a verdict for another step"
+        );
+        let ok = CanaryAction::Gate {
+            step: 0,
+            verdict: Ok(()),
+        };
+        let passed = canary_control(&held.next, "web", ok, 60_000).unwrap();
+        let step = canary_tick(&passed.next, 60_100).unwrap();
+        assert_eq!(dep(&step).split.as_ref().unwrap().bp, 5000);
+        assert!(!canary(&step).awaiting_gate);
+        assert_eq!(canary_tick(&step.next, 65_000), None, "the next step's interval runs");
+        let held = canary_tick(&step.next, 70_100).unwrap();
+        assert!(canary(&held).awaiting_gate, "the next step needs its own gate");
+    }
+
+    #[test]
+    fn a_failing_gate_rolls_the_canary_back_to_zero_with_its_reason() {
+        let start = canary_start(&desired(), "web", gated(&[10.0, 100.0]), 0).unwrap();
+        let held = canary_tick(&start.next, 10_000).unwrap();
+        let fail = CanaryAction::Gate {
+            step: 0,
+            verdict: Err("error rate 5%".into()),
+        };
+        let back = canary_control(&held.next, "web", fail, 10_100).unwrap();
+        assert_eq!(dep(&back).split, None);
+        assert_eq!(back.next.vip("web").unwrap().active, "blue");
+        assert!(
+            matches!(&canary(&back).outcome, CanaryOutcome::RolledBack(r) if r.contains("gate failed at step 1 (10%): error rate 5%")),
+            "{:?}",
+            canary(&back).outcome
+        );
+        assert!(
+            canary_control(&back.next, "web", CanaryAction::Promote, 0).is_err(),
+            "not running"
+        );
+    }
+
+    #[test]
+    fn pause_holds_the_step_resume_keeps_what_was_left_and_promote_switches() {
+        let start = canary_start(&desired(), "web", plan(&[10.0, 50.0, 100.0], 0), 0).unwrap();
+        let paused = canary_control(&start.next, "web", CanaryAction::Pause, 4_000).unwrap();
+        assert!(canary_control(&paused.next, "web", CanaryAction::Pause, 4_000).is_err());
+        assert_eq!(canary_tick(&paused.next, 50_000), None, "a paused step holds");
+        let resumed = canary_control(&paused.next, "web", CanaryAction::Resume, 50_000).unwrap();
+        assert!(canary_control(&resumed.next, "web", CanaryAction::Resume, 50_000).is_err());
+        // 4 s of the 10 s interval had run: 6 s are left.
+        assert_eq!(canary_tick(&resumed.next, 55_999), None);
+        let step = canary_tick(&resumed.next, 56_000).unwrap();
+        assert_eq!(dep(&step).split.as_ref().unwrap().bp, 5000);
+        let promoted = canary_control(&step.next, "web", CanaryAction::Promote, 56_100).unwrap();
+        assert_eq!(promoted.next.vip("web").unwrap().active, "green");
+        assert_eq!(dep(&promoted).split, None);
+        assert_eq!(dep(&promoted).previous_active.as_deref(), Some("blue"));
+        assert_eq!(canary(&promoted).outcome, CanaryOutcome::Done);
+    }
+
+    #[test]
+    fn a_paused_canary_still_rolls_back_on_failing_backends() {
+        let start = canary_start(&desired(), "web", plan(&[10.0, 100.0], 0), 0).unwrap();
+        let mut d = canary_control(&start.next, "web", CanaryAction::Pause, 1).unwrap().next;
+        d.observed
+            .down
+            .insert(backend_key("web", "10.0.2.1:80".parse().unwrap()));
+        let back = canary_tick(&d, 2).unwrap();
+        assert_eq!(dep(&back).split, None);
     }
 }

@@ -15,6 +15,31 @@ pub trait RolloutApi {
     /// Runs the hook for one backend; Err says why it failed.
     fn run_hook(&mut self, address: &str) -> Result<(), String>;
     fn sleep(&mut self, d: Duration);
+    /// Where batch `at.0` of `at.1` (1-based) is now; called on every poll.
+    fn progress(&mut self, _at: (usize, usize), _group: &[String], _phase: Phase) {}
+}
+
+/// A batch's phase, for progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Drained; waiting for its live flows (None: unknown) to reach 0.
+    Drain(Option<u64>),
+    /// Running the hook.
+    Hook,
+    /// Back to ready; waiting until healthy.
+    Ready,
+    Healthy,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Drain(_) => "drain",
+            Phase::Hook => "hook",
+            Phase::Ready => "ready",
+            Phase::Healthy => "healthy",
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -69,7 +94,9 @@ pub fn run<A: RolloutApi>(api: &mut A, plan: &RolloutPlan) -> Result<Vec<String>
     let status = api.status().map_err(RolloutError::Api)?;
     let groups = batches(&status, &plan.vip, &plan.pool, plan.batch).map_err(RolloutError::Rejected)?;
     let mut done: Vec<String> = Vec::new();
-    for group in groups {
+    let total = groups.len();
+    for (i, group) in groups.into_iter().enumerate() {
+        let at = (i + 1, total);
         for a in &group {
             api.set_state(a, AdminState::Drain).map_err(RolloutError::Api)?;
         }
@@ -78,6 +105,7 @@ pub fn run<A: RolloutApi>(api: &mut A, plan: &RolloutPlan) -> Result<Vec<String>
             let s = api.status().map_err(RolloutError::Api)?;
             // null (the agent could not count) is unknown, never drained.
             let live = live_flows(&s, &plan.vip, &group);
+            api.progress(at, &group, Phase::Drain(live));
             if live == Some(0) {
                 break;
             }
@@ -90,6 +118,7 @@ pub fn run<A: RolloutApi>(api: &mut A, plan: &RolloutPlan) -> Result<Vec<String>
             }
             api.sleep(plan.poll);
         }
+        api.progress(at, &group, Phase::Hook);
         for a in &group {
             api.run_hook(a).map_err(|why| {
                 RolloutError::Rejected(format!(
@@ -100,10 +129,12 @@ pub fn run<A: RolloutApi>(api: &mut A, plan: &RolloutPlan) -> Result<Vec<String>
         for a in &group {
             api.set_state(a, AdminState::Ready).map_err(RolloutError::Api)?;
         }
+        api.progress(at, &group, Phase::Ready);
         let start = Instant::now();
         loop {
             let s = api.status().map_err(RolloutError::Api)?;
             if healthy(&s, &plan.vip, &group) {
+                api.progress(at, &group, Phase::Healthy);
                 break;
             }
             if start.elapsed() > plan.healthy_timeout {
@@ -130,6 +161,7 @@ mod tests {
         drain_polls: u64,
         failing_hook: Option<String>,
         log: Vec<String>,
+        phases: Vec<String>,
     }
 
     impl Fake {
@@ -141,6 +173,7 @@ mod tests {
                 drain_polls: 2,
                 failing_hook: None,
                 log: Vec::new(),
+                phases: Vec::new(),
             }
         }
     }
@@ -217,6 +250,13 @@ mod tests {
         }
 
         fn sleep(&mut self, _: Duration) {}
+
+        fn progress(&mut self, at: (usize, usize), group: &[String], phase: Phase) {
+            let line = format!("{}/{} {} {}", at.0, at.1, group.join(","), phase.name());
+            if self.phases.last() != Some(&line) {
+                self.phases.push(line);
+            }
+        }
     }
 
     fn plan(batch: usize, drain_timeout: Duration) -> RolloutPlan {
@@ -245,6 +285,20 @@ mod tests {
                 "10.0.0.1:80 Ready",
                 "10.0.0.2:80 Ready"
             ]
+        );
+        assert_eq!(
+            api.phases,
+            [
+                "1/2 10.0.0.1:80,10.0.0.2:80 drain",
+                "1/2 10.0.0.1:80,10.0.0.2:80 hook",
+                "1/2 10.0.0.1:80,10.0.0.2:80 ready",
+                "1/2 10.0.0.1:80,10.0.0.2:80 healthy",
+                "2/2 10.0.0.3:80 drain",
+                "2/2 10.0.0.3:80 hook",
+                "2/2 10.0.0.3:80 ready",
+                "2/2 10.0.0.3:80 healthy",
+            ],
+            "every phase of every batch is reported, in order"
         );
     }
 

@@ -73,6 +73,19 @@ pub struct Canary {
     pub max_failing: u32,
     pub by: SplitBy,
     pub outcome: CanaryOutcome,
+    /// A client (`veer canary --gate`) judges each step: a step whose interval is over
+    /// holds until the client reports its gate's verdict for it.
+    #[serde(default)]
+    pub gated: bool,
+    /// The interval of the current step is over and its gate has not answered yet.
+    #[serde(default)]
+    pub awaiting_gate: bool,
+    /// The step whose gate passed.
+    #[serde(default)]
+    pub gate_passed: Option<usize>,
+    /// Paused (`veer canary pause`) since this Unix time (ms): the step holds.
+    #[serde(default)]
+    pub paused_since_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

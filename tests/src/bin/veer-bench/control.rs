@@ -96,7 +96,7 @@ fn api_flip() -> anyhow::Result<(f64, usize, usize, f64)> {
         Ok(out)
     };
     let states = [(weighted([1, 0, 0])?, "b1"), (weighted([0, 0, 1])?, "b3")];
-    let socket = lab.socket();
+    let socket = veer::client::Endpoint::Socket(lab.socket());
     let mut api = Vec::new();
     let mut first = Vec::new();
     let mut late = 0;
