@@ -39,7 +39,7 @@ pub struct Options {
     pub socket: Option<PathBuf>,
     pub mode: AttachMode,
     /// Clients and VIPs whose data-path decisions are logged at debug level.
-    pub trace: Vec<crate::dataplane::TracePrefix>,
+    pub trace: Vec<crate::config::TracePrefix>,
 }
 
 pub fn state_file(config: &Config) -> PathBuf {

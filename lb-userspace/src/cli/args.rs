@@ -95,7 +95,7 @@ pub enum Command {
         /// to this VIP (ADDR or ADDR/LEN, repeatable) at debug level: with
         /// `--log-level debug`. Off by default, and then free.
         #[arg(long = "trace", value_name = "PREFIX")]
-        trace: Vec<crate::dataplane::TracePrefix>,
+        trace: Vec<crate::config::TracePrefix>,
         /// error, warn, info (default) or debug; RUST_LOG, when set, wins.
         #[arg(long, default_value = "info")]
         log_level: String,

@@ -16,6 +16,9 @@ pub use crate::state::validate::{DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::{health::HealthConfig, state::validate};
 
 mod health;
+mod trace;
+
+pub use self::trace::TracePrefix;
 
 pub const DEFAULT_SOCKET: &str = "/run/veer/veer.sock";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/veer/state.json";

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 mod trace;
 
-pub use self::trace::TracePrefix;
+pub use crate::config::TracePrefix;
 use crate::{config::AttachMode, state::Op};
 
 /// The balancer's object (built by build.rs from lb-ebpf).
