@@ -112,6 +112,13 @@ pub struct Scratch {
     pub vip_key: lb_common::VipKey,
     /// The packet's 5-tuple (parse::Packet::key).
     pub key: lb_common::FlowKey,
+    /// The ICMP errors this CPU sent in the window `icmp_window` (icmp::within_budget).
+    pub icmp_window: u32,
+    pub icmp_sent: u32,
+    /// Trace (trace.rs): this packet is traced; its last reason; its XDP action.
+    pub trace: u32,
+    pub trace_reason: u32,
+    pub trace_action: u32,
 }
 
 #[map(name = "SCRATCH_V1")]
