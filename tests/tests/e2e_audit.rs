@@ -40,7 +40,7 @@ fn a_switch_through_the_api_is_an_ecs_audit_event_with_peer_and_before_after() {
         tokens.display()
     );
     let config = lab.write_config_text("veer.toml", &format!("{agent}\n{vips}")).unwrap();
-    lab.start_agent_with(&veer_bin().unwrap(), &config, &["--log-format", "json"])
+    lab.start_agent_with(&config, &["--log-format", "json"])
         .unwrap();
     let vip = SocketAddr::new(VIP4.into(), 80);
     lab.wait_for_vip(vip).unwrap();

@@ -4,6 +4,7 @@
 
 mod fill;
 mod netns;
+mod routed;
 mod servers;
 mod traffic;
 mod watch;
@@ -22,6 +23,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 pub use fill::fill_connection_table;
 pub use netns::{Netns, run_cmd};
+pub use routed::{ROUTED4, ROUTED6, ROUTER4, ROUTER6, RoutedClient};
 pub use servers::Servers;
 pub use traffic::{
     Outcome, http_get, http_get_bound, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request,
@@ -372,16 +374,21 @@ impl Lab {
 
     /// Starts `veer agent` in the balancer namespace and waits until it says it is ready.
     pub fn start_agent(&mut self, config: &Path) -> anyhow::Result<()> {
-        self.start_agent_bin(&veer_bin()?, config)
+        self.start_agent_with(config, &[])
+    }
+
+    /// [`Lab::start_agent`] with more `veer agent` arguments.
+    pub fn start_agent_with(&mut self, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent_bin_with(&veer_bin()?, config, extra)
     }
 
     /// [`Lab::start_agent`] with another `veer` binary (the bench compares two builds).
     pub fn start_agent_bin(&mut self, veer: &Path, config: &Path) -> anyhow::Result<()> {
-        self.start_agent_with(veer, config, &[])
+        self.start_agent_bin_with(veer, config, &[])
     }
 
-    /// [`Lab::start_agent_bin`] with more arguments for `veer agent` (e.g. `--log-format json`).
-    pub fn start_agent_with(&mut self, veer: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    /// [`Lab::start_agent_bin`] with more `veer agent` arguments.
+    pub fn start_agent_bin_with(&mut self, veer: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
         let mut cmd = command_in(&self.lb, veer)?;
