@@ -847,7 +847,7 @@ fn vip_of(pkt: &[u8]) -> u32 {
 /// A 16-backend VIP that new flows run against, one per scheduler case: with NAT, each
 /// (backend, SNAT address) pair offers 64512 source ports, and three backends behind a full
 /// 65536-flow table would measure port exhaustion instead of the data path. A case for
-/// another scheduler is one more entry (its `tune` sets the VIP's scheduler); its new-flow
+/// another scheduler is one more entry (`sched` sets the VIP's table and flags); its new-flow
 /// figure is printed beside the first (Maglev) one.
 struct WideVip {
     name: &'static str,
@@ -857,18 +857,49 @@ struct WideVip {
     /// Backend ids first_backend.., at 10.9.0.200.. port `backend_port`.
     first_backend: u32,
     backend_port: u16,
-    tune: fn(&mut lb_common::VipInfo),
+    sched: Sched,
 }
 
-const WIDE_VIPS: &[WideVip] = &[WideVip {
-    name: "Maglev",
-    port: 443,
-    vip_id: 5,
-    table: 6,
-    first_backend: 100,
-    backend_port: 8080,
-    tune: |_| {},
-}];
+/// How a case's VIP picks within its pool.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sched {
+    Maglev,
+    /// The agent's smooth weighted sequence in the table, walked by a per-CPU cursor.
+    RoundRobin,
+    /// Two Maglev candidates, the one with fewer live flows per unit of weight.
+    LeastConn,
+}
+
+const WIDE_VIPS: &[WideVip] = &[
+    WideVip {
+        name: "Maglev",
+        port: 443,
+        vip_id: 5,
+        table: 6,
+        first_backend: 100,
+        backend_port: 8080,
+        sched: Sched::Maglev,
+    },
+    WideVip {
+        name: "round-robin",
+        port: 444,
+        vip_id: 6,
+        table: 7,
+        first_backend: 120,
+        backend_port: 8081,
+        sched: Sched::RoundRobin,
+    },
+    WideVip {
+        name: "least-conn",
+        port: 445,
+        vip_id: 7,
+        // Tables 1-4 hold the fixture's own VIPs; the object has 8.
+        table: 5,
+        first_backend: 140,
+        backend_port: 8082,
+        sched: Sched::LeastConn,
+    },
+];
 
 /// The VIP the established path over many flows uses.
 const WIDE_PORT: u16 = WIDE_VIPS[0].port;
@@ -910,13 +941,44 @@ fn add_wide_pool(fx: &mut Fixture, w: &WideVip) {
         table: w.table,
         backends,
     };
-    fx.write_table(&pool);
-    let mut info = lb_common::VipInfo {
+    let flags = match w.sched {
+        Sched::Maglev => {
+            fx.write_table(&pool);
+            0
+        }
+        Sched::RoundRobin => {
+            let members: Vec<lb_common::maglev::TableBackend> = pool
+                .backends
+                .iter()
+                .map(|&(id, a, weight)| lb_common::maglev::TableBackend {
+                    id,
+                    addr_be: addr_be(a.ip()),
+                    port_be: a.port().to_be(),
+                    weight,
+                })
+                .collect();
+            let sequence = lb_common::rr::build_sequence(&members, M);
+            let mut t: Array<_, u32> = fx.ebpf.map_mut(lb_common::MAP_TABLES).unwrap().try_into().unwrap();
+            for (slot, &id) in sequence.iter().enumerate() {
+                t.set(w.table * M + slot as u32, id, 0).unwrap();
+            }
+            lb_common::VIP_F_ROUND_ROBIN
+        }
+        Sched::LeastConn => {
+            fx.write_table(&pool);
+            let loads = veer::dataplane::LoadMemory::of(&fx.ebpf).expect("the least-conn load map");
+            for &(id, _, weight) in &pool.backends {
+                loads.set_weight(id, weight * 100);
+            }
+            lb_common::VIP_F_LEAST_CONN
+        }
+    };
+    let info = lb_common::VipInfo {
         vip_id: w.vip_id,
         table_current: w.table,
+        flags,
         ..Default::default()
     };
-    (w.tune)(&mut info);
     fx.set_vip(
         std::net::SocketAddr::new(VIP4.into(), w.port),
         lb_common::PROTO_TCP,
