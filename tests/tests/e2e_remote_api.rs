@@ -137,6 +137,20 @@ fn remote_veer(lab: &Lab, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A lab whose agent each test starts with its own API keys (None: not root, skipped).
+fn lab_without_agent() -> Option<Lab> {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root");
+        return None;
+    }
+    Some(
+        Lab::new(&LabOptions {
+            weights: WEIGHTS.to_vec(),
+        })
+        .unwrap(),
+    )
+}
+
 fn config_with(lab: &Lab, name: &str, agent_keys: &str) -> PathBuf {
     let config = lab.write_config(&WEIGHTS).unwrap();
     let text = std::fs::read_to_string(&config)
@@ -147,14 +161,7 @@ fn config_with(lab: &Lab, name: &str, agent_keys: &str) -> PathBuf {
 
 #[test]
 fn tcp_api_serves_tls_with_named_tokens_and_refuses_plaintext_off_loopback() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root");
-        return;
-    }
-    let mut lab = Lab::new(&LabOptions {
-        weights: WEIGHTS.to_vec(),
-    })
-    .unwrap();
+    let Some(mut lab) = lab_without_agent() else { return };
     let pki = pki(&lab.dir);
     let tokens = lab.dir.join("api.tokens");
     std::fs::write(
@@ -295,14 +302,7 @@ fn tcp_api_serves_tls_with_named_tokens_and_refuses_plaintext_off_loopback() {
 
 #[test]
 fn loopback_tcp_api_serves_plaintext_to_named_tokens_only() {
-    if !is_root() {
-        eprintln!("skipped: the lab needs root");
-        return;
-    }
-    let mut lab = Lab::new(&LabOptions {
-        weights: WEIGHTS.to_vec(),
-    })
-    .unwrap();
+    let Some(mut lab) = lab_without_agent() else { return };
     let tokens = lab.dir.join("api.tokens");
     std::fs::write(&tokens, format!("ci {CI_TOKEN}\n")).unwrap();
     let config = config_with(

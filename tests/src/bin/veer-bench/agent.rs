@@ -85,24 +85,7 @@ fn hundred_by_hundred(lab: &Lab) -> String {
     let mut text = lab
         .agent_section()
         .replace("flow_capacity = 65536", "flow_capacity = 65536\nmax_backends = 16384");
-    for v in 0..100u32 {
-        let backends: Vec<String> = (0..100u32)
-            .map(|b| {
-                format!(
-                    "{{ address = \"10.{}.{}.{}:8080\" }}",
-                    100 + v / 50,
-                    (v % 50) * 4 + b / 250,
-                    b % 250 + 1
-                )
-            })
-            .collect();
-        text.push_str(&format!(
-            "\n[[vip]]\nname = \"v{v}\"\naddress = \"10.200.{}.{}:80\"\nactive = \"p\"\n[[vip.pool]]\nname = \"p\"\nbackends = [ {} ]\n",
-            v / 250,
-            v % 250 + 1,
-            backends.join(", ")
-        ));
-    }
+    text.push_str(&super::control::hundred_vips());
     text
 }
 

@@ -116,14 +116,10 @@ fn api_flip() -> anyhow::Result<(f64, usize, usize, f64)> {
     Ok((median(api), flips, late, median(first)))
 }
 
-/// An agent with 100 VIPs × 100 backends, idle: resident memory.
-fn idle_memory() -> anyhow::Result<(Rss, f64)> {
-    let mut lab = Lab::new(&LabOptions { weights: vec![1] })?;
-    let mut text = format!(
-        "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{SNAT4}\"\nmax_backends = 16384\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\n",
-        lab.socket().display(),
-        lab.dir.join("state.json").display()
-    );
+/// The `[[vip]]` sections of 100 VIPs × 100 backends (IPv4, one pool each, no health
+/// checks): the agent-scale case the memory and status benches share.
+pub fn hundred_vips() -> String {
+    let mut text = String::new();
     for v in 0..100u32 {
         let backends: Vec<String> = (0..100u32)
             .map(|b| {
@@ -142,6 +138,18 @@ fn idle_memory() -> anyhow::Result<(Rss, f64)> {
             backends.join(", ")
         ));
     }
+    text
+}
+
+/// An agent with 100 VIPs × 100 backends, idle: resident memory.
+fn idle_memory() -> anyhow::Result<(Rss, f64)> {
+    let mut lab = Lab::new(&LabOptions { weights: vec![1] })?;
+    let mut text = format!(
+        "[agent]\ninterfaces = [\"eth0\"]\nsnat_v4 = \"{SNAT4}\"\nmax_backends = 16384\nflow_capacity = 65536\nsocket = \"{}\"\nstate_file = \"{}\"\n",
+        lab.socket().display(),
+        lab.dir.join("state.json").display()
+    );
+    text.push_str(&hundred_vips());
     let config = lab.dir.join("big.toml");
     std::fs::write(&config, text)?;
     let t = Instant::now();
