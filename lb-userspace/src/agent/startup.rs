@@ -162,6 +162,10 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     }
     .with_store(dp.table_store());
     let found = reconciler.ids.clone();
+    // Neighbour entries for every backend before the maps name them: an adopted program
+    // forwards with the maps as soon as they are written, and a backend added by an edit
+    // made while no agent ran must not meet its first packet unresolved.
+    let neighbours = host.neighbours(&desired.config);
     let mut core = Core::start(
         (p.config.clone(), desired),
         (reconciler, dp),
@@ -185,7 +189,6 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             "adopted maps converged to the desired state (surviving backends keep their ids)"
         );
     }
-    let neighbours = host.neighbours(&core.desired().config);
     for iface in &p.interfaces {
         core.dataplane_mut().attach(iface, opts.mode).context("attach")?;
     }
