@@ -155,7 +155,7 @@ pub fn established(
     if tag & TAG_CONFIRMED == 0
         && seen.flags & FLOW_F_CLOSED == 0
         && (key.proto != PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK)
-        && confirm_reverse(entry)
+        && (entry.rev_link == NO_REVERSE || confirm_reverse(entry))
     {
         store(&mut bucket.head.tags[way], &(bucket.tag | TAG_CONFIRMED));
     }
@@ -172,6 +172,10 @@ pub fn established(
         }
     })
 }
+
+/// `FlowEntry.rev_link` of a flow with no reverse entry (DSR): outside every map, so
+/// `ensure_reverse` leaves it alone; such a flow is confirmed by the client's ACK alone.
+pub const NO_REVERSE: u32 = u32::MAX;
 
 /// Confirms the reverse entry of a flow whose backend has answered (not with a reset);
 /// says whether it did.

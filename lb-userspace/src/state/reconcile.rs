@@ -8,8 +8,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_LEAST_CONN,
-    VIP_F_ROUND_ROBIN, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_DSR, VIP_F_HASH_SOURCE,
+    VIP_F_LEAST_CONN, VIP_F_ROUND_ROBIN, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
     rr::build_sequence,
     vip_filter_slot,
@@ -19,7 +19,7 @@ use super::{
     AdminState, Deployment, Desired, Exhausted, IdAllocator, Ids, Limits, SplitBy, ab_rule, addr_be, backend_key,
     backend_state, family, pool_key, vip_key,
 };
-use crate::config::{PoolConfig, Scheduler, VipConfig};
+use crate::config::{Mode, PoolConfig, Scheduler, VipConfig};
 
 mod adopt;
 pub use adopt::{MapContents, ip_of};
@@ -182,7 +182,9 @@ impl Reconciler {
             ..Run::default()
         };
         for v in &desired.config.vips {
-            check_snat(v, snat_v4.is_some(), snat_v6.is_some())?;
+            if v.mode == Mode::Nat {
+                check_snat(v, snat_v4.is_some(), snat_v6.is_some())?;
+            }
             self.plan_vip(desired, v, &mut run, &mut w)?;
         }
         self.ids.next_backend = run.backend_ids.cursor();
@@ -231,6 +233,9 @@ impl Reconciler {
             Scheduler::RoundRobin => VIP_F_ROUND_ROBIN,
             Scheduler::LeastConn => VIP_F_LEAST_CONN,
         };
+        if v.mode == Mode::Dsr {
+            flags |= VIP_F_DSR;
+        }
         if deploy.split.as_ref().is_some_and(|s| s.by == SplitBy::Client) {
             flags |= VIP_F_SPLIT_BY_CLIENT;
         }
@@ -513,6 +518,11 @@ fn check_whole(
                     "VIP {:?}: backend {} is {what}",
                     v.name, b.address
                 )));
+            }
+            if v.mode == Mode::Dsr
+                && let Err(e) = crate::state::validate::dsr_backend_port(b.address, v.address)
+            {
+                return Err(StateError::Invalid(format!("VIP {:?}: {}", v.name, e.0)));
             }
         }
     }
