@@ -19,8 +19,8 @@ use lb_common::{
 use crate::{
     Verdict, fib,
     flow::{self, store},
-    maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
     nat::store_addr,
+    maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
     parse::{
         IcmpAt, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, Packet, Ports, ptr_at, words_to_addr2, words_to_addr8,
     },
