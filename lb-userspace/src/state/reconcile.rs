@@ -931,4 +931,25 @@ mod tests {
             "nothing recorded"
         );
     }
+
+    #[test]
+    fn a_dsr_vip_carries_its_flag_needs_no_snat_and_refuses_another_port() {
+        let dsr = CFG.replace("active = \"blue\"", "active = \"blue\"\nmode = \"dsr\"");
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(&dsr), None, None)
+            .expect("DSR needs no SNAT address");
+        assert_eq!(r.vip_info("web").unwrap().1.flags, VIP_F_DSR);
+        // The same VIP in NAT mode without SNAT is refused.
+        assert!(Reconciler::new(limits()).reconcile(&desired(CFG), None, None).is_err());
+        // A backend added later (the API's path) on another port is refused, nothing changes.
+        let mut d = desired(&dsr);
+        let before = r.clone();
+        d.config.vips[0].pools[1].backends.push(crate::config::BackendConfig {
+            address: "10.0.2.9:8080".parse().unwrap(),
+            weight: 100,
+        });
+        let e = r.reconcile(&d, None, None).unwrap_err().to_string();
+        assert!(e.contains("the VIP's port"), "{e}");
+        assert_eq!(r.vip_info("web"), before.vip_info("web"));
+    }
 }
