@@ -362,6 +362,15 @@ impl Reconciler {
         }
         let old_id = self.ids.tables.get(&pkey).copied();
         let sequence = v.scheduler == Scheduler::RoundRobin;
+        // DSR: every node's table must map each slot to the same backend address (a flow
+        // that ECMP moves to another node finds the same backend there). So it is built
+        // from scratch over the members in address order: a pure function of addresses,
+        // ports and weights, never of ids, of the previous table or of the order of API
+        // calls. The cost: a membership change can move more slots than a minimal rebuild.
+        let consistent = v.mode == Mode::Dsr;
+        if consistent {
+            members.sort_by_key(|b| (b.addr_be.map(u32::to_ne_bytes), u16::from_be(b.port_be)));
+        }
         let built = (sequence, members);
         let members = &built.1;
         let table_id = if members.iter().all(|b| b.weight == 0) {
@@ -374,10 +383,11 @@ impl Reconciler {
             let previous = old_id
                 .filter(|id| self.members.get(id).is_none_or(|(kind, _)| *kind == sequence))
                 .and_then(|id| self.tables.get(&id));
+            let base = previous.filter(|_| !consistent);
             let slots = if sequence {
                 build_sequence(members, self.limits.ring_size)
             } else {
-                build_table(members, self.limits.ring_size, previous.map(|v| v.as_slice()))
+                build_table(members, self.limits.ring_size, base.map(|v| v.as_slice()))
             };
             let id = match old_id {
                 Some(old) if previous == Some(&slots) => old,
@@ -951,5 +961,61 @@ mod tests {
         let e = r.reconcile(&d, None, None).unwrap_err().to_string();
         assert!(e.contains("the VIP's port"), "{e}");
         assert_eq!(r.vip_info("web"), before.vip_info("web"));
+    }
+
+    /// A DSR VIP's table as slot -> backend address, the way every node must agree on it.
+    fn slot_addresses(r: &Reconciler) -> Vec<([u32; 4], u16)> {
+        let table = &r.tables[&r.vip_info("web").unwrap().1.table_current];
+        table
+            .iter()
+            .map(|id| {
+                let b = r.backends[id];
+                (b.addr_be, b.port_be)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dsr_table_maps_slots_to_addresses_independently_of_ids_history_and_call_order() {
+        let pool = |backends: &str| {
+            format!(
+                "[agent]\nring_size = 251\n[[vip]]\nname = \"web\"\naddress = \"10.0.0.100:80\"\nmode = \"dsr\"\n\
+                 active = \"blue\"\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {backends} ]\n"
+            )
+        };
+        let (a, b, c, x) = (
+            "{ address = \"10.0.1.1:80\", weight = 100 }",
+            "{ address = \"10.0.1.2:80\", weight = 300 }",
+            "{ address = \"10.0.1.3:80\", weight = 200 }",
+            "{ address = \"10.0.1.9:80\" }",
+        );
+        let mut one = Reconciler::new(limits());
+        one.reconcile(&desired(&pool(&[a, b, c].join(", "))), None, None)
+            .unwrap();
+        // Another node: the same backends, added one at a time in another order, after a
+        // backend that came and went (other ids, other previous tables).
+        let mut two = Reconciler::new(limits());
+        for step in [vec![x], vec![x, c], vec![c], vec![c, b], vec![c, b, a]] {
+            two.reconcile(&desired(&pool(&step.join(", "))), None, None).unwrap();
+        }
+        assert_ne!(one.ids.backends, two.ids.backends, "the nodes gave out different ids");
+        assert_eq!(
+            slot_addresses(&one),
+            slot_addresses(&two),
+            "slot -> address maps differ"
+        );
+        // The same history in NAT mode keeps the minimal-disruption base: the maps differ,
+        // which is why DSR builds from scratch.
+        let nat = |t: String| t.replace("mode = \"dsr\"", "mode = \"nat\"\n");
+        let mut three = Reconciler::new(limits());
+        three
+            .reconcile(&desired(&nat(pool(&[a, b, c].join(", ")))), snat(), None)
+            .unwrap();
+        let mut four = Reconciler::new(limits());
+        for step in [vec![x], vec![x, c], vec![c], vec![c, b], vec![c, b, a]] {
+            four.reconcile(&desired(&nat(pool(&step.join(", ")))), snat(), None)
+                .unwrap();
+        }
+        assert_ne!(slot_addresses(&three), slot_addresses(&four));
     }
 }
