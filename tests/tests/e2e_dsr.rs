@@ -85,6 +85,29 @@ fn dsr_vip_serves_by_weight_switches_under_load_and_refuses_an_off_link_backend(
         "the client's packets were forwarded by XDP: {forwarded}"
     );
 
+    // The table digest depends on addresses and weights only: a backend removed and
+    // added back (a new id, another history) gives the same slot -> address map.
+    let digest = || lab.veer_ok(&["table", "web", "--digest"]).trim().to_string();
+    let d0 = digest();
+    assert_eq!(d0.len(), 16, "{d0}");
+    let b1 = format!("{}:{HTTP_PORT}", backend4(0));
+    lab.veer_ok(&["backend", "del", "web", &b1]);
+    let d1 = digest();
+    assert_ne!(d1, d0, "the table changed");
+    lab.veer_ok(&["backend", "add", "web", "blue", &b1, "--weight", "100"]);
+    assert_eq!(digest(), d0, "same members and weights, same table");
+    let t: serde_json::Value = serde_json::from_str(&lab.veer_ok(&["--json", "table", "web"])).unwrap();
+    let slots = |a: &str| t["slots"][a].as_u64().unwrap_or(0) as f64 / t["ring_size"].as_u64().unwrap_or(1) as f64;
+    assert!(
+        (slots(&b1) - 0.25).abs() < 0.001,
+        "b1 holds a quarter of the slots: {t}"
+    );
+    assert_eq!(
+        (t["mode"].as_str(), t["digest"].as_str()),
+        (Some("dsr"), Some(d0.as_str())),
+        "{t}"
+    );
+
     // A switch under continuous load: no request fails; new connections then go to green.
     let stop = Arc::new(AtomicBool::new(false));
     let load = lab.background_load(vip(), stop.clone(), 20_000).unwrap();

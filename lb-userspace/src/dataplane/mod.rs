@@ -405,6 +405,12 @@ impl Dataplane {
         self.tables.read(id, ring_size)
     }
 
+    /// Backend `id` as the kernel holds it.
+    pub fn read_backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        let m: Array<&MapData, Backend> = self.map(MAP_BACKENDS)?;
+        m.get(&id, 0).map_err(map_err(MAP_BACKENDS))
+    }
+
     /// Up to `limit` connection-table entries of VIP `vip_id`, and how many it has in all.
     pub fn flows(&self, vip_id: u32, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), DataplaneError> {
         let heads = ReadMapping::<Heads>::of(&self.ebpf, MAP_FLOW_HEADS)?;
