@@ -56,7 +56,7 @@ fn dsr_vip_serves_by_weight_switches_under_load_and_refuses_an_off_link_backend(
         weighted(0..2, &[100, 300]),
         weighted(2..3, &[100]),
     );
-    let Some(lab) = Lab::with_config(3, "", &vips) else {
+    let Some(mut lab) = Lab::with_config(3, "", &vips) else {
         return;
     };
     hold_vip(&lab);
@@ -152,5 +152,22 @@ fn dsr_vip_serves_by_weight_switches_under_load_and_refuses_an_off_link_backend(
         without_counters(&serde_json::from_str(&lab.veer_ok(&["--json", "status"])).unwrap()),
         without_counters(&serde_json::from_str(&before).unwrap()),
         "nothing applied"
+    );
+
+    // At startup too: the agent exits 1 before it touches the kernel.
+    let status = lab.agent.take().and_then(|mut a| a.stop());
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let off_link = vips.replace(
+        &format!("{}:{HTTP_PORT}", backend4(2)),
+        &format!("10.201.0.5:{HTTP_PORT}"),
+    );
+    let bad = lab
+        .write_config_text("off-link.toml", &format!("{}\n{off_link}", lab.agent_section()))
+        .unwrap();
+    let e = format!("{:#}", lab.start_agent(&bad).expect_err("refused"));
+    assert!(
+        e.contains("exit status: 1")
+            && e.contains("DSR backend 10.201.0.5:8080 is not on a directly connected network"),
+        "{e}"
     );
 }

@@ -189,7 +189,6 @@ impl Core {
         snat: (Option<Ipv4Addr>, Option<Ipv6Addr>),
         persistence: Persistence,
     ) -> Result<Core, CoreError> {
-        crate::host::dsr::check_backends(&desired.config, None).map_err(CoreError::Rejected)?;
         let mut core = Core {
             desired: Desired::new(config),
             reconciler,
@@ -274,7 +273,12 @@ impl Core {
         let ops = rec
             .reconcile(&edit.next, self.snat_v4, self.snat_v6)
             .map_err(|e| CoreError::Rejected(e.to_string()))?;
-        crate::host::dsr::check_backends(&edit.next.config, Some(&self.desired.config)).map_err(CoreError::Rejected)?;
+        crate::host::dsr::check_backends(
+            &edit.next.config,
+            &edit.next.config.agent.interfaces,
+            Some(&self.desired.config),
+        )
+        .map_err(CoreError::Rejected)?;
         let moved_pct = edit
             .next
             .config

@@ -11,10 +11,10 @@ use super::neigh::Netlink;
 
 /// Checks the backends of the DSR VIPs of `config` that `before` does not have already
 /// (all of them without `before`) against the kernel's routes: the route to each has no
-/// gateway and leaves through one of `config.agent.interfaces`. Backends admitted before
+/// gateway and leaves through one of `ifaces` (the attached interfaces). Backends admitted before
 /// are not checked again, so a link going down refuses no later health or admin change.
 /// The error names the VIP, the backend and what the route says.
-pub fn check_backends(config: &Config, before: Option<&Config>) -> Result<(), String> {
+pub fn check_backends(config: &Config, ifaces: &[String], before: Option<&Config>) -> Result<(), String> {
     let known = |name: &str, addr: std::net::SocketAddr| {
         before.is_some_and(|c| {
             c.vips.iter().any(|v| {
@@ -28,7 +28,6 @@ pub fn check_backends(config: &Config, before: Option<&Config>) -> Result<(), St
     if dsr.is_empty() {
         return Ok(());
     }
-    let ifaces = &config.agent.interfaces;
     let indexes: Vec<(u32, &str)> = ifaces.iter().map(|n| (ifindex(n), n.as_str())).collect();
     let mut nl = Netlink::open().map_err(|e| format!("DSR backend check: netlink socket: {e}"))?;
     for v in dsr {
