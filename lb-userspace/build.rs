@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-        for object in ["veer", "veer-pass"] {
+        for object in ["veer", "veer-pass", "veer-bench"] {
             fs::write(out_dir.join(object), []).context("write stub eBPF object")?;
         }
         return Ok(());

@@ -22,6 +22,22 @@ pub const MAP_FLOOD_GUARD: &str = "FLOOD_GUARD_V1";
 /// Global of the XDP program: new flows per CPU per guard window (about a second) before
 /// the flood guard stops evicting confirmed flows; u32::MAX derives it from the table size.
 pub const GLOBAL_FLOW_BUDGET: &str = "FLOW_BUDGET";
+/// Global of the XDP program: 1 = accept a NAT reply (or an ICMP error about a NAT flow
+/// sent to the SNAT address) only when it arrives on the interface the flow leaves by
+/// towards its backend; set by the agent when it runs on more than one interface.
+pub const GLOBAL_REPLY_IFACE_CHECK: &str = "REPLY_IFACE_CHECK";
+/// Global of the ICMP program: ICMP errors the balancer sends itself (fragmentation
+/// needed / packet too big, time exceeded) per CPU per window of about a second.
+pub const GLOBAL_ICMP_BUDGET: &str = "ICMP_BUDGET";
+/// Global of the XDP and ICMP programs: 1 = trace the decisions about packets whose client
+/// or VIP address is in TRACE_FILTER (aya-log, debug level) through the trace program;
+/// 0 (the default) leaves the trace out of the verified program altogether.
+pub const GLOBAL_TRACE: &str = "TRACE";
+pub const MAP_TRACE_FILTER: &str = "TRACE_FILTER_V1";
+pub const DEFAULT_MAX_TRACE_PREFIXES: u32 = 64;
+/// [0]: the trace program, tail-called after a traced packet's verdict.
+pub const MAP_TRACE_PROGS: &str = "TRACE_PROGS_V1";
+pub const PROG_TRACE: &str = "veer_trace";
 /// Global of the XDP program: bucket count - 1 of FLOWS and NAT_REV (set at load time).
 pub const GLOBAL_CONN_MASK: &str = "CONN_MASK";
 pub const MAP_VIP_STATS: &str = "VIP_STATS_V1";
@@ -42,6 +58,9 @@ pub const MAP_RR_CURSORS: &str = "RR_CURSORS_V1";
 pub const DEFAULT_MAX_AB_RULES: u32 = 4096;
 pub const MAP_BENCH_PACKET: &str = "BENCH_PACKET_V1";
 pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS_V1";
+pub const MAP_BENCH_KEYS: &str = "BENCH_KEYS_V1";
+/// Room in BENCH_KEYS: the established path over many flows rotates through up to this many.
+pub const BENCH_MAX_KEYS: u32 = 65_536;
 
 /// Program names in the object file.
 pub const PROG_BALANCER: &str = "veer_xdp";
@@ -158,6 +177,18 @@ pub struct AbKey {
     pub addr_be: [u32; 4],
 }
 const _: () = assert!(size_of::<AbKey>() == 20);
+
+/// TRACE_FILTER key: an LPM trie over (family, address), so one prefix list matches client
+/// addresses and VIPs of either family; the prefix length covers the 32-bit family word
+/// plus the network's prefix. Only with the trace on (GLOBAL_TRACE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceKey {
+    /// FAMILY_V4 or FAMILY_V6, big-endian.
+    pub family_be: u32,
+    pub addr_be: [u32; 4],
+}
+const _: () = assert!(size_of::<TraceKey>() == 20);
 
 /// `Backend.state`: 0 means the slot is unset.
 pub const BACKEND_UNSET: u8 = 0;
@@ -327,9 +358,12 @@ pub struct BenchPacket {
     /// Offset of a 16-bit word overwritten with the counter's low half (0: none): the client
     /// port, so NAT source ports do not run out over a million new flows.
     pub vary_port_offset: u32,
+    /// Non-zero: the flows come from BENCH_KEYS[counter % keys] instead (client address at
+    /// `vary_offset`, port at `vary_port_offset`): a fixed set of flows in rotation.
+    pub keys: u32,
     pub data: [u8; 128],
 }
-const _: () = assert!(size_of::<BenchPacket>() == 144);
+const _: () = assert!(size_of::<BenchPacket>() == 148);
 
 /// Per-CPU counters kept per VIP and per backend.
 #[repr(C)]
@@ -482,12 +516,21 @@ pub enum Reason {
     PassTooBig = 19,
     /// A later fragment of a NATed datagram, translated like its first fragment.
     Fragment = 20,
+    /// A NAT reply (or an ICMP error about a NAT flow, to the SNAT address) that arrived on
+    /// another interface than the one its flow leaves by towards the backend: a spoofed
+    /// reply from the client side of a two-armed balancer. Dropped (see docs/decisions.md,
+    /// "Reply interface").
+    DropReplyIface = 21,
+    /// A packet the balancer would answer with an ICMP error (fragmentation needed /
+    /// packet too big, time exceeded) beyond the per-CPU budget of such errors
+    /// (lb_common::GLOBAL_ICMP_BUDGET per about a second): dropped unanswered.
+    DropIcmpLimit = 22,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::PassNotIp,
         Reason::PassNotVip,
         Reason::DropTruncated,
@@ -509,6 +552,8 @@ impl Reason {
         Reason::TxTimeExceeded,
         Reason::PassTooBig,
         Reason::Fragment,
+        Reason::DropReplyIface,
+        Reason::DropIcmpLimit,
     ];
 
     /// Stable name used in status output and metric labels.
@@ -535,6 +580,8 @@ impl Reason {
             Reason::TxTimeExceeded => "tx_time_exceeded",
             Reason::PassTooBig => "pass_too_big",
             Reason::Fragment => "fragment",
+            Reason::DropReplyIface => "drop_reply_iface",
+            Reason::DropIcmpLimit => "drop_icmp_limit",
         }
     }
 }
@@ -553,6 +600,7 @@ mod pod {
     unsafe impl aya::Pod for NatRev {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for AbKey {}
+    unsafe impl aya::Pod for TraceKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for BenchPacket {}

@@ -18,9 +18,32 @@ use lb_common::{FAMILY_V4, NextHop, Reason};
 
 use crate::{
     Verdict,
-    maps::{TX_PORTS, scratch},
-    parse::ptr_at,
+    maps::{NEXTHOPS, TX_PORTS, scratch},
+    packet::ptr_at,
 };
+
+/// 1: a NAT reply is accepted only from the interface its flow leaves by towards the
+/// backend (lb_common::GLOBAL_REPLY_IFACE_CHECK; the agent sets it when it runs on more
+/// than one interface). Read-only data: the verifier sees the value and drops the check
+/// from a program loaded with 0.
+#[unsafe(no_mangle)]
+static REPLY_IFACE_CHECK: u32 = 0;
+
+/// Did this packet, a reply of a flow to `backend_id` (or an error about one), arrive on
+/// the interface the flow leaves by? That interface is the backend's cached next hop; with
+/// nothing cached yet (0), or the check off, yes. See docs/decisions.md, "Reply interface".
+#[inline(always)]
+pub fn arrived_by_egress(ctx: &XdpContext, backend_id: u32) -> bool {
+    // SAFETY: a read of a constant the loader may have rewritten.
+    if unsafe { core::ptr::read_volatile(&REPLY_IFACE_CHECK) } == 0 {
+        return true;
+    }
+    let Some(hop) = NEXTHOPS.get(backend_id) else {
+        return true;
+    };
+    // SAFETY: the context pointer is valid for the program's run.
+    hop.ifindex == 0 || hop.ifindex == unsafe { (*ctx.ctx).ingress_ifindex }
+}
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;

@@ -213,12 +213,16 @@ fn touch(stamps: &mut [u32; WAYS], way: usize, now: u32) {
 /// the host itself (see [`claimed_locally`]): then the entry is dropped and the packet goes
 /// to the stack.
 #[inline(always)]
-pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut RevEntry> {
+pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<Result<&'static mut RevEntry, Reason>> {
     let key = &pkt.key;
     let b = locate(&REV_HEADS, &NAT_REV, key)?;
     let way = b.find(key)?;
     if way >= WAYS {
         return None;
+    }
+    // A reply from the wrong arm changes nothing (no stamp, no close): it is spoofed.
+    if !crate::fib::arrived_by_egress(ctx, b.ways.ways.get(way)?.rev.backend_id) {
+        return Some(Err(Reason::DropReplyIface));
     }
     // Ask the kernel only when a local connection could be starting: a TCP SYN-ACK or RST
     // (once per NAT flow), or a UDP datagram on an entry idle for a second or more.
@@ -236,7 +240,7 @@ pub fn reverse(ctx: &XdpContext, pkt: &Packet, now: u32) -> Option<&'static mut 
         store(&mut b.head.tags[way], &b.tag);
     }
     touch(&mut b.head.stamps, way, now);
-    b.ways.ways.get_mut(way)
+    b.ways.ways.get_mut(way).map(Ok)
 }
 
 /// The connection-table entry of client flow `key`, read only (for ICMP errors about it).

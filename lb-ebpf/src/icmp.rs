@@ -3,8 +3,6 @@
 //! / packet too big, time exceeded), and later fragments of NATed datagrams. See
 //! docs/decisions.md, "ICMP" and "Fragments".
 
-use core::mem::size_of;
-
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
@@ -19,11 +17,13 @@ use lb_common::{
 use crate::{
     Verdict, fib,
     flow::{self, store},
-    nat::store_addr,
     maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
-    parse::{
-        IcmpAt, Ipv4Hdr, Ipv6Hdr, PROTO_ICMP, PROTO_ICMPV6, Packet, Ports, ptr_at, words_to_addr2, words_to_addr8,
+    nat::store_addr,
+    packet::{
+        ETH_P_8021Q, ETH_P_IP, ETHER_TYPE, EthHdr, ICMP_CHECK, ICMP_LEN, Ipv4Hdr, Ipv4Words, Ipv6Hdr, Ipv6Words,
+        PROTO_ICMP, PROTO_ICMPV6, Ports, VLAN_ETHER_TYPE, VlanHdr, ptr_at, words_to_addr2, words_to_addr8,
     },
+    parse::{IcmpAt, Packet},
     snat_addr, stats,
 };
 
@@ -71,13 +71,17 @@ pub fn veer_icmp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let (request, mtu) = (s.icmp_request, s.icmp_mtu as u16);
-    if request == REQ_TRANSLATE {
-        crate::action(incoming(&ctx))
-    } else if request == REQ_FRAGMENT {
-        crate::action(later_fragment(&ctx))
+    let (reason, action) = if request == REQ_TRANSLATE || request == REQ_FRAGMENT {
+        let verdict = if request == REQ_TRANSLATE {
+            incoming(&ctx)
+        } else {
+            later_fragment(&ctx)
+        };
+        (verdict.reason(), crate::action(verdict))
     } else {
         send_error(&ctx, request == REQ_TOO_BIG, mtu)
-    }
+    };
+    crate::trace::finish(&ctx, reason, action)
 }
 
 /// Notes how a first fragment was translated (its new addresses, its next hop), for the
@@ -120,14 +124,14 @@ fn later_fragment(ctx: &XdpContext) -> Verdict {
 #[inline(always)]
 fn l3_offset(ctx: &XdpContext) -> Option<(usize, bool)> {
     // SAFETY: bounds checked by ptr_at.
-    let mut ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 12)? });
-    let mut l3 = 14;
-    if ether == 0x8100 {
-        l3 = 18;
+    let mut ether = unsafe { *ptr_at::<u16>(ctx, ETHER_TYPE)? };
+    let mut l3 = EthHdr::LEN;
+    if ether == ETH_P_8021Q {
+        l3 += VlanHdr::LEN;
         // SAFETY: bounds checked by ptr_at.
-        ether = u16::from_be(unsafe { *ptr_at::<u16>(ctx, 16)? });
+        ether = unsafe { *ptr_at::<u16>(ctx, VLAN_ETHER_TYPE)? };
     }
-    Some((l3, ether == 0x0800))
+    Some((l3, ether == ETH_P_IP))
 }
 
 #[inline(always)]
@@ -136,7 +140,7 @@ fn fragment(ctx: &XdpContext) -> Option<Verdict> {
     let (l3, v4) = l3_offset(ctx)?;
     let k = &mut s.frag_key;
     if v4 {
-        let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3)? };
+        let ip = unsafe { &*ptr_at::<Ipv4Words>(ctx, l3)? };
         *k = lb_common::FragKey {
             src_be: [words_to_addr2(&ip.saddr), 0, 0, 0],
             dst_be: [words_to_addr2(&ip.daddr), 0, 0, 0],
@@ -146,8 +150,8 @@ fn fragment(ctx: &XdpContext) -> Option<Verdict> {
             _pad: [0; 2],
         };
     } else {
-        let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3)? };
-        let fh = unsafe { &*ptr_at::<[u16; 4]>(ctx, l3 + size_of::<Ipv6Hdr>())? };
+        let ip = unsafe { &*ptr_at::<Ipv6Words>(ctx, l3)? };
+        let fh = unsafe { &*ptr_at::<[u16; 4]>(ctx, l3 + Ipv6Hdr::LEN)? };
         *k = lb_common::FragKey {
             src_be: words_to_addr8(&ip.saddr),
             dst_be: words_to_addr8(&ip.daddr),
@@ -173,7 +177,7 @@ fn fragment(ctx: &XdpContext) -> Option<Verdict> {
     };
     let old = (s.frag_key.src_be, s.frag_key.dst_be);
     if v4 {
-        let ip = unsafe { &mut *ptr_at::<Ipv4Hdr>(ctx, l3)? };
+        let ip = unsafe { &mut *ptr_at::<Ipv4Words>(ctx, l3)? };
         let mut d = diff_words(1, &old.0, &nat.src_be) + diff_words(1, &old.1, &nat.dst_be);
         let ttl_proto = u16::from_be(ip.ttl_proto);
         if ttl_proto >> 8 > 1 {
@@ -185,7 +189,7 @@ fn fragment(ctx: &XdpContext) -> Option<Verdict> {
         store_addr(&mut ip.saddr, &nat.src_be);
         store_addr(&mut ip.daddr, &nat.dst_be);
     } else {
-        let ip = unsafe { &mut *ptr_at::<Ipv6Hdr>(ctx, l3)? };
+        let ip = unsafe { &mut *ptr_at::<Ipv6Words>(ctx, l3)? };
         let hop = u16::from_be(ip.nexthdr_hop);
         if hop & 0xff > 1 {
             ip.nexthdr_hop = (hop - 1).to_be();
@@ -252,7 +256,7 @@ fn parse_error(ctx: &XdpContext, at: &IcmpAt) -> Option<IcmpError> {
     let inner_l3 = at.icmp_off + ICMP_LEN;
     let (outer_src, outer_dst, inner_l4, src_be, dst_be, proto, family) = if at.v4 {
         let outer = outer_addrs(ctx, at.l3_off + 12, 8)?;
-        let ip = ptr_at::<Ipv4Hdr>(ctx, inner_l3)?;
+        let ip = ptr_at::<Ipv4Words>(ctx, inner_l3)?;
         // SAFETY: bounds checked by ptr_at.
         let ip = unsafe { &*ip };
         let first = u16::from_be(ip.ver_ihl_tos);
@@ -271,13 +275,13 @@ fn parse_error(ctx: &XdpContext, at: &IcmpAt) -> Option<IcmpError> {
         )
     } else {
         let outer = outer_addrs(ctx, at.l3_off + 8, 32)?;
-        let ip = ptr_at::<Ipv6Hdr>(ctx, inner_l3)?;
+        let ip = ptr_at::<Ipv6Words>(ctx, inner_l3)?;
         // SAFETY: bounds checked by ptr_at.
         let ip = unsafe { &*ip };
         (
             [outer[0], outer[1], outer[2], outer[3]],
             [outer[4], outer[5], outer[6], outer[7]],
-            inner_l3 + size_of::<Ipv6Hdr>(),
+            inner_l3 + Ipv6Hdr::LEN,
             words_to_addr8(&ip.saddr),
             words_to_addr8(&ip.daddr),
             (u16::from_be(ip.nexthdr_hop) >> 8) as u8,
@@ -313,7 +317,6 @@ const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_TIME_EXCEEDED: u8 = 3;
-const ICMP_LEN: usize = 8;
 /// TTL of the errors the balancer sends.
 const ERROR_TTL: u16 = 64;
 
@@ -340,6 +343,9 @@ fn translate(ctx: &XdpContext, err: &IcmpError, snat: &[u32; 4], now_ns: u64) ->
         let Some(rev) = flow::find_reverse(&key) else {
             return Verdict::Pass(Reason::PassNotVip);
         };
+        if !fib::arrived_by_egress(ctx, rev.backend_id) {
+            return Verdict::Drop(Reason::DropReplyIface);
+        }
         let rw = Quoted {
             src: rev.client_be,
             sport_be: rev.client_port_be,
@@ -421,13 +427,13 @@ fn rewrite(ctx: &XdpContext, err: &IcmpError, rw: &Quoted) -> Option<()> {
     let inner_addr = diff_words(words, &q.src_be, &rw.src) + diff_words(words, &q.dst_be, &rw.dst);
     let mut icmp = inner_addr;
     if v4 {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, err.l3_off)?;
+        let ip = ptr_at::<Ipv4Words>(ctx, err.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
         ip.check = apply(ip.check, outer);
         store_addr(&mut ip.saddr, &rw.dst);
         store_addr(&mut ip.daddr, &rw.src);
-        let inner = ptr_at::<Ipv4Hdr>(ctx, err.inner_l3)?;
+        let inner = ptr_at::<Ipv4Words>(ctx, err.inner_l3)?;
         // SAFETY: as above.
         let inner = unsafe { &mut *inner };
         let old = inner.check;
@@ -438,12 +444,12 @@ fn rewrite(ctx: &XdpContext, err: &IcmpError, rw: &Quoted) -> Option<()> {
     } else {
         // ICMPv6's checksum covers the outer addresses (pseudo-header).
         icmp += outer;
-        let ip = ptr_at::<Ipv6Hdr>(ctx, err.l3_off)?;
+        let ip = ptr_at::<Ipv6Words>(ctx, err.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
         store_addr(&mut ip.saddr, &rw.dst);
         store_addr(&mut ip.daddr, &rw.src);
-        let inner = ptr_at::<Ipv6Hdr>(ctx, err.inner_l3)?;
+        let inner = ptr_at::<Ipv6Words>(ctx, err.inner_l3)?;
         // SAFETY: as above.
         let inner = unsafe { &mut *inner };
         store_addr(&mut inner.saddr, &rw.src);
@@ -469,10 +475,36 @@ fn rewrite(ctx: &XdpContext, err: &IcmpError, rw: &Quoted) -> Option<()> {
             icmp = diff16(icmp, old, *check);
         }
     }
-    let check = ptr_at::<u16>(ctx, err.icmp_off + 2)?;
+    let check = ptr_at::<u16>(ctx, err.icmp_off + ICMP_CHECK)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *check = apply(*check, fold(icmp) as u32) };
     Some(())
+}
+
+/// ICMP errors the balancer sends itself, per CPU per window of 2^30 ns (about a second);
+/// the loader may override it (lb_common::GLOBAL_ICMP_BUDGET). Like the kernel's own
+/// icmp_msgs_per_sec, it keeps a flood of oversized or expiring packets from turning the
+/// balancer into a source of as many errors (see docs/decisions.md, "ICMP").
+#[unsafe(no_mangle)]
+static ICMP_BUDGET: u32 = 1000;
+
+/// Takes one error from this CPU's budget; false when it is spent for this window.
+#[inline(always)]
+fn within_budget() -> bool {
+    let Some(s) = scratch() else {
+        return false;
+    };
+    let window = (flow::now_ns() >> 30) as u32;
+    if s.icmp_window != window {
+        s.icmp_window = window;
+        s.icmp_sent = 0;
+    }
+    // SAFETY: a read of a constant the loader may have rewritten.
+    if s.icmp_sent >= unsafe { core::ptr::read_volatile(&ICMP_BUDGET) } {
+        return false;
+    }
+    s.icmp_sent += 1;
+    true
 }
 
 /// What stops a packet here: TTL / hop limit at its end, or the egress MTU.
@@ -493,24 +525,20 @@ pub fn limits(ctx: &XdpContext, pkt: &Packet, hop: &NextHop) -> Option<Verdict> 
 /// back out of the interface it came in by: fragmentation needed / packet too big with
 /// `mtu` (`too_big`), else time exceeded. The error quotes the packet's IP header and the
 /// first 8 bytes of its payload, which is what the sender's stack needs to find the socket.
-/// Counts its reason and returns the XDP action.
+/// Counts its reason; returns it and the XDP action.
 #[inline(always)]
-fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> u32 {
-    let reason = if too_big {
-        Reason::TxTooBig
+fn send_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> (Reason, u32) {
+    let (reason, action) = if !within_budget() {
+        (Reason::DropIcmpLimit, xdp_action::XDP_DROP)
     } else {
-        Reason::TxTimeExceeded
+        match build_error(ctx, too_big, mtu) {
+            Some(()) if too_big => (Reason::TxTooBig, xdp_action::XDP_TX),
+            Some(()) => (Reason::TxTimeExceeded, xdp_action::XDP_TX),
+            None => (Reason::DropTruncated, xdp_action::XDP_DROP),
+        }
     };
-    match build_error(ctx, too_big, mtu) {
-        Some(()) => {
-            stats::count_reason(reason);
-            xdp_action::XDP_TX
-        }
-        None => {
-            stats::count_reason(Reason::DropTruncated);
-            xdp_action::XDP_DROP
-        }
-    }
+    stats::count_reason(reason);
+    (reason, action)
 }
 
 #[inline(always)]
@@ -522,12 +550,12 @@ fn build_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> Option<()> {
     let quote = if v4 {
         (u16::from_be(unsafe { *ptr_at::<u16>(ctx, l3)? }) >> 8 & 0x0f) as usize * 4 + 8
     } else {
-        size_of::<Ipv6Hdr>() + 8
+        Ipv6Hdr::LEN + 8
     };
     if quote > 68 {
         return None;
     }
-    let head = if v4 { size_of::<Ipv4Hdr>() } else { size_of::<Ipv6Hdr>() } + ICMP_LEN;
+    let head = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN } + ICMP_LEN;
     let len = ctx.data_end() - ctx.data();
     let keep = l3 + quote;
     if len > keep {
@@ -560,12 +588,12 @@ fn build_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> Option<()> {
     let icmp_len = (ICMP_LEN + quote) as u16;
     // The error goes from the packet's destination to its source (read from the quote).
     let (src, dst) = if v4 {
-        let q = ptr_at::<Ipv4Hdr>(ctx, l3 + head)?;
+        let q = ptr_at::<Ipv4Words>(ctx, l3 + head)?;
         // SAFETY: bounds checked by ptr_at.
         let q = unsafe { &*q };
         ([words_to_addr2(&q.daddr), 0, 0, 0], [words_to_addr2(&q.saddr), 0, 0, 0])
     } else {
-        let q = ptr_at::<Ipv6Hdr>(ctx, l3 + head)?;
+        let q = ptr_at::<Ipv6Words>(ctx, l3 + head)?;
         // SAFETY: bounds checked by ptr_at.
         let q = unsafe { &*q };
         (words_to_addr8(&q.daddr), words_to_addr8(&q.saddr))
@@ -576,7 +604,7 @@ fn build_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> Option<()> {
         // SAFETY: bounds checked by ptr_at.
         let ip = unsafe { &mut *ip };
         ip[0] = 0x4500u16.to_be();
-        ip[1] = (20 + icmp_len).to_be();
+        ip[1] = (Ipv4Hdr::LEN as u16 + icmp_len).to_be();
         ip[2] = 0;
         ip[3] = 0;
         ip[4] = (ERROR_TTL << 8 | PROTO_ICMP as u16).to_be();
@@ -639,7 +667,7 @@ fn build_error(ctx: &XdpContext, too_big: bool, mtu: u16) -> Option<()> {
         sum += unsafe { *w } as u32;
         i += 1;
     }
-    let check = ptr_at::<u16>(ctx, icmp_off + 2)?;
+    let check = ptr_at::<u16>(ctx, icmp_off + ICMP_CHECK)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *check = !fold(sum) };
     Some(())

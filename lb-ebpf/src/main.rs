@@ -6,16 +6,17 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd is the one way to an atomic add on BPF")]
 
-mod bench;
 mod fib;
 mod flow;
 mod guard;
 mod icmp;
 mod maps;
 mod nat;
+mod packet;
 mod parse;
 mod select;
 mod stats;
+mod trace;
 
 use aya_ebpf::{
     bindings::{xdp_action, xdp_md},
@@ -49,7 +50,18 @@ pub enum Verdict {
 #[unsafe(link_section = "xdp")]
 pub fn veer_xdp(raw: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(raw);
-    action(process(&ctx))
+    let verdict = process(&ctx);
+    let reason = verdict.reason();
+    trace::finish(&ctx, reason, action(verdict))
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub fn reason(&self) -> Reason {
+        match *self {
+            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Tx(r) | Verdict::Redirect(r, _) => r,
+        }
+    }
 }
 
 /// Counts a verdict's reason; its XDP action.
@@ -90,6 +102,7 @@ fn process(ctx: &XdpContext) -> Verdict {
         }
         Parsed::Ip(pkt) => pkt,
     };
+    trace::select(pkt.key);
     let Some(cfg) = CONFIG.get(0) else {
         return Verdict::Pass(Reason::PassNotVip);
     };
@@ -99,7 +112,10 @@ fn process(ctx: &XdpContext) -> Verdict {
     if pkt.key.dst_be == snat
         && let Some(rev) = flow::reverse(ctx, &pkt, now)
     {
-        return to_client(ctx, &pkt, &mut rev.rev, now_ns);
+        return match rev {
+            Ok(rev) => to_client(ctx, &pkt, &mut rev.rev, now_ns),
+            Err(r) => Verdict::Drop(r),
+        };
     }
     let Some(mut bucket) = flow::bucket(&pkt.key) else {
         return Verdict::Pass(Reason::PassNotVip);

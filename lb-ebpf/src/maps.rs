@@ -7,9 +7,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
-    AbKey, Backend, BackendLoad, BenchPacket, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_FLOWS, DEFAULT_MAX_FRAGS, DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, FragKey,
-    FragNat, MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    AbKey, Backend, BackendLoad, Config, Counters, DEFAULT_MAX_AB_RULES, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_FRAGS, DEFAULT_MAX_TABLES, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, FloodGuard, FragKey, FragNat,
+    MAX_TX_PORTS, NextHop, REASON_COUNT, VIP_FILTER_WORDS, VipInfo, VipKey,
     conntrack::{FlowWays, Heads, RevWays, buckets},
 };
 
@@ -88,18 +88,12 @@ pub static AB_RULES: LpmTrie<AbKey, u32> = LpmTrie::with_max_entries(DEFAULT_MAX
 #[map(name = "TX_PORTS_V1")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
-#[map(name = "BENCH_PACKET_V1")]
-pub static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
-
 #[map(name = "FRAGS_V1")]
 pub static FRAGS: LruHashMap<FragKey, FragNat> = LruHashMap::with_max_entries(DEFAULT_MAX_FRAGS, 0);
 
 /// [0]: the ICMP program (icmp.rs), tail-called with a request in Scratch::icmp.
 #[map(name = "ICMP_PROGS_V1")]
 pub static ICMP_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
-#[map(name = "BENCH_PROGS_V1")]
-pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Per-CPU room for the data path's larger temporaries (FIB parameters, the keys of the
 /// NAT-port search): the whole program shares one 512-byte stack.
@@ -118,6 +112,13 @@ pub struct Scratch {
     pub vip_key: lb_common::VipKey,
     /// The packet's 5-tuple (parse::Packet::key).
     pub key: lb_common::FlowKey,
+    /// The ICMP errors this CPU sent in the window `icmp_window` (icmp::within_budget).
+    pub icmp_window: u32,
+    pub icmp_sent: u32,
+    /// Trace (trace.rs): this packet is traced; its last reason; its XDP action.
+    pub trace: u32,
+    pub trace_reason: u32,
+    pub trace_action: u32,
 }
 
 #[map(name = "SCRATCH_V1")]

@@ -5,7 +5,10 @@ use lb_common::{
     csum::{apply, diff_words, diff16},
 };
 
-use crate::parse::{Ipv4Hdr, Ipv6Hdr, Packet, Ports, ptr_at};
+use crate::{
+    packet::{Ipv4Words, Ipv6Words, Ports, TCP_CHECK, UDP_CHECK, ptr_at},
+    parse::Packet,
+};
 use aya_ebpf::programs::XdpContext;
 
 /// Where a packet goes after the rewrite: addresses as in `FlowKey` (`[u32; 4]`, IPv4 in word 0).
@@ -38,7 +41,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
     let words = if pkt.key.family == FAMILY_V4 { 1 } else { 4 };
     let mut d = diff_words(words, &pkt.key.src_be, rw.src) + diff_words(words, &pkt.key.dst_be, rw.dst);
     if pkt.key.family == FAMILY_V4 {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3_off)?;
+        let ip = ptr_at::<Ipv4Words>(ctx, pkt.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
         let ttl = (u16::from_be(ip.ttl_proto) - 0x100).to_be();
@@ -47,7 +50,7 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
         store_addr(&mut ip.saddr, rw.src);
         store_addr(&mut ip.daddr, rw.dst);
     } else {
-        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3_off)?;
+        let ip = ptr_at::<Ipv6Words>(ctx, pkt.l3_off)?;
         // SAFETY: bounds checked by ptr_at; the packet is ours to write.
         let ip = unsafe { &mut *ip };
         ip.nexthdr_hop = (u16::from_be(ip.nexthdr_hop) - 1).to_be();
@@ -62,11 +65,11 @@ pub fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Rewrite) -> Option<()> {
     ports.source = rw.sport_be;
     ports.dest = rw.dport_be;
     if pkt.key.proto == PROTO_TCP {
-        let check = ptr_at::<u16>(ctx, pkt.l4_off + 16)?;
+        let check = ptr_at::<u16>(ctx, pkt.l4_off + TCP_CHECK)?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { *check = apply(*check, d) };
     } else {
-        let check = ptr_at::<u16>(ctx, pkt.l4_off + 6)?;
+        let check = ptr_at::<u16>(ctx, pkt.l4_off + UDP_CHECK)?;
         // SAFETY: bounds checked by ptr_at.
         let old = unsafe { *check };
         // IPv4 UDP may carry no checksum (0); it stays that way. A computed 0 is sent as ~0.

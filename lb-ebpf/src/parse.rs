@@ -1,63 +1,15 @@
 //! Header parsing: Ethernet (one optional 802.1Q tag), IPv4 with options, IPv6, TCP, UDP.
-//!
-//! Headers are read as 16-bit words: every header starts 2-byte aligned after the 14-byte
-//! Ethernet header, so no access is ever misaligned for its type.
-
-use core::mem::size_of;
+//! The headers themselves are in [`crate::packet`].
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, Reason};
 
-pub const ETH_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
+use crate::packet::{
+    ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, EthHdr, IPV6_FRAGMENT, Ipv4Words, Ipv6Hdr, Ipv6Words, PROTO_ICMP, PROTO_ICMPV6,
+    Ports, TCP_FLAGS, TcpHdr, UdpHdr, VLAN_ETHER_TYPE, ptr_at, words_to_addr2, words_to_addr8,
+};
 
-/// Returns a pointer to a `T` at `off` bytes into the packet, if it fits.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub ver_ihl_tos: u16,
-    pub tot_len_be: u16,
-    pub id: u16,
-    pub frag_off_be: u16,
-    pub ttl_proto: u16,
-    pub check: u16,
-    pub saddr: [u16; 2],
-    pub daddr: [u16; 2],
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub ver_tc_flow: [u16; 2],
-    pub payload_len_be: u16,
-    pub nexthdr_hop: u16,
-    pub saddr: [u16; 8],
-    pub daddr: [u16; 8],
-}
-
-/// The part of TCP and UDP headers the balancer reads: ports, then (at 6 or 16) the checksum.
-#[repr(C)]
-pub struct Ports {
-    pub source: u16,
-    pub dest: u16,
-}
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
-pub const TCP_RST: u8 = 0x04;
-const TCP_HEADER_LEN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
+pub use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 /// Reads ports (and TCP flags) of a complete TCP/UDP header at `l4_off`.
 #[inline(always)]
@@ -66,11 +18,11 @@ fn l4_header(ctx: &XdpContext, l4_off: usize, proto: u8) -> Option<(u16, u16, u8
     if proto == PROTO_TCP {
         // Flags read through the checked header pointer: a second check the compiler may
         // fold away leaves the verifier with an unchecked pointer.
-        let hdr = ptr_at::<[u8; TCP_HEADER_LEN]>(ctx, l4_off)?;
+        let hdr = ptr_at::<[u8; TcpHdr::LEN]>(ctx, l4_off)?;
         // SAFETY: bounds checked by ptr_at.
-        unsafe { Some(((*ports).source, (*ports).dest, (*hdr)[13])) }
+        unsafe { Some(((*ports).source, (*ports).dest, (*hdr)[TCP_FLAGS])) }
     } else {
-        ptr_at::<[u8; UDP_HEADER_LEN]>(ctx, l4_off)?;
+        ptr_at::<[u8; UdpHdr::LEN]>(ctx, l4_off)?;
         // SAFETY: bounds checked by ptr_at.
         unsafe { Some(((*ports).source, (*ports).dest, 0)) }
     }
@@ -115,25 +67,6 @@ pub struct IcmpAt {
     pub v4: bool,
 }
 
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_ICMPV6: u8 = 58;
-pub const IPV6_FRAGMENT: u8 = 44;
-
-#[inline(always)]
-pub fn words_to_addr2(w: &[u16; 2]) -> u32 {
-    w[0] as u32 | (w[1] as u32) << 16
-}
-
-#[inline(always)]
-pub fn words_to_addr8(w: &[u16; 8]) -> [u32; 4] {
-    [
-        w[0] as u32 | (w[1] as u32) << 16,
-        w[2] as u32 | (w[3] as u32) << 16,
-        w[4] as u32 | (w[5] as u32) << 16,
-        w[6] as u32 | (w[7] as u32) << 16,
-    ]
-}
-
 /// Is this destination address one the balancer cares about (VIP or SNAT address)?
 #[inline(always)]
 fn interesting(addr: &[u32; 4]) -> bool {
@@ -146,19 +79,19 @@ fn interesting(addr: &[u32; 4]) -> bool {
 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Parsed {
-    let Some(eth_type) = ptr_at::<u16>(ctx, 12) else {
+    let Some(eth_type) = ptr_at::<u16>(ctx, crate::packet::ETHER_TYPE) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
     // SAFETY: bounds checked by ptr_at.
-    let mut proto = u16::from_be(unsafe { *eth_type });
-    let mut l3_off = ETH_LEN;
+    let mut proto = unsafe { *eth_type };
+    let mut l3_off = EthHdr::LEN;
     if proto == ETH_P_8021Q {
-        let Some(inner) = ptr_at::<u16>(ctx, 16) else {
+        let Some(inner) = ptr_at::<u16>(ctx, VLAN_ETHER_TYPE) else {
             return Parsed::Drop(Reason::DropTruncated);
         };
         // SAFETY: bounds checked by ptr_at.
-        proto = u16::from_be(unsafe { *inner });
-        l3_off += 4;
+        proto = unsafe { *inner };
+        l3_off += network_types::vlan::VlanHdr::LEN;
     }
     match proto {
         ETH_P_IP => parse_v4(ctx, l3_off),
@@ -169,7 +102,7 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
 
 #[inline(always)]
 fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3_off) else {
+    let Some(ip) = ptr_at::<Ipv4Words>(ctx, l3_off) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
     // SAFETY: bounds checked by ptr_at.
@@ -235,7 +168,7 @@ fn parse_v4(ctx: &XdpContext, l3_off: usize) -> Parsed {
 
 #[inline(always)]
 fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3_off) else {
+    let Some(ip) = ptr_at::<Ipv6Words>(ctx, l3_off) else {
         return Parsed::Drop(Reason::DropTruncated);
     };
     // SAFETY: bounds checked by ptr_at.
@@ -249,7 +182,7 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
     }
     let nexthdr_hop = u16::from_be(ip.nexthdr_hop);
     let mut l4_proto = (nexthdr_hop >> 8) as u8;
-    let mut l4_off = l3_off + size_of::<Ipv6Hdr>();
+    let mut l4_off = l3_off + Ipv6Hdr::LEN;
     let (mut fragment, mut frag_id) = (false, 0);
     if l4_proto == IPV6_FRAGMENT {
         // The fragment header: next header, reserved, offset << 3 | M, identification.
@@ -267,7 +200,7 @@ fn parse_v6(ctx: &XdpContext, l3_off: usize) -> Parsed {
         frag_id = u16::from_be(fh[2]) as u32 * 65536 + u16::from_be(fh[3]) as u32;
         l4_off += 8;
     }
-    let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(size_of::<Ipv6Hdr>() as u16);
+    let ip_len = u16::from_be(ip.payload_len_be).wrapping_add(Ipv6Hdr::LEN as u16);
     if l4_proto == PROTO_ICMPV6 && !fragment {
         return Parsed::Icmp(IcmpAt {
             l3_off,

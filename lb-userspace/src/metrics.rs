@@ -431,6 +431,17 @@ impl Collector for Snapshot {
         )?;
         family(
             &mut enc,
+            "veer_flood_guard_flows",
+            "New flows by the flood guard's decision (free way, evicted unconfirmed, evicted confirmed, refused, over budget)",
+            C,
+            self.status
+                .counters
+                .flood_guard
+                .iter()
+                .map(|(d, n)| (vec![("decision", d.clone())], *n)),
+        )?;
+        family(
+            &mut enc,
             "veer_build_info",
             "Build information",
             G,

@@ -120,6 +120,23 @@ impl Fixture {
 
     /// [`Fixture::new`] with the flood guard's budget (see [`with_fixture_budget`]).
     pub fn with_budget(flow_capacity: u32, budget: u32) -> Self {
+        Self::build(flow_capacity, budget, 0, None)
+    }
+
+    /// A fixture whose balancer accepts NAT replies only from the interface their flow
+    /// leaves by (lb_common::GLOBAL_REPLY_IFACE_CHECK = 1, as an agent on several
+    /// interfaces loads it). The namespace's loopback stands for the client-side arm.
+    pub fn with_reply_iface_check() -> Self {
+        Self::build(4096, u32::MAX, 1, None)
+    }
+
+    /// A fixture whose balancer sends at most `budget` ICMP errors of its own per CPU per
+    /// window of about a second (lb_common::GLOBAL_ICMP_BUDGET).
+    pub fn with_icmp_budget(budget: u32) -> Self {
+        Self::build(4096, u32::MAX, 0, Some(budget))
+    }
+
+    fn build(flow_capacity: u32, budget: u32, reply_iface_check: u32, icmp_budget: Option<u32>) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("veer-fx-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let ns = Netns::new(&name).expect("create the fixture namespace");
@@ -184,9 +201,14 @@ impl Fixture {
         let ifindex = nix_ifindex("fx0");
         let buckets = lb_common::conntrack::buckets(flow_capacity);
         let mask = buckets - 1;
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(b) = &icmp_budget {
+            loader.override_global(lb_common::GLOBAL_ICMP_BUDGET, b, true);
+        }
+        let ebpf = loader
             .override_global(lb_common::GLOBAL_CONN_MASK, &mask, true)
             .override_global(lb_common::GLOBAL_FLOW_BUDGET, &budget, true)
+            .override_global(lb_common::GLOBAL_REPLY_IFACE_CHECK, &reply_iface_check, true)
             .map_max_entries(MAP_TABLES, 8 * M)
             .map_max_entries(MAP_FLOWS, buckets)
             .map_max_entries(lb_common::MAP_FLOW_HEADS, buckets)
@@ -410,23 +432,29 @@ impl Fixture {
         repeat: u32,
     ) -> (u32, Vec<u8>, std::time::Duration) {
         let prog: &Xdp = self.ebpf.program(name).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; pkt.len() + 64];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let mut ctx = [0u32; 6];
-        ctx[1] = pkt.len() as u32;
-        ctx[3] = ingress.unwrap_or(0);
-        let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(pkt);
-        opts.data_out = Some(&mut out);
-        opts.repeat = repeat;
-        if ingress.is_some() {
-            opts.ctx_in = Some(&ctx_bytes);
-        }
-        let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out, res.duration)
+        test_run(prog, pkt, ingress, repeat)
     }
+}
+
+/// Runs a loaded XDP program `repeat` times on `pkt` (BPF_PROG_TEST_RUN); returns the last
+/// verdict, the output frame and the kernel's average time per run.
+pub fn test_run(prog: &Xdp, pkt: &[u8], ingress: Option<u32>, repeat: u32) -> (u32, Vec<u8>, std::time::Duration) {
+    let mut out = vec![0u8; pkt.len() + 64];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let mut ctx = [0u32; 6];
+    ctx[1] = pkt.len() as u32;
+    ctx[3] = ingress.unwrap_or(0);
+    let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(pkt);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat;
+    if ingress.is_some() {
+        opts.ctx_in = Some(&ctx_bytes);
+    }
+    let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out, res.duration)
 }
 
 pub fn nix_ifindex(name: &str) -> u32 {

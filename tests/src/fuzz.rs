@@ -31,14 +31,14 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
@@ -224,7 +224,7 @@ fn generate(rng: &mut Rng, backends: &HashSet<IpAddr>) -> (Vec<u8>, bool, Option
         // Not IP: ARP-like, LLDP-like, garbage ethertype.
         let mut f = vec![0u8; 14 + rng.below(60) as usize];
         for b in f.iter_mut() {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
         f[12] = rng.pick(&[0x08, 0x88, 0x86, 0x12]);
         f[13] = rng.pick(&[0x06, 0xcc, 0xdd, 0x34]);
@@ -243,12 +243,12 @@ fn generate(rng: &mut Rng, backends: &HashSet<IpAddr>) -> (Vec<u8>, bool, Option
             (false, 2) => v4(SNAT4),
             (false, 3) => v4(EMPTY_VIP4),
             (false, 4) => v4(Ipv4Addr::new(10, 9, 0, rng.below(256) as u8)),
-            (false, _) => v4(Ipv4Addr::from(rng.next() as u32)),
+            (false, _) => v4(Ipv4Addr::from(rng.next_u64() as u32)),
             (true, 0) => CLIENT6.into(),
             (true, 1) => VIP6.into(),
             (true, 2) => SNAT6.into(),
             (true, 3) => Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, rng.below(65536) as u16).into(),
-            (true, _) => Ipv6Addr::from(((rng.next() as u128) << 64) | rng.next() as u128).into(),
+            (true, _) => Ipv6Addr::from(((rng.next_u64() as u128) << 64) | rng.next_u64() as u128).into(),
         }
     };
     let to_us = rng.chance(80);
@@ -282,12 +282,12 @@ fn generate(rng: &mut Rng, backends: &HashSet<IpAddr>) -> (Vec<u8>, bool, Option
         1..=3 => 0,
         _ => rng.below(200) as usize,
     };
-    let payload: Vec<u8> = (0..payload_len).map(|_| rng.next() as u8).collect();
+    let payload: Vec<u8> = (0..payload_len).map(|_| rng.next_u64() as u8).collect();
     let l4 = if tcp {
         L4::Tcp {
             syn: rng.chance(40),
             ack: rng.chance(70),
-            seq: rng.next() as u32,
+            seq: rng.next_u64() as u32,
         }
     } else {
         L4::Udp
@@ -356,7 +356,7 @@ fn generate(rng: &mut Rng, backends: &HashSet<IpAddr>) -> (Vec<u8>, bool, Option
                 let keep = 14 + rng.below((frame.len() - 14) as u64) as usize;
                 frame.truncate(keep.max(14));
             }
-            _ => frame.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
+            _ => frame.extend((0..rng.below(16)).map(|_| rng.next_u64() as u8)),
         }
     }
     // The destination as the program reads it (a corrupted header may name another).
@@ -465,7 +465,7 @@ fn check_output(
                 return Err("icmpv6 over ipv4".into());
             };
             let want = etherparse::Icmpv6Header::with_checksum(
-                icmp.icmp_type.clone(),
+                icmp.icmp_type,
                 ip.source,
                 ip.destination,
                 h.payload.slice(),

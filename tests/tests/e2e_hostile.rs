@@ -442,4 +442,307 @@ fn a_spoofed_syn_flood_breaks_no_established_flow() {
         "the flood ran over the new-flow budget: {}",
         delta.join(" ")
     );
+    // An operator sees the same in `veer status` (and the metric built from it).
+    let status = lab.status().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let shown = status["counters"]["flood_guard"][*name].as_u64();
+        assert!(
+            shown.is_some_and(|n| n >= d[i]),
+            "veer status shows flood_guard.{name} ({shown:?}, map {})",
+            d[i]
+        );
+    }
+}
+
+/// The port of the download servers on the backends, and the download's size.
+const DOWNLOAD_PORT: u16 = 5600;
+const DOWNLOAD: usize = 1 << 20;
+
+/// An HTTP server in each backend's namespace answering any request with DOWNLOAD bytes
+/// (a pattern the client checks), then closing. Stops with the guard.
+struct Downloads {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Downloads {
+    fn start(lab: &Lab) -> Downloads {
+        use std::io::{Read, Write};
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for ns in &lab.backends {
+            let l = ns
+                .run(|| std::net::TcpListener::bind(SocketAddr::from(([0u16; 8], DOWNLOAD_PORT))))
+                .unwrap()
+                .unwrap();
+            l.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut s, _)) = l.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                        let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
+                        let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = (0..DOWNLOAD).map(|k| (k % 253) as u8).collect();
+                        let _ = s.write_all(
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {DOWNLOAD}\r\nConnection: close\r\n\r\n")
+                                .as_bytes(),
+                        );
+                        let _ = s.write_all(&body);
+                    });
+                }
+            }));
+        }
+        Downloads { stop, threads }
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One HTTP download from `ns`: the body, checked whole and in order, and how long it
+/// took. A stall (3 s without a byte) or 20 s in all fail it.
+fn download(ns: &Netns, vip: SocketAddr) -> anyhow::Result<Duration> {
+    ns.run(move || -> anyhow::Result<Duration> {
+        use std::io::{Read, Write};
+        let start = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: veer\r\nConnection: close\r\n\r\n")?;
+        let (mut got, mut buf) = (Vec::with_capacity(DOWNLOAD + 256), vec![0u8; 65536]);
+        loop {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "{vip}: {} bytes after 20 s",
+                got.len()
+            );
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => anyhow::bail!("{vip}: stalled after {} bytes ({e})", got.len()),
+            }
+        }
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("{vip}: no HTTP head in {} bytes", got.len()))?;
+        let body = &got[end + 4..];
+        anyhow::ensure!(body.len() == DOWNLOAD, "{vip}: body of {} bytes", body.len());
+        anyhow::ensure!(
+            body.iter().enumerate().all(|(k, &b)| b == (k % 253) as u8),
+            "{vip}: body bytes out of order"
+        );
+        Ok(start.elapsed())
+    })?
+}
+
+/// PMTU discovery through the balancer: a client behind a 1400-byte hop downloads 1 MB
+/// through the VIP, IPv4 and IPv6. The backend's first full-size segments are refused at
+/// the hop; the router's fragmentation-needed / packet-too-big goes to the VIP, and only
+/// if the balancer hands it to the backend (as SNAT -> backend, quoting backend -> SNAT)
+/// does the backend lower its path MTU. Otherwise the download stalls.
+#[test]
+fn a_1mb_download_through_a_1400_byte_hop_completes() {
+    let vips = format!(
+        "[[vip]]\nname = \"dl4\"\naddress = \"{VIP4}:81\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {{ address = \"{}:{DOWNLOAD_PORT}\" }} ]\n\n\
+         [[vip]]\nname = \"dl6\"\naddress = \"[{VIP6}]:81\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {{ address = \"[{}]:{DOWNLOAD_PORT}\" }} ]\n",
+        backend4(0),
+        backend6(0)
+    );
+    let Some(lab) = Lab::with_config(1, "", &vips) else {
+        return;
+    };
+    let routed = lab.add_routed_client(1400).unwrap();
+    let _servers = Downloads::start(&lab);
+    let reason = |name: &str| lab.status().unwrap()["counters"]["reasons"][name].as_u64().unwrap_or(0);
+    for vip in [
+        SocketAddr::new(VIP4.into(), 81),
+        SocketAddr::new(IpAddr::from(VIP6), 81),
+    ] {
+        let watch = lab.watch().unwrap();
+        let translated = reason("icmp_translated");
+        let took = download(&routed.client, vip).unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", lab.agent_log()));
+        let translated = reason("icmp_translated") - translated;
+        println!("{vip}: 1 MiB through the 1400-byte hop in {took:?}, {translated} ICMP errors translated");
+        assert!(
+            translated >= 1,
+            "{vip}: the router's error reached the backend through veer"
+        );
+        lab.assert_no_drops(&watch, &[]);
+    }
+}
+
+/// The id of backend `addr` of VIP `vip` in `veer status`.
+fn backend_id(lab: &Lab, vip: &str, addr: &str) -> Option<u64> {
+    let status = lab.status().unwrap();
+    status["vips"]
+        .as_array()?
+        .iter()
+        .filter(|v| v["name"] == vip)
+        .flat_map(|v| v["pools"].as_array().into_iter().flatten())
+        .flat_map(|p| p["backends"].as_array().into_iter().flatten())
+        .find(|b| b["address"] == addr)?["id"]
+        .as_u64()
+}
+
+/// One datagram on `socket` (one 5-tuple for the whole test) to `vip`; the answering
+/// backend's name, or None when nothing came back within 1 s.
+fn ask(socket: &UdpSocket, vip: SocketAddr) -> Option<String> {
+    socket.send_to(b"who?", vip).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, from) = socket.recv_from(&mut buf).ok()?;
+    assert_eq!(from, vip, "the answer comes from the VIP");
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// A deleted backend's id goes to a backend added to another VIP (the id ring is full, so
+/// the quarantine cannot hold it back): a UDP flow that was pinned to the deleted backend
+/// must not follow the id. Its next datagram is answered by a backend of its own VIP. Then
+/// the same with the id handed to an IPv6 backend: an IPv4 flow must not be sent there.
+#[test]
+fn a_udp_flow_never_follows_a_reused_backend_id() {
+    // dnsA: b1..b3 (ids 1-3), dnsB: b4 (4), dns6: b4's IPv6 address (5). Six slots, id 0
+    // reserved: every new backend takes the id just freed.
+    let addr4 = |i: usize| format!("{}:{UDP_PORT}", backend4(i));
+    let addr6 = |i: usize| format!("[{}]:{UDP_PORT}", backend6(i));
+    let vip = |name: &str, address: String, backends: &[String]| {
+        let list = backends
+            .iter()
+            .map(|b| format!("{{ address = \"{b}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "[[vip]]\nname = \"{name}\"\naddress = \"{address}\"\nprotocol = \"udp\"\nactive = \"main\"\n\n[[vip.pool]]\nname = \"main\"\nbackends = [ {list} ]\n\n"
+        )
+    };
+    let vips = vip("dnsA", format!("{VIP4}:53"), &[addr4(0), addr4(1), addr4(2)])
+        + &vip("dnsB", format!("{VIP4}:54"), &[addr4(3)])
+        + &vip("dns6", format!("[{VIP6}]:54"), &[addr6(3)]);
+    let Some(lab) = Lab::with_config(5, "max_backends = 6\n", &vips) else {
+        return;
+    };
+    let dns_a = SocketAddr::new(VIP4.into(), 53);
+    let socket = lab.client.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap().unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    // The first exchange may race the agent's first table write.
+    let mut first = None;
+    for _ in 0..30 {
+        first = ask(&socket, dns_a);
+        if first.is_some() {
+            break;
+        }
+    }
+    let mut current = first.expect("dnsA answers");
+    let watch = lab.watch().unwrap();
+    let own: Vec<String> = (0..3).map(backend_name).collect();
+    for (round, (other_vip, added)) in [("dnsB", addr4(4)), ("dns6", addr6(4))].into_iter().enumerate() {
+        assert_eq!(
+            ask(&socket, dns_a).as_deref(),
+            Some(current.as_str()),
+            "the flow is pinned"
+        );
+        let i = own.iter().position(|n| *n == current).expect("one of dnsA's backends");
+        let id = backend_id(&lab, "dnsA", &addr4(i)).expect("the pinned backend's id");
+        lab.veer_ok(&["backend", "del", "dnsA", &addr4(i)]);
+        lab.veer_ok(&["backend", "add", other_vip, "main", &added]);
+        assert_eq!(
+            backend_id(&lab, other_vip, &added),
+            Some(id),
+            "round {round}: the freed id {id} went to {added} of {other_vip}"
+        );
+        let answer = ask(&socket, dns_a);
+        println!(
+            "round {round}: flow pinned to {current} (id {id}); id given to {added} of {other_vip}; next answer {answer:?}"
+        );
+        let answer = answer.unwrap_or_else(|| panic!("round {round}: no answer after the id went to {added}"));
+        assert!(
+            own.contains(&answer) && answer != current,
+            "round {round}: answered by {answer}, not by a remaining backend of dnsA"
+        );
+        current = answer;
+    }
+    lab.assert_no_drops(&watch, &[]);
+}
+
+/// The opt-in data-path trace: an agent started with `--trace CLIENT/32 --log-level debug`
+/// logs the decision about each of that client's packets (reason, action, 5-tuple), and
+/// nothing about another client's. Forwarding is unchanged.
+#[test]
+fn the_data_path_trace_logs_only_the_listed_client() {
+    if !is_root() {
+        eprintln!("skipped: the lab needs root");
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions { weights: vec![1] }).unwrap();
+    let config = lab.write_config(&[1]).unwrap();
+    let traced = format!("{CLIENT4}/32");
+    lab.start_agent_with(&config, &["--trace", &traced, "--log-level", "debug"])
+        .unwrap();
+    let other = lab.add_client_aliases(1).unwrap()[0];
+    let vip = SocketAddr::new(VIP4.into(), 80);
+    lab.wait_for_vip(vip).unwrap();
+    let watch = lab.watch().unwrap();
+    let untraced = lab
+        .client
+        .run(move || http_get_from(other, vip, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    let answer = lab
+        .client
+        .run(move || http_get(vip, Duration::from_secs(3)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((untraced.as_str(), answer.as_str()), ("b1", "b1"));
+    let want = format!("{CLIENT4}:");
+    let mut lines = Vec::new();
+    for _ in 0..30 {
+        lines = lab
+            .agent_log()
+            .lines()
+            .filter(|l| l.contains("veer::trace"))
+            .map(String::from)
+            .collect();
+        if lines
+            .iter()
+            .any(|l| l.contains(&want) && l.contains("-> 10.77.0.100:80"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{} trace lines, e.g. {:?}",
+        lines.len(),
+        lines.iter().find(|l| l.contains(&want))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&want) && l.contains("tcp") && l.contains("-> 10.77.0.100:80")),
+        "the traced client's packets are logged:\n{}",
+        lab.agent_log()
+    );
+    let other = format!("{other}:");
+    assert!(
+        lines.iter().all(|l| !l.contains(&other)),
+        "nothing about the untraced client: {lines:?}"
+    );
+    lab.assert_no_drops(&watch, &["pass_no_neigh<=2"]);
 }

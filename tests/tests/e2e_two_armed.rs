@@ -88,4 +88,33 @@ fn a_second_interface_carries_flows_both_ways_by_xdp_redirect() {
         "no packet of this VIP leaves by the interface it came in"
     );
     lab.assert_no_drops(&watch, &[]);
+    // A reply spoofed from the client side (the backend's address and port, to the NAT
+    // address and a live flow's port, arriving on eth0) is dropped: replies are accepted
+    // only from eth1, the interface the flow leaves by. The real flow goes on.
+    let mut conn = lab.connect(vip).unwrap();
+    keepalive_get(&mut conn).unwrap();
+    let port = conn.local_addr().unwrap().port();
+    let before = reason(&lab, "drop_reply_iface");
+    lab.client
+        .run(move || {
+            use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).unwrap();
+            let far: std::net::Ipv4Addr = FAR_BACKEND.parse().unwrap();
+            let mut pkt = Vec::new();
+            etherparse::PacketBuilder::ipv4(far.octets(), SNAT4.octets(), 64)
+                .tcp(HTTP_PORT, port, 1, 64240)
+                .ack(1)
+                .write(&mut pkt, b"spoofed")
+                .unwrap();
+            s.send_to(&pkt, &SockAddr::from(SocketAddr::new(SNAT4.into(), 0)))
+                .unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        reason(&lab, "drop_reply_iface"),
+        before + 1,
+        "the spoofed reply on the client arm is dropped"
+    );
+    assert_eq!(keepalive_get(&mut conn).unwrap(), "far1", "the real flow is untouched");
 }

@@ -589,14 +589,34 @@ fn every_map_name_in_lb_common_exists_in_the_object() {
             MAP_TX_PORTS,
             lb_common::MAP_VIP_STATS,
             lb_common::MAP_BACKEND_STATS,
-            lb_common::MAP_BENCH_PACKET,
-            lb_common::MAP_BENCH_PROGS,
             lb_common::MAP_FLOOD_GUARD,
             lb_common::MAP_BACKEND_LOAD,
             lb_common::MAP_RR_CURSORS,
         ] {
             assert!(fx.ebpf.map(name).is_some(), "map {name} missing from the object");
         }
+    });
+}
+
+/// The bench harness lives in an object of its own: the balancer's object (the one the agent
+/// loads and the package ships) has no bench program or map, and the bench's has them all.
+#[test]
+fn bench_code_is_only_in_the_bench_object() {
+    with_fixture(|fx| {
+        let bench = aya::Ebpf::load(veer::dataplane::BENCH_OBJECT).expect("load the bench object");
+        for name in [lb_common::PROG_BENCH_HARNESS, lb_common::PROG_BENCH_FLOOR] {
+            assert!(fx.ebpf.program(name).is_none(), "balancer object has program {name}");
+            assert!(bench.program(name).is_some(), "bench object lacks program {name}");
+        }
+        for name in [
+            lb_common::MAP_BENCH_PACKET,
+            lb_common::MAP_BENCH_PROGS,
+            lb_common::MAP_BENCH_KEYS,
+        ] {
+            assert!(fx.ebpf.map(name).is_none(), "balancer object has map {name}");
+            assert!(bench.map(name).is_some(), "bench object lacks map {name}");
+        }
+        assert!(bench.map(MAP_FLOWS).is_none(), "bench object carries balancer maps");
     });
 }
 
@@ -608,7 +628,11 @@ fn the_programs_leave_room_in_the_verifier_budget() {
         for name in [lb_common::PROG_BALANCER, lb_common::PROG_ICMP] {
             let prog: &aya::programs::Xdp = fx.ebpf.program(name).unwrap().try_into().unwrap();
             let n = prog.info().unwrap().verified_instruction_count().unwrap_or(0);
-            println!("{name}: {n} instructions verified");
+            let info = prog.info().unwrap();
+            println!(
+                "{name}: {n} instructions verified, {} bytes translated",
+                info.size_translated().unwrap_or(0)
+            );
             assert!(n < 750_000, "{name}: {n} of 1,000,000 verified instructions");
         }
     });
@@ -1480,4 +1504,161 @@ fn too_big_and_expiring_packets_are_answered_with_icmp() {
         assert_eq!(out, want.build(), "rewritten, MACs left to the stack");
         assert_eq!(fx.reason(Reason::PassTooBig), 1);
     });
+}
+
+/// A balancer on two interfaces accepts a NAT reply only from the interface its flow leaves
+/// by towards the backend (here fx0; the loopback stands for the client-side arm). A
+/// spoofed reply on the other arm — data, a reset, an ICMP error to the SNAT address — is
+/// dropped and counted and changes nothing: the real reply after it still goes through.
+#[test]
+fn nat_replies_are_accepted_only_from_the_flows_egress_interface() {
+    if !veer_tests::lab::is_root() {
+        eprintln!("skipped: packet fixtures need root");
+        return;
+    }
+    use veer_tests::packet::{IcmpError, icmp_error};
+    let t = std::thread::spawn(|| {
+        let fx = Fixture::with_reply_iface_check();
+        let client_arm = None;
+        let backend_arm = Some(fx.ifindex);
+        for (syn, port) in [
+            (Spec::tcp_syn(client4(48001), (VIP4.into(), 80)), 8080),
+            (Spec::udp(client6(48002), (VIP6.into(), 53), b"query"), 5353),
+        ] {
+            let v6 = syn.src.is_ipv6();
+            let (verdict, _) = fx.run(&syn.build(), client_arm);
+            assert_eq!(verdict, XDP_REDIRECT, "the request leaves by fx0");
+            let flow = fx.flow(&flow_key(&syn)).expect("flow recorded");
+            let i = backend_of(
+                flow.backend_id,
+                if v6 { 1 } else { 0 } + if port == 5353 { 2 } else { 0 },
+            );
+            let reply = Spec {
+                src_mac: backend_mac(i),
+                dst_mac: IF_MAC,
+                src: if v6 { backend6(i).into() } else { backend4(i).into() },
+                sport: port,
+                dst: if v6 { SNAT6.into() } else { SNAT4.into() },
+                dport: u16::from_be(flow.snat_port_be),
+                payload: b"reply".to_vec(),
+                ..syn.clone()
+            };
+            // The quoted packet of an error "from the backend": SNAT:port -> backend.
+            let sent = Spec {
+                sport: u16::from_be(flow.snat_port_be),
+                ..expected_forward(&syn, i, port)
+            };
+            let error = icmp_error(
+                &Spec {
+                    src_mac: backend_mac(i),
+                    dst_mac: IF_MAC,
+                    src: reply.src,
+                    dst: reply.dst,
+                    ..syn.clone()
+                },
+                IcmpError::PortUnreachable,
+                &sent.build()[14..],
+            );
+            let mut spoofs = vec![("reply", reply.build()), ("port unreachable", error)];
+            if !v6 {
+                let mut reset = reply.build();
+                reset[14 + 20 + 13] = 0x04; // RST alone (the balancer does not check the sum)
+                spoofs.push(("reset", reset));
+            }
+            for (what, pkt) in spoofs {
+                let before = fx.reason(Reason::DropReplyIface);
+                let (verdict, out) = fx.run(&pkt, client_arm);
+                assert_eq!(
+                    (verdict, out),
+                    (XDP_DROP, pkt.clone()),
+                    "{what} from the client-side arm"
+                );
+                assert_eq!(fx.reason(Reason::DropReplyIface), before + 1, "{what}: counted");
+            }
+            assert_eq!(
+                fx.flow(&flow_key(&syn)).unwrap().flags & FLOW_F_CLOSED,
+                0,
+                "the spoofed reset closed nothing"
+            );
+            let before = fx.reason(Reason::TxReply);
+            let (verdict, out) = fx.run(&reply.build(), backend_arm);
+            assert_eq!(verdict, XDP_TX, "the real reply, from the backend's arm");
+            assert_eq!(fx.reason(Reason::TxReply), before + 1);
+            let want = Spec {
+                src_mac: IF_MAC,
+                dst_mac: CLIENT_MAC,
+                src: syn.dst,
+                sport: syn.dport,
+                dst: syn.src,
+                dport: syn.sport,
+                ttl: reply.ttl - 1,
+                ..reply
+            }
+            .build();
+            assert_eq!(out, want, "rewritten to VIP -> client");
+        }
+    });
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// The ICMP errors the balancer sends itself are limited per CPU (here 2 per window of
+/// about a second): a burst of oversized DF packets and expiring ones gets at most that
+/// many answers, the rest are dropped and counted, not answered one for one.
+#[test]
+fn the_balancers_own_icmp_errors_are_rate_limited() {
+    if !veer_tests::lab::is_root() {
+        eprintln!("skipped: packet fixtures need root");
+        return;
+    }
+    let t = std::thread::spawn(|| {
+        // One CPU: the budget is per CPU.
+        // SAFETY: a zeroed cpu_set_t with CPU 0 set, for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+        }
+        let fx = Fixture::with_icmp_budget(2);
+        run_cmd(&["ip", "-n", &fx.ns.name, "link", "set", "dev", "fx0", "mtu", "1400"]);
+        let syn = Spec::tcp_syn(client4(49001), (VIP4.into(), 80));
+        check_forward(&fx, &syn, 0, 8080);
+        let big = Spec {
+            l4: L4::Tcp {
+                syn: false,
+                ack: true,
+                seq: 1001,
+            },
+            payload: vec![7; 1400],
+            ..syn.clone()
+        };
+        let expiring = Spec {
+            ttl: 1,
+            payload: vec![7; 100],
+            ..big.clone()
+        };
+        let (answered, dropped) = (fx.reason(Reason::TxTooBig), fx.reason(Reason::DropIcmpLimit));
+        let mut verdicts = Vec::new();
+        for k in 0..10 {
+            let pkt = if k % 2 == 0 { big.build() } else { expiring.build() };
+            verdicts.push(fx.run(&pkt, Some(fx.ifindex)).0);
+        }
+        let sent = verdicts.iter().filter(|&&v| v == XDP_TX).count() as u64;
+        // Two windows at most if the burst straddles a window's end.
+        assert!((2..=4).contains(&sent), "answered {sent} of 10: {verdicts:?}");
+        assert!(verdicts.iter().all(|&v| v == XDP_TX || v == XDP_DROP), "{verdicts:?}");
+        assert_eq!(
+            fx.reason(Reason::TxTooBig) - answered + fx.reason(Reason::TxTimeExceeded),
+            sent
+        );
+        assert_eq!(
+            fx.reason(Reason::DropIcmpLimit) - dropped,
+            10 - sent,
+            "the rest counted"
+        );
+    });
+    if let Err(p) = t.join() {
+        std::panic::resume_unwind(p);
+    }
 }

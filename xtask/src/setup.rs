@@ -158,7 +158,14 @@ fn linker_runs(bin: &Path) -> bool {
 }
 
 fn ensure_apt_packages(system: System) -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    ensure_packages(APT_PACKAGES, system)
+}
+
+/// Installs the Debian packages of `packages` that are missing. Their services are not
+/// started (a policy-rc.d answers "no" during the install): the bench starts nginx and
+/// HAProxy itself, by PID, in namespaces of its own.
+pub fn ensure_packages(packages: &[&str], system: System) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -167,7 +174,7 @@ fn ensure_apt_packages(system: System) -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        eprintln!("setup: packages {}: present", APT_PACKAGES.join(" "));
+        eprintln!("setup: packages {}: present", packages.join(" "));
         return Ok(());
     }
     if !is_root() {
@@ -179,6 +186,7 @@ fn ensure_apt_packages(system: System) -> anyhow::Result<()> {
         bail!("{msg}: run `cargo xtask setup` as root");
     }
     eprintln!("setup: packages {}: installing", missing.join(" "));
+    let _no_start = NoServiceStart::new()?;
     run_cmd(
         Command::new("apt-get")
             .args(["update", "-q"])
@@ -190,6 +198,35 @@ fn ensure_apt_packages(system: System) -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// /usr/sbin/policy-rc.d exiting 101 ("action forbidden") while it lives, if none was
+/// there: packages with services (nginx, HAProxy) install without starting them.
+struct NoServiceStart(Option<PathBuf>);
+
+impl NoServiceStart {
+    fn new() -> anyhow::Result<Self> {
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        fs::write(
+            &path,
+            "#!/bin/sh\n# written by cargo xtask setup during apt-get install\nexit 101\n",
+        )
+        .with_context(|| format!("write {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStart {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 fn ensure_bpffs(system: System) -> anyhow::Result<()> {

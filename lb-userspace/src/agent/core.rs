@@ -124,6 +124,8 @@ pub struct Counters {
     /// not be read.
     pub live: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
     pub reasons: BTreeMap<String, u64>,
+    /// The flood guard's decisions on new flows (lb_common::FloodGuard::NAMES).
+    pub flood_guard: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -460,6 +462,13 @@ impl Core {
                 .into_iter()
                 .map(|(r, n)| (r.name().to_string(), n))
                 .collect(),
+            flood_guard: self
+                .dp
+                .flood_guard()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
         }
     }
 
@@ -555,6 +564,7 @@ impl Core {
             vips,
             counters: types::GlobalCounters {
                 reasons: counters.reasons,
+                flood_guard: counters.flood_guard,
             },
         }
     }

@@ -38,6 +38,8 @@ pub struct Options {
     pub interfaces: Vec<String>,
     pub socket: Option<PathBuf>,
     pub mode: AttachMode,
+    /// Clients and VIPs whose data-path decisions are logged at debug level.
+    pub trace: Vec<crate::config::TracePrefix>,
 }
 
 pub fn state_file(config: &Config) -> PathBuf {
@@ -122,6 +124,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         backends: p.config.agent.max_backends,
         ring_size: p.config.agent.ring_size,
         max_tables: max_tables(&p.config),
+        reply_iface_check: p.interfaces.len() > 1 && p.config.agent.reply_interface_check,
+        trace: opts.trace.clone(),
     };
     let socket = opts.socket.clone().unwrap_or_else(|| p.config.agent.socket.clone());
     let state_file = state_file(&p.config);

@@ -334,6 +334,10 @@ pub struct VipStatus {
 pub struct GlobalCounters {
     /// Packets by the XDP program's verdict reason.
     pub reasons: BTreeMap<String, u64>,
+    /// New flows by the flood guard's decision: a free way, an unconfirmed or a confirmed
+    /// flow evicted, refused (`drop_flood`); and how many arrived over the budget.
+    #[serde(default)]
+    pub flood_guard: BTreeMap<String, u64>,
 }
 
 /// `GET /v1/status`: configuration and state, every counter under "counters".

@@ -91,6 +91,14 @@ pub enum Command {
         /// neighbour entries the agent kept, then exit. Refused while an agent runs.
         #[arg(long)]
         cleanup: bool,
+        /// Log the data path's decision about every packet from this client network or
+        /// to this VIP (ADDR or ADDR/LEN, repeatable) at debug level: with
+        /// `--log-level debug`. Off by default, and then free.
+        #[arg(long = "trace", value_name = "PREFIX")]
+        trace: Vec<crate::config::TracePrefix>,
+        /// error, warn, info (default) or debug; RUST_LOG, when set, wins.
+        #[arg(long, default_value = "info")]
+        log_level: String,
     },
     /// Remove the data path (program, pins), the state file and the neighbour entries the
     /// agent kept (like `veer agent --config F --cleanup`). Refused while an agent runs.

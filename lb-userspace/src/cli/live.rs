@@ -345,6 +345,7 @@ mod tests {
                 vips: vec![],
                 counters: GlobalCounters {
                     reasons: [("drop_malformed".to_string(), drop), ("pass_not_vip".to_string(), pass)].into(),
+                    ..Default::default()
                 },
             },
         };

@@ -29,7 +29,11 @@ use self::{
 use crate::{agent, config::DEFAULT_SOCKET};
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    init_logs_at(format, "info");
+}
+
+fn init_logs_at(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -124,8 +128,17 @@ pub fn main() -> ExitCode {
             interfaces,
             xdp_mode,
             cleanup: false,
+            trace,
+            log_level,
         } => {
-            init_logs(cli.log_format);
+            if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+                return fail(
+                    cli.json,
+                    &format!("--log-level {log_level:?}: one of error, warn, info, debug"),
+                    exit::USAGE,
+                );
+            }
+            init_logs_at(cli.log_format, &log_level);
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -142,6 +155,7 @@ pub fn main() -> ExitCode {
                     interfaces,
                     socket,
                     mode: xdp_mode,
+                    trace,
                 })),
             )
         }

@@ -16,6 +16,9 @@ pub use crate::state::validate::{DEFAULT_WEIGHT, MAX_WEIGHT};
 use crate::{health::HealthConfig, state::validate};
 
 mod health;
+mod trace;
+
+pub use self::trace::TracePrefix;
 
 pub const DEFAULT_SOCKET: &str = "/run/veer/veer.sock";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/veer/state.json";
@@ -125,6 +128,10 @@ pub struct AgentConfig {
     /// start while one differs, naming them).
     #[serde(default = "default_true")]
     pub manage_sysctls: bool,
+    /// On more than one interface: accept a NAT reply only from the interface its flow
+    /// leaves by (false: asymmetric routing across the agent's interfaces).
+    #[serde(default = "default_true")]
+    pub reply_interface_check: bool,
 }
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/veer";
@@ -208,6 +215,7 @@ struct RawAgent {
     udp_idle: Option<Spanned<String>>,
     pin_dir: Option<Spanned<String>>,
     manage_sysctls: Option<bool>,
+    reply_interface_check: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +424,7 @@ impl Validator<'_> {
                 }
             },
             manage_sysctls: a.manage_sysctls.unwrap_or(true),
+            reply_interface_check: a.reply_interface_check.unwrap_or(true),
             api_listen,
             api_token_file: a.api_token_file.as_ref().map(|t| PathBuf::from(t.get_ref())),
             api_tls_cert: a.api_tls_cert.as_ref().map(|t| PathBuf::from(t.get_ref())),

@@ -17,19 +17,26 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, BackendLoad, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, MAP_AB_RULES, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS, MAP_REV_HEADS,
-    MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason, VipInfo, VipKey,
+    Backend, BackendLoad, Config, Counters, Flow, FlowKey, GLOBAL_CONN_MASK, GLOBAL_REPLY_IFACE_CHECK, MAP_AB_RULES,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONFIG, MAP_FLOW_HEADS, MAP_FLOWS, MAP_NAT_REV, MAP_NEXTHOPS, MAP_REASONS,
+    MAP_REV_HEADS, MAP_TABLES, MAP_TX_PORTS, MAP_VIP_FILTER, MAP_VIP_STATS, MAP_VIPS, NextHop, PROG_BALANCER, Reason,
+    VipInfo, VipKey,
     conntrack::{self, FlowWays, Heads},
 };
 use tracing::{info, warn};
 
+mod trace;
+
+pub use crate::config::TracePrefix;
 use crate::{config::AttachMode, state::Op};
 
 /// The balancer's object (built by build.rs from lb-ebpf).
 pub const BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer"));
 /// A map-less XDP_PASS program for veth peers (XDP_TX/REDIRECT into a veth need one).
 pub const PASS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-pass"));
+/// The bench harness's object (`cargo xtask bench` only). Nothing in the `veer` binary refers
+/// to it, so the binary does not carry it (the bench checks).
+pub const BENCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/veer-bench"));
 
 /// The default `agent.pin_dir`.
 pub const PIN_DIR: &str = crate::config::DEFAULT_PIN_DIR;
@@ -121,12 +128,18 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError
 }
 
 /// Map sizes fixed at load time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sizes {
     pub flows: u32,
     pub backends: u32,
     pub ring_size: u32,
     pub max_tables: u32,
+    /// Accept NAT replies only from the interface their flow leaves by (set on a balancer
+    /// with more than one interface; see docs/decisions.md, "Reply interface").
+    pub reply_iface_check: bool,
+    /// Clients and VIPs whose packets' decisions are traced (empty: the trace is off and
+    /// left out of the program; see trace.rs).
+    pub trace: Vec<TracePrefix>,
 }
 
 /// A loaded balancer. Its maps and its links are pinned under `pin_dir`, so the data path
@@ -178,9 +191,13 @@ impl Dataplane {
         let pins: Vec<(&str, PathBuf)> = PINNED.iter().map(|n| (*n, pin_dir.join(n))).collect();
         let buckets = conntrack::buckets(sizes.flows);
         let mask = buckets - 1;
+        let reply_iface_check = u32::from(sizes.reply_iface_check);
+        let trace = u32::from(!sizes.trace.is_empty());
         let mut loader = EbpfLoader::new();
         loader
             .override_global(GLOBAL_CONN_MASK, &mask, true)
+            .override_global(GLOBAL_REPLY_IFACE_CHECK, &reply_iface_check, true)
+            .override_global(lb_common::GLOBAL_TRACE, &trace, true)
             .map_max_entries(MAP_FLOWS, buckets)
             .map_max_entries(MAP_FLOW_HEADS, buckets)
             .map_max_entries(MAP_NAT_REV, buckets)
@@ -216,6 +233,9 @@ impl Dataplane {
             .try_into()?;
         prog.load()?;
         load_icmp(&mut ebpf)?;
+        if !sizes.trace.is_empty() {
+            trace::install(&mut ebpf, &sizes.trace)?;
+        }
         if adopted {
             info!(pin_dir = %pin_dir.display(), "adopting pinned maps: connection table kept");
             for name in RETIRED {
@@ -498,6 +518,24 @@ impl Dataplane {
 
     pub fn backend_counters(&self, backend_id: u32) -> Result<Counters, DataplaneError> {
         self.per_cpu_sum(MAP_BACKEND_STATS, backend_id)
+    }
+
+    /// The flood guard's decisions on new flows, summed over CPUs, by name
+    /// (lb_common::FloodGuard::NAMES).
+    pub fn flood_guard(&self) -> Result<Vec<(&'static str, u64)>, DataplaneError> {
+        let name = lb_common::MAP_FLOOD_GUARD;
+        let map: PerCpuArray<&MapData, lb_common::FloodGuard> = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::StubObject)?
+            .try_into()
+            .map_err(map_err(name))?;
+        let sum = map
+            .get(&0, 0)
+            .map_err(map_err(name))?
+            .iter()
+            .fold(lb_common::FloodGuard::default(), |a, c| a.add(*c));
+        Ok(lb_common::FloodGuard::NAMES.into_iter().zip(sum.counters()).collect())
     }
 
     /// Every reason counter, summed over CPUs.

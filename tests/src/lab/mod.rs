@@ -3,6 +3,7 @@
 //! Everything it creates is removed on drop, pass or fail.
 
 mod netns;
+mod routed;
 mod servers;
 mod traffic;
 mod watch;
@@ -20,6 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 pub use netns::{Netns, run_cmd};
+pub use routed::{ROUTED4, ROUTED6, ROUTER4, ROUTER6, RoutedClient};
 pub use servers::Servers;
 pub use traffic::{
     Outcome, http_get, http_get_bound, http_get_from, keepalive_get, run_http_load, run_http_load_until, udp_request,
@@ -370,6 +372,11 @@ impl Lab {
 
     /// Starts `veer agent` in the balancer namespace and waits until it says it is ready.
     pub fn start_agent(&mut self, config: &Path) -> anyhow::Result<()> {
+        self.start_agent_with(config, &[])
+    }
+
+    /// [`Lab::start_agent`] with more `veer agent` arguments.
+    pub fn start_agent_with(&mut self, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
         let veer = veer_bin()?;
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
@@ -377,6 +384,7 @@ impl Lab {
         let child = cmd
             .args(["agent", "--config"])
             .arg(config)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -1,10 +1,29 @@
-//! Bench harness (used only by `cargo xtask bench`): BPF_PROG_TEST_RUN reuses one packet
-//! buffer across repeats, so this program restores the original packet before every run
-//! and tail-calls the program under test (BENCH_PROGS[0]).
+//! The bench harness, an object of its own (used only by `cargo xtask bench`; the balancer's
+//! object carries none of it): BPF_PROG_TEST_RUN reuses one packet buffer across repeats,
+//! so this program restores the original packet before every run and tail-calls the
+//! program under test (BENCH_PROGS[0]: the balancer, loaded from its own object).
+#![no_std]
+#![no_main]
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_xdp_store_bytes, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::bpf_xdp_store_bytes,
+    macros::{map, xdp},
+    maps::{Array, ProgramArray},
+    programs::XdpContext,
+};
+use lb_common::{BENCH_MAX_KEYS, BenchPacket};
 
-use crate::maps::{BENCH_PACKET, BENCH_PROGS};
+#[map(name = "BENCH_PACKET_V1")]
+static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_PROGS_V1")]
+static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Flows in rotation (BenchPacket::keys): [client address as in the packet, client port as
+/// in the packet (low 16 bits)].
+#[map(name = "BENCH_KEYS_V1")]
+static BENCH_KEYS: Array<[u32; 2]> = Array::with_max_entries(BENCH_MAX_KEYS, 0);
 
 #[xdp]
 pub fn veer_bench_harness(ctx: XdpContext) -> u32 {
@@ -21,10 +40,18 @@ pub fn veer_bench_harness(ctx: XdpContext) -> u32 {
     if unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, pkt.data.as_mut_ptr().cast(), len) } != 0 {
         return xdp_action::XDP_ABORTED;
     }
+    let (mut word, mut port) = if pkt.keys != 0 {
+        let Some(key) = BENCH_KEYS.get(pkt.counter % pkt.keys) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        pkt.counter = pkt.counter.wrapping_add(1);
+        (key[0], key[1] as u16)
+    } else {
+        pkt.counter = pkt.counter.wrapping_add(1);
+        (pkt.counter, pkt.counter as u16)
+    };
     let off = pkt.vary_offset;
     if off != 0 && off <= 124 {
-        pkt.counter = pkt.counter.wrapping_add(1);
-        let mut word = pkt.counter;
         // SAFETY: 4 bytes from the stack; the helper checks the packet bounds.
         if unsafe { bpf_xdp_store_bytes(ctx.ctx, off, (&raw mut word).cast(), 4) } != 0 {
             return xdp_action::XDP_ABORTED;
@@ -32,7 +59,6 @@ pub fn veer_bench_harness(ctx: XdpContext) -> u32 {
     }
     let off = pkt.vary_port_offset;
     if off != 0 && off <= 126 {
-        let mut port = pkt.counter as u16;
         // SAFETY: 2 bytes from the stack; the helper checks the packet bounds.
         if unsafe { bpf_xdp_store_bytes(ctx.ctx, off, (&raw mut port).cast(), 2) } != 0 {
             return xdp_action::XDP_ABORTED;
@@ -47,4 +73,10 @@ pub fn veer_bench_harness(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn veer_bench_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
 }
