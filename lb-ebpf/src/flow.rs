@@ -155,7 +155,7 @@ pub fn established(
     if tag & TAG_CONFIRMED == 0
         && seen.flags & FLOW_F_CLOSED == 0
         && (key.proto != PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK)
-        && (entry.rev_link == NO_REVERSE || confirm_reverse(entry))
+        && confirm_reverse(entry)
     {
         store(&mut bucket.head.tags[way], &(bucket.tag | TAG_CONFIRMED));
     }
@@ -174,7 +174,10 @@ pub fn established(
 }
 
 /// `FlowEntry.rev_link` of a flow with no reverse entry (DSR): outside every map, so
-/// `ensure_reverse` leaves it alone; such a flow is confirmed by the client's ACK alone.
+/// `ensure_reverse` leaves it alone and `confirm_reverse` never confirms it. A DSR flow
+/// stays unconfirmed (the balancer never sees the answer; a client's ACK proves nothing, a
+/// spoofer sends two) and gives way first under pressure; its next packet is scheduled by
+/// the table again, to the same backend while the table stands.
 pub const NO_REVERSE: u32 = u32::MAX;
 
 /// Confirms the reverse entry of a flow whose backend has answered (not with a reset);
