@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod deploy;
 pub mod health;
 pub mod host;
+pub mod logs;
 pub mod metrics;
 pub mod state;
 

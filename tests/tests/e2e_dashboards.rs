@@ -196,9 +196,13 @@ fn every_metric_in_the_dashboard_and_the_alerts_is_scraped_from_a_live_agent() {
     };
     let vip = SocketAddr::new(VIP4.into(), 80);
     lab.wait_for_vip(vip).unwrap();
+    let watch = lab.watch().unwrap();
     let o = lab.http_load(vip, 100).unwrap();
     assert_eq!(o.failed, 0);
-    // A canary run to its end: the deployment-state gauges and the API counters.
+    // A canary run to its end, under load: the deployment-state gauges and the API
+    // counters.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = lab.background_load(vip, stop.clone(), 20_000).unwrap();
     let (code, out, err) = lab
         .veer(&[
             "canary",
@@ -211,7 +215,18 @@ fn every_metric_in_the_dashboard_and_the_alerts_is_scraped_from_a_live_agent() {
             "--wait",
         ])
         .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let o = load.join().unwrap();
     assert_eq!(code, 0, "canary: {out}{err}");
+    assert!(
+        o.ok > 0 && o.failed == 0,
+        "load through the canary: {} ok, {} failed",
+        o.ok,
+        o.failed
+    );
+    // Every request succeeded; no packet was lost on the way either (drop reasons, SYN
+    // retransmits), through the canary's flips included.
+    lab.assert_no_drops(&watch, &[]);
 
     let metrics: SocketAddr = "127.0.0.1:9477".parse().unwrap();
     let (status, scrape) = lab.lb.run(move || get(metrics, "/metrics")).unwrap().unwrap();

@@ -23,6 +23,11 @@ fn the_demo_switches_and_canaries_under_load_with_no_failed_request() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        report["drops"],
+        serde_json::json!([]),
+        "no drop reason grew and no SYN was retransmitted over the whole demo: {report:#}"
+    );
     let spread = report["spread"].as_array().unwrap();
     assert_eq!(spread.len(), 2, "IPv4 and IPv6: {report:#}");
     for s in spread {

@@ -588,60 +588,6 @@ fn kill_9_then_an_edit_removing_a_vip_and_changing_a_pool_then_a_new_agent_conve
     assert!(log.contains("adopting pinned maps"), "{log}");
 }
 
-/// Fills every way of the pinned connection table under `pin_dir` with a live TCP flow
-/// of VIP `vip_id` on `backends` (what a full table looks like to a scan); returns the count.
-fn fill_connection_table(pin_dir: &std::path::Path, vip_id: u32, backends: &[u32]) -> usize {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-
-    use lb_common::conntrack::{FlowWays, Heads, WAYS, stamp};
-    let map = |name: &str| aya::maps::MapData::from_pin(pin_dir.join(name)).expect("pinned map");
-    let (heads, ways) = (map(lb_common::MAP_FLOW_HEADS), map(lb_common::MAP_FLOWS));
-    let buckets = heads.info().unwrap().max_entries() as usize;
-    let mapped = |data: &aya::maps::MapData, bytes: usize| {
-        let len = bytes.div_ceil(4096) * 4096;
-        // SAFETY: a shared, writable mapping of a memory-mappable array map of this size.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        (p, len)
-    };
-    let (hp, hlen) = mapped(&heads, buckets * size_of::<Heads>());
-    let (wp, wlen) = mapped(&ways, buckets * size_of::<FlowWays>());
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let now = stamp(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
-    for i in 0..buckets {
-        // SAFETY: i < buckets, inside both mappings; plain data.
-        let (h, w) = unsafe { (&mut *hp.cast::<Heads>().add(i), &mut *wp.cast::<FlowWays>().add(i)) };
-        for way in 0..WAYS {
-            let n = (i * WAYS + way) as u32;
-            let e = &mut w.ways[way];
-            e.key.src_be = [(0x0a00_0000 | n).to_be(), 0, 0, 0];
-            e.key.proto = lb_common::PROTO_TCP;
-            e.key.family = lb_common::FAMILY_V4;
-            e.flow.backend_id = backends[n as usize % backends.len()];
-            e.flow.vip_id = vip_id;
-            h.stamps[way] = now;
-            h.tags[way] = 0x8000_0000 | (n << 2);
-        }
-    }
-    // SAFETY: the mappings made above.
-    unsafe {
-        libc::munmap(hp, hlen);
-        libc::munmap(wp, wlen);
-    }
-    buckets * WAYS
-}
-
 /// One API call on the socket (a trace: it takes the agent's lock); returns its latency.
 fn api_call(socket: &std::path::Path) -> Duration {
     use std::io::{Read as _, Write as _};
@@ -670,7 +616,8 @@ fn status_over_a_full_1m_flow_table_does_not_stall_api_calls() {
         .values()
         .map(|v| *v as u32)
         .collect();
-    let filled = fill_connection_table(std::path::Path::new(veer::dataplane::PIN_DIR), 0, &ids);
+    let filled =
+        fill_connection_table(std::path::Path::new(veer::dataplane::PIN_DIR), 0, &ids).expect("fill the table");
     assert!(filled >= 1 << 20, "{filled} flows");
     let socket = lab.socket();
     let baseline = (0..20).map(|_| api_call(&socket)).max().unwrap();

@@ -304,6 +304,7 @@ impl Core {
                 return Err(CoreError::Failed(format!("map write failed: {e}")));
             }
             self.reconciler = rec;
+            self.reconciler.written();
             self.desired = edit.next;
             for c in &edit.changes {
                 tracing::info!(change = %c, "applied");

@@ -4,6 +4,7 @@
 //! `GET /v1/trace/{vip}?src=IP:PORT`. The optional TCP listener adds TLS and named bearer
 //! tokens ([`remote`]).
 
+mod audit;
 pub mod limits;
 pub mod remote;
 mod routes;

@@ -85,13 +85,21 @@ pub fn router(core: Shared) -> Router {
         .route("/v1/trace/{vip}", get(trace))
         .route("/v1/table/{vip}", get(table))
         .layer(axum::middleware::from_fn(crate::metrics::track_api))
+        .layer(axum::middleware::from_fn(super::audit::with_peer))
         .with_state(core)
 }
 
 type Reply = Result<Json<ChangeReport>, ApiError>;
 
 async fn change(core: &Shared, change: Change, dry_run: bool) -> Reply {
-    Ok(Json(core.lock().await.apply(change, dry_run)?))
+    let mut core = core.lock().await;
+    if dry_run {
+        return Ok(Json(core.apply(change, true)?));
+    }
+    let audit = super::audit::Audit::begin(&core, &change);
+    let result = core.apply(change, false);
+    audit.end(&core, &result);
+    Ok(Json(result?))
 }
 
 async fn status(State(core): State<Shared>) -> Json<Status> {

@@ -7,6 +7,7 @@ use axum::{http::StatusCode, response::IntoResponse as _};
 use tokio::{net::UnixListener, task::JoinHandle};
 
 use super::{
+    audit::{Peer, PeeredTcp, PeeredUnix},
     remote::{LoopbackOnly, TlsListener, Tokens},
     routes::{ApiError, router},
 };
@@ -22,7 +23,9 @@ pub async fn serve_unix(core: Shared, socket: &Path) -> std::io::Result<JoinHand
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let app = router(core);
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(super::limits::Limited::new(listener, "api socket"), app).await {
+        let listener = super::limits::Limited::new(PeeredUnix(listener), "api socket");
+        let app = app.into_make_service_with_connect_info::<Peer>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("API server: {e}");
         }
     }))
@@ -67,14 +70,17 @@ pub async fn serve_tcp(
         Some(config) => {
             let listener = TlsListener::new(listener, config)?;
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(super::limits::Limited::new(listener, "TCP API (TLS)"), app).await {
+                let listener = super::limits::Limited::new(PeeredTcp(listener), "TCP API (TLS)");
+                let app = app.into_make_service_with_connect_info::<Peer>();
+                if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("TCP API server: {e}");
                 }
             })
         }
         None => tokio::spawn(async move {
-            let listener = LoopbackOnly(listener);
-            if let Err(e) = axum::serve(super::limits::Limited::new(listener, "TCP API"), app).await {
+            let listener = super::limits::Limited::new(PeeredTcp(LoopbackOnly(listener)), "TCP API");
+            let app = app.into_make_service_with_connect_info::<Peer>();
+            if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("TCP API server: {e}");
             }
         }),

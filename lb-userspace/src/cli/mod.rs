@@ -39,7 +39,7 @@ fn init_logs_at(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder.event_format(crate::logs::Ecs).init(),
     }
 }
 

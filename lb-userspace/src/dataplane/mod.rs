@@ -148,7 +148,7 @@ pub struct Sizes {
 /// only what a failed first start created.
 pub struct Dataplane {
     ebpf: Ebpf,
-    tables: TableMemory,
+    tables: std::sync::Arc<TableMemory>,
     loads: LoadMemory,
     links: Vec<(String, PinnedLink)>,
     pin_dir: PathBuf,
@@ -250,7 +250,7 @@ impl Dataplane {
                 }
             }
         }
-        let tables = TableMemory::map(&ebpf, sizes.max_tables * sizes.ring_size)?;
+        let tables = std::sync::Arc::new(TableMemory::map(&ebpf, sizes.max_tables * sizes.ring_size)?);
         let loads = LoadMemory::of(&ebpf)?;
         Ok(Dataplane {
             ebpf,
@@ -431,6 +431,12 @@ impl Dataplane {
         m.get(&id, 0).map_err(map_err(MAP_BACKENDS))
     }
 
+    /// The kernel's table memory, for the reconciler to read written tables back from
+    /// instead of keeping copies.
+    pub fn table_store(&self) -> std::sync::Arc<dyn crate::state::TableStore> {
+        self.tables.clone()
+    }
+
     /// Up to `limit` connection-table entries of VIP `vip_id`, and how many it has in all.
     pub fn flows(&self, vip_id: u32, limit: usize) -> Result<(Vec<(FlowKey, Flow)>, usize), DataplaneError> {
         let heads = ReadMapping::<Heads>::of(&self.ebpf, MAP_FLOW_HEADS)?;
@@ -577,10 +583,27 @@ struct TableMemory {
     entries: u32,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this struct; access goes through &mut.
+// SAFETY: the mapping is plain shared memory owned by this struct.
 unsafe impl Send for TableMemory {}
-// SAFETY: reads through & are of plain integers.
+// SAFETY: every access is a volatile read or write of an aligned u32. Writes go only to
+// tables no VIP names yet (the reconciler never rewrites a table in use), and readers read
+// only tables in use, so no read races a write of the same table.
 unsafe impl Sync for TableMemory {}
+
+impl crate::state::TableStore for TableMemory {
+    fn read(&self, id: u32, ring_size: u32) -> Option<Vec<u32>> {
+        TableMemory::read(self, id, ring_size).ok()
+    }
+
+    fn slot(&self, id: u32, slot: u32, ring_size: u32) -> Option<u32> {
+        let i = id as usize * ring_size as usize + slot as usize;
+        if slot >= ring_size || i >= self.entries as usize {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); aligned u32 read.
+        Some(unsafe { std::ptr::read_volatile(self.base.add(i * TABLE_STRIDE).cast::<u32>()) })
+    }
+}
 
 const TABLE_STRIDE: usize = 8;
 
@@ -601,7 +624,7 @@ impl TableMemory {
         })
     }
 
-    fn write(&mut self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
+    fn write(&self, id: u32, slots: &[u32]) -> Result<(), DataplaneError> {
         let start = id as usize * slots.len();
         if start + slots.len() > self.entries as usize {
             return Err(DataplaneError::Io(std::io::Error::other(format!(
@@ -667,20 +690,21 @@ pub fn ifindex(iface: &str) -> Result<u32, DataplaneError> {
     }
 }
 
-/// Live flows counted in the connection table (see [`Dataplane::live_flows`]).
+/// Live flows counted in the connection table (see [`Dataplane::live_flows`]), by id: ids
+/// are dense (below the maps' sizes), so a count is an index, not a hash lookup.
 #[derive(Clone, Debug, Default)]
 pub struct LiveFlows {
-    pub by_backend: std::collections::HashMap<u32, u64>,
-    pub by_vip: std::collections::HashMap<u32, u64>,
+    by_backend: Vec<u64>,
+    by_vip: Vec<u64>,
 }
 
 impl LiveFlows {
     pub fn backend(&self, id: u32) -> u64 {
-        self.by_backend.get(&id).copied().unwrap_or(0)
+        self.by_backend.get(id as usize).copied().unwrap_or(0)
     }
 
     pub fn vip(&self, id: u32) -> u64 {
-        self.by_vip.get(&id).copied().unwrap_or(0)
+        self.by_vip.get(id as usize).copied().unwrap_or(0)
     }
 }
 
@@ -719,14 +743,25 @@ fn map_array(data: &MapData, bytes: usize, prot: libc::c_int) -> Result<(*mut u8
 pub struct FlowScan {
     heads: ReadMapping<Heads>,
     ways: ReadMapping<FlowWays>,
+    /// Id bounds (the stats maps' sizes): a torn read never indexes past them.
+    backends: usize,
+    vips: usize,
 }
 
 impl FlowScan {
     /// Maps the connection table of a loaded balancer object (the agent's, or a fixture's).
     pub fn of(ebpf: &Ebpf) -> Result<FlowScan, DataplaneError> {
+        let size = |name: &'static str| -> Result<usize, DataplaneError> {
+            match ebpf.map(name) {
+                Some(aya::maps::Map::PerCpuArray(m)) => Ok(m.info().map_err(map_err(name))?.max_entries() as usize),
+                _ => Err(DataplaneError::StubObject),
+            }
+        };
         Ok(FlowScan {
             heads: ReadMapping::of(ebpf, MAP_FLOW_HEADS)?,
             ways: ReadMapping::of(ebpf, MAP_FLOWS)?,
+            backends: size(MAP_BACKEND_STATS)?,
+            vips: size(MAP_VIP_STATS)?,
         })
     }
 
@@ -768,17 +803,35 @@ impl FlowScan {
         let now = conntrack::stamp(coarse_monotonic_ns());
         let units = |d: Duration| conntrack::stamp(d.as_nanos().min(u64::MAX as u128) as u64);
         let (tcp, udp) = (units(tcp_idle), units(udp_idle));
-        let mut live = LiveFlows::default();
-        for (h, w) in self.heads.entries().zip(self.ways.entries()) {
+        let mut live = LiveFlows {
+            by_backend: vec![0; self.backends],
+            by_vip: vec![0; self.vips],
+        };
+        let buckets = self.heads.entries.min(self.ways.entries);
+        for (i, h) in self.heads.entries().take(buckets).enumerate() {
             for (way, tag) in h.tags.iter().enumerate() {
                 if *tag == 0 {
                     continue;
                 }
-                let e = &w.ways[way];
-                let limit = if e.key.proto == lb_common::PROTO_UDP { udp } else { tcp };
-                if e.flow.flags & lb_common::FLOW_F_CLOSED == 0 && conntrack::age(now, h.stamps[way]) <= limit {
-                    *live.by_backend.entry(e.flow.backend_id).or_default() += 1;
-                    *live.by_vip.entry(e.flow.vip_id).or_default() += 1;
+                // Only the fields counted are read: the rest of the entry's cache line is
+                // not copied (a full 1M-flow table is 64 MB of entries).
+                let e = self.ways.at(i).cast::<lb_common::conntrack::FlowEntry>();
+                // SAFETY: i < entries and way < WAYS: inside the mapping; plain integers.
+                let (proto, flow) = unsafe {
+                    let e = e.add(way);
+                    (
+                        std::ptr::read_volatile(&raw const (*e).key.proto),
+                        std::ptr::read_volatile(&raw const (*e).flow),
+                    )
+                };
+                let limit = if proto == lb_common::PROTO_UDP { udp } else { tcp };
+                if flow.flags & lb_common::FLOW_F_CLOSED == 0 && conntrack::age(now, h.stamps[way]) <= limit {
+                    if let Some(n) = live.by_backend.get_mut(flow.backend_id as usize) {
+                        *n += 1;
+                    }
+                    if let Some(n) = live.by_vip.get_mut(flow.vip_id as usize) {
+                        *n += 1;
+                    }
                 }
             }
         }
@@ -810,6 +863,13 @@ impl<T: Copy> ReadMapping<T> {
             len,
             entries,
         })
+    }
+
+    /// Where value `i` lives (i < entries): read it field by field with volatile reads.
+    fn at(&self, i: usize) -> *const T {
+        debug_assert!(i < self.entries);
+        // SAFETY: i < entries: inside the mapping.
+        unsafe { self.base.add(i) }
     }
 
     /// Copies of the values as they are now, one volatile read each: the data path keeps

@@ -20,7 +20,7 @@ impl Tables for Reconciler {
     }
 
     fn backend_at(&self, table: u32, slot: u32, _ring_size: u32) -> Option<u32> {
-        self.tables.get(&table)?.get(slot as usize).copied()
+        self.table_slot(table, slot)
     }
 
     /// Each CPU walks its own cursor: which turn a flow gets is not known here.
@@ -65,7 +65,7 @@ impl Reconciler {
     pub fn candidates(&self, s: &Selected) -> Vec<u32> {
         let mut out: Vec<u32> = Vec::new();
         let ids: Box<dyn Iterator<Item = u32>> = match s.scheduler {
-            Scheduler::RoundRobin => Box::new(self.tables.get(&s.table).into_iter().flatten().copied()),
+            Scheduler::RoundRobin => Box::new(self.table(s.table).map(|t| t.into_owned()).into_iter().flatten()),
             Scheduler::LeastConn => Box::new(s.candidates.into_iter()),
             Scheduler::Maglev | Scheduler::SourceHash => return out,
         };
@@ -109,8 +109,14 @@ pub fn moved_share(old: &Reconciler, new: &Reconciler, vip: &str) -> f64 {
             table(&o, o.table_next != 0 && start < o.split_bp),
             table(&n, n.table_next != 0 && start < n.split_bp),
         );
-        let differing = if by_hash {
-            (0..ring).filter(|&i| at(old, ot, i) != at(new, nt, i)).count() as f64 / ring as f64
+        let differing = if ot == nt && (ot == 0 || old.same_table(new, ot)) {
+            0.0
+        } else if by_hash {
+            let count = match (old.table(ot), new.table(nt)) {
+                (Some(a), Some(b)) => a.iter().zip(b.iter()).filter(|(x, y)| x != y).count(),
+                _ => (0..ring).filter(|&i| at(old, ot, i) != at(new, nt, i)).count(),
+            };
+            count as f64 / ring as f64
         } else {
             share_distance(old, ot, new, nt, ring)
         };
@@ -129,7 +135,7 @@ fn share_distance(old: &Reconciler, ot: u32, new: &Reconciler, nt: u32, ring: u3
     }
     let mut shares: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     for (r, t, old_side) in [(old, ot, true), (new, nt, false)] {
-        for &id in r.tables.get(&t).into_iter().flatten() {
+        for &id in r.table(t).as_deref().into_iter().flatten() {
             let e = shares.entry(id).or_default();
             if old_side { e.0 += 1 } else { e.1 += 1 }
         }

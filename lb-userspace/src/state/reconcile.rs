@@ -3,8 +3,10 @@
 //! VIP filter and the A/B rules; whatever the state no longer names goes last.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use lb_common::{
@@ -37,7 +39,7 @@ pub enum Op {
     /// A table's slots; its round-robin cursors start over at slot 0.
     Table {
         id: u32,
-        slots: Vec<u32>,
+        slots: Arc<[u32]>,
     },
     /// A backend's effective weight, as least-conn compares it (BACKEND_LOAD).
     Weight {
@@ -72,13 +74,42 @@ pub enum StateError {
     Exhausted(#[from] Exhausted),
 }
 
+/// Where written tables can be read back: the kernel's own table memory, mapped into the
+/// agent. A reconciler given one keeps no copy of a table once it is written (100 tables of
+/// 65,537 slots are 26 MB); without one (unit tests, previews of a fresh plan) it keeps them.
+pub trait TableStore: Send + Sync {
+    /// Every slot of table `id`.
+    fn read(&self, id: u32, ring_size: u32) -> Option<Vec<u32>>;
+    /// One slot of table `id`.
+    fn slot(&self, id: u32, slot: u32, ring_size: u32) -> Option<u32>;
+}
+
+#[derive(Clone)]
+struct Store(Arc<dyn TableStore>);
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableStore")
+    }
+}
+
+/// A table in use, as the reconciler knows it.
+#[derive(Debug, Clone)]
+enum Slots {
+    /// Built (or adopted) and not yet known to be written: the slots themselves.
+    Held(Arc<[u32]>),
+    /// Written to the store: read back from it when needed.
+    Written,
+}
+
 /// The reconciler: what the maps hold now, and how to get them to a new desired state.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     pub limits: Limits,
     pub ids: Ids,
-    /// Slots of every table in use (needed to rebuild with minimal disruption).
-    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Every table in use (rebuilt from with minimal disruption; see [`TableStore`]).
+    tables: BTreeMap<u32, Slots>,
+    store: Option<Store>,
     /// The members each table was built from, and whether as a round-robin sequence: an
     /// unchanged pool is not rebuilt.
     members: BTreeMap<u32, (bool, Vec<TableBackend>)>,
@@ -100,6 +131,7 @@ impl Reconciler {
             limits,
             ids: Ids::default(),
             tables: BTreeMap::new(),
+            store: None,
             members: BTreeMap::new(),
             backends: BTreeMap::new(),
             weights: BTreeMap::new(),
@@ -111,12 +143,46 @@ impl Reconciler {
         }
     }
 
-    /// A reconciler that knows the ids and table contents already in the (adopted) maps.
-    pub fn adopt(limits: Limits, ids: Ids, tables: BTreeMap<u32, Vec<u32>>) -> Reconciler {
-        Reconciler {
-            ids,
-            tables,
-            ..Reconciler::new(limits)
+    /// From now on, tables are read back from `store` once [`Reconciler::written`] says
+    /// they are in it.
+    pub fn with_store(mut self, store: Arc<dyn TableStore>) -> Reconciler {
+        self.store = Some(Store(store));
+        self
+    }
+
+    /// The writes of the last reconcile reached the maps: drop the copies of the tables
+    /// they wrote (with a store to read them back from).
+    pub fn written(&mut self) {
+        if self.store.is_some() {
+            for s in self.tables.values_mut() {
+                *s = Slots::Written;
+            }
+        }
+    }
+
+    /// The slots of table `id` in use (read back from the store once written).
+    pub fn table(&self, id: u32) -> Option<Cow<'_, [u32]>> {
+        match self.tables.get(&id)? {
+            Slots::Held(s) => Some(Cow::Borrowed(s)),
+            Slots::Written => Some(Cow::Owned(self.store.as_ref()?.0.read(id, self.limits.ring_size)?)),
+        }
+    }
+
+    /// One slot of table `id`.
+    pub(super) fn table_slot(&self, id: u32, slot: u32) -> Option<u32> {
+        match self.tables.get(&id)? {
+            Slots::Held(s) => s.get(slot as usize).copied(),
+            Slots::Written => self.store.as_ref()?.0.slot(id, slot, self.limits.ring_size),
+        }
+    }
+
+    /// Whether `other` holds table `id` with the same contents for certain (the same copy,
+    /// or both written: a table in use is never rewritten).
+    pub(super) fn same_table(&self, other: &Reconciler, id: u32) -> bool {
+        match (self.tables.get(&id), other.tables.get(&id)) {
+            (Some(Slots::Written), Some(Slots::Written)) => true,
+            (Some(Slots::Held(a)), Some(Slots::Held(b))) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 
@@ -382,23 +448,24 @@ impl Reconciler {
             // would keep a round-robin sequence (whose shares are right) slot for slot.
             let previous = old_id
                 .filter(|id| self.members.get(id).is_none_or(|(kind, _)| *kind == sequence))
-                .and_then(|id| self.tables.get(&id));
-            let base = previous.filter(|_| !consistent);
+                .and_then(|id| self.table(id));
+            let base = previous.as_deref().filter(|_| !consistent);
             let slots = if sequence {
                 build_sequence(members, self.limits.ring_size)
             } else {
-                build_table(members, self.limits.ring_size, base.map(|v| v.as_slice()))
+                build_table(members, self.limits.ring_size, base)
             };
             let id = match old_id {
-                Some(old) if previous == Some(&slots) => old,
+                Some(old) if previous.as_deref() == Some(slots.as_slice()) => old,
                 _ => {
                     // A table in use is never rewritten: build in a free id, then flip.
                     let id = run.table_ids.alloc()?;
+                    let slots: Arc<[u32]> = slots.into();
                     w.tables.push(Op::Table {
                         id,
                         slots: slots.clone(),
                     });
-                    self.tables.insert(id, slots);
+                    self.tables.insert(id, Slots::Held(slots));
                     id
                 }
             };
@@ -663,7 +730,7 @@ mod tests {
         let (_, info) = r.vip_info("web").unwrap();
         let blue = r.ids.tables[&pool_key("web", "blue")];
         assert_eq!(info.table_current, blue);
-        let slots = &r.tables[&blue];
+        let slots = &r.table(blue).unwrap();
         let heavy = slots
             .iter()
             .filter(|&&id| id == r.ids.backends[&backend_key("web", "10.0.1.2:80".parse().unwrap())])
@@ -680,6 +747,67 @@ mod tests {
         assert_eq!(r.reconcile(&d, snat(), None).unwrap(), vec![]);
     }
 
+    /// A kernel's table memory, as the dataplane's mapping would hold it.
+    #[derive(Default)]
+    struct FakeStore(std::sync::Mutex<BTreeMap<u32, Vec<u32>>>);
+
+    impl TableStore for FakeStore {
+        fn read(&self, id: u32, _ring: u32) -> Option<Vec<u32>> {
+            self.0.lock().unwrap().get(&id).cloned()
+        }
+
+        fn slot(&self, id: u32, slot: u32, _ring: u32) -> Option<u32> {
+            self.0.lock().unwrap().get(&id)?.get(slot as usize).copied()
+        }
+    }
+
+    impl FakeStore {
+        fn execute(&self, ops: &[Op]) {
+            for op in ops {
+                if let Op::Table { id, slots } = op {
+                    self.0.lock().unwrap().insert(*id, slots.to_vec());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn with_a_store_written_tables_are_read_back_not_kept_and_rebuilds_match_a_kept_copy() {
+        let store = Arc::new(FakeStore::default());
+        let mut lean = Reconciler::new(limits()).with_store(store.clone());
+        let mut kept = Reconciler::new(limits());
+        let mut cfg = CFG.to_string();
+        for step in ["weight = 300|weight = 100", "weight = 100|weight = 7"] {
+            let (ops_lean, ops_kept) = (
+                lean.reconcile(&desired(&cfg), snat(), None).unwrap(),
+                kept.reconcile(&desired(&cfg), snat(), None).unwrap(),
+            );
+            assert_eq!(ops_lean, ops_kept, "the same writes with and without a store");
+            store.execute(&ops_lean);
+            lean.written();
+            assert!(
+                lean.tables.values().all(|s| matches!(s, Slots::Written)),
+                "no copy kept once written"
+            );
+            let t = lean.vip_info("web").unwrap().1.table_current;
+            assert_eq!(lean.table(t), kept.table(t), "read back from the store");
+            let (from, to) = step.split_once('|').unwrap();
+            cfg = cfg.replace(from, to);
+        }
+        // The rebuild after the last weight change used the stored table as its previous
+        // one: the same (minimal-disruption) slots as the reconciler that kept its copy.
+        let next = desired(&cfg);
+        let before = lean.clone();
+        assert_eq!(
+            lean.reconcile(&next, snat(), None).unwrap(),
+            kept.reconcile(&next, snat(), None).unwrap()
+        );
+        assert_eq!(
+            super::super::moved_share(&before, &lean, "web"),
+            super::super::moved_share(&before, &kept, "web")
+        );
+    }
+
     #[test]
     fn weight_change_builds_a_new_table_and_flips_without_touching_the_old_one() {
         let mut r = Reconciler::new(limits());
@@ -694,7 +822,7 @@ mod tests {
         assert_ne!(*new_id, old_id, "the table in use is never rewritten");
         let flip = position(&ops, |o| matches!(o, Op::Vip(_, info) if info.table_current == *new_id));
         assert!(position(&ops, |o| matches!(o, Op::Table { .. })) < flip);
-        assert!(!r.tables.contains_key(&old_id), "old table freed after the flip");
+        assert!(r.table(old_id).is_none(), "old table freed after the flip");
     }
 
     #[test]
@@ -717,7 +845,7 @@ mod tests {
             }
             let table = r.vip_info("web").unwrap().1.table_current;
             assert!(
-                r.tables[&table].iter().all(|&s| s != id),
+                r.table(table).unwrap().iter().all(|&s| s != id),
                 "{admin:?} backend takes no new flows"
             );
         }
@@ -800,7 +928,7 @@ mod tests {
         r.reconcile(&d, snat(), None).unwrap();
         let t = r.vip_info("web").unwrap().1.table_current;
         assert!(
-            r.tables[&t].iter().all(|&s| s == idb),
+            r.table(t).unwrap().iter().all(|&s| s == idb),
             "a down backend leaves the table"
         );
         assert_eq!(r.backend(ida).unwrap().state, BACKEND_DOWN, "its flows are re-chosen");
@@ -809,7 +937,7 @@ mod tests {
         assert!(r.fail_open.contains(&pool_key("web", "blue")));
         let t = r.vip_info("web").unwrap().1.table_current;
         assert!(
-            r.tables[&t].contains(&ida) && r.tables[&t].contains(&idb),
+            r.table(t).unwrap().contains(&ida) && r.table(t).unwrap().contains(&idb),
             "all down: the pool keeps its set"
         );
         assert_eq!(r.backend(ida).unwrap().state, BACKEND_READY);
@@ -824,7 +952,7 @@ mod tests {
         r.reconcile(&d, snat(), None).unwrap();
         let id = r.ids.backends[&backend_key("web", b)];
         let t = r.vip_info("web").unwrap().1.table_current;
-        let share = r.tables[&t].iter().filter(|&&s| s == id).count() as f64 / 251.0;
+        let share = r.table(t).unwrap().iter().filter(|&&s| s == id).count() as f64 / 251.0;
         assert!(
             (share - 30.0 / 130.0).abs() < 0.01,
             "weight 300 at 10% = 30 against 100: {share}"
@@ -841,7 +969,7 @@ mod tests {
         let id = |a: &str| r.ids.backends[&backend_key("web", a.parse().unwrap())];
         let (a, b) = (id("10.0.1.1:80"), id("10.0.1.2:80"));
         assert_eq!(
-            &r.tables[&info.table_current][..8],
+            &r.table(info.table_current).unwrap()[..8],
             &[b, a, b, b, b, a, b, b],
             "weights 100:300"
         );
@@ -851,7 +979,7 @@ mod tests {
             .weight_pct
             .insert(backend_key("web", "10.0.1.2:80".parse().unwrap()), 10);
         r.reconcile(&d, snat(), None).unwrap();
-        let t = &r.tables[&r.vip_info("web").unwrap().1.table_current];
+        let t = r.table(r.vip_info("web").unwrap().1.table_current).unwrap();
         assert_eq!(
             &t[..13],
             &[a, a, b, a, a, a, b, a, a, a, b, a, a],
@@ -862,7 +990,7 @@ mod tests {
             .or_default()
             .insert("10.0.1.1:80".parse().unwrap(), AdminState::Drain);
         r.reconcile(&d, snat(), None).unwrap();
-        let t = &r.tables[&r.vip_info("web").unwrap().1.table_current];
+        let t = r.table(r.vip_info("web").unwrap().1.table_current).unwrap();
         assert!(t.iter().all(|&id| id == b), "a drained backend takes no turn");
         // Same members, other scheduler: another table, in a fresh id.
         let ops = r.reconcile(&desired(CFG), snat(), None).unwrap();
@@ -965,7 +1093,7 @@ mod tests {
 
     /// A DSR VIP's table as slot -> backend address, the way every node must agree on it.
     fn slot_addresses(r: &Reconciler) -> Vec<([u32; 4], u16)> {
-        let table = &r.tables[&r.vip_info("web").unwrap().1.table_current];
+        let table = r.table(r.vip_info("web").unwrap().1.table_current).unwrap();
         table
             .iter()
             .map(|id| {

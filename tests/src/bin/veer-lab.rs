@@ -71,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|p| p["failed"].as_u64())
         .sum::<u64>();
     ensure!(failed == 0, "{failed} requests failed");
+    let drops = report["drops"].as_array().map_or(0, |d| d.len());
+    ensure!(drops == 0, "packets were lost: {}", report["drops"]);
     Ok(())
 }
 
@@ -119,6 +121,7 @@ fn demo(opts: &Options) -> anyhow::Result<serde_json::Value> {
     }
     let config = lab.write_config_text("veer.toml", &config(&lab))?;
     lab.start_agent(&config)?;
+    let watch = lab.watch()?;
     let total: u32 = WEIGHTS[BLUE].iter().sum();
     for vip in [SocketAddr::new(VIP4.into(), 80), SocketAddr::new(VIP6.into(), 80)] {
         if interrupted() {
@@ -227,6 +230,15 @@ fn demo(opts: &Options) -> anyhow::Result<serde_json::Value> {
             "deployment": what, "command": args.join(" "), "ok": o.ok, "failed": o.failed, "backends": rows,
         }));
     }
+    // Requests that succeeded can still have lost packets (a SYN retransmitted, a drop
+    // the client never saw): the data path's drop reasons and the client's SYN retransmits.
+    let drops = lab.drops_since(&watch, &[])?;
+    if !opts.json {
+        match drops.is_empty() {
+            true => println!("\nno packet lost: no drop reason grew, no SYN was retransmitted"),
+            false => println!("\npackets lost although requests succeeded: {}", drops.join(", ")),
+        }
+    }
     drop(lab);
-    Ok(serde_json::json!({"spread": spread, "phases": phases}))
+    Ok(serde_json::json!({"spread": spread, "phases": phases, "drops": drops}))
 }

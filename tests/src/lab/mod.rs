@@ -2,6 +2,7 @@
 //! lives in a namespace of its own, real HTTP/UDP servers, real clients, the real agent.
 //! Everything it creates is removed on drop, pass or fail.
 
+mod fill;
 mod netns;
 mod routed;
 mod servers;
@@ -20,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+pub use fill::fill_connection_table;
 pub use netns::{Netns, run_cmd};
 pub use routed::{ROUTED4, ROUTED6, ROUTER4, ROUTER6, RoutedClient};
 pub use servers::Servers;
@@ -377,10 +379,19 @@ impl Lab {
 
     /// [`Lab::start_agent`] with more `veer agent` arguments.
     pub fn start_agent_with(&mut self, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
-        let veer = veer_bin()?;
+        self.start_agent_bin_with(&veer_bin()?, config, extra)
+    }
+
+    /// [`Lab::start_agent`] with another `veer` binary (the bench compares two builds).
+    pub fn start_agent_bin(&mut self, veer: &Path, config: &Path) -> anyhow::Result<()> {
+        self.start_agent_bin_with(veer, config, &[])
+    }
+
+    /// [`Lab::start_agent_bin`] with more `veer agent` arguments.
+    pub fn start_agent_bin_with(&mut self, veer: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<()> {
         let log = self.dir.join("agent.log");
         let out = File::create(&log)?;
-        let mut cmd = command_in(&self.lb, &veer)?;
+        let mut cmd = command_in(&self.lb, veer)?;
         let child = cmd
             .args(["agent", "--config"])
             .arg(config)

@@ -68,7 +68,19 @@ impl Lab {
     /// scenario expects to grow: a reason, "syn_retrans" or "udp_resends", alone (any
     /// growth) or as "name<=N" (at most N).
     pub fn assert_no_drops(&self, since: &Watch, allowed: &[&str]) {
-        let now = self.watch().expect("read the drop counters");
+        let grew = self.drops_since(since, allowed).expect("read the drop counters");
+        assert!(
+            grew.is_empty(),
+            "packets were lost although every request succeeded: {}\nagent log:\n{}",
+            grew.join(", "),
+            self.agent_log()
+        );
+    }
+
+    /// What grew since `since` beyond `allowed` (see [`Lab::assert_no_drops`]), e.g.
+    /// `["drop_no_backend +3", "client SYN retransmits +3"]`; empty when nothing did.
+    pub fn drops_since(&self, since: &Watch, allowed: &[&str]) -> anyhow::Result<Vec<String>> {
+        let now = self.watch()?;
         let limit = |name: &str| -> u64 {
             allowed
                 .iter()
@@ -95,11 +107,6 @@ impl Lab {
             now.syn_retrans,
         );
         check("UDP resends", "udp_resends", since.udp_resends, now.udp_resends);
-        assert!(
-            grew.is_empty(),
-            "packets were lost although every request succeeded: {}\nagent log:\n{}",
-            grew.join(", "),
-            self.agent_log()
-        );
+        Ok(grew)
     }
 }

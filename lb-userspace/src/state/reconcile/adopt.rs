@@ -10,7 +10,7 @@ use std::{
 
 use lb_common::{AbKey, Backend, FAMILY_V4, VIP_FILTER_WORDS, VipInfo, VipKey};
 
-use super::Reconciler;
+use super::{Reconciler, Slots};
 use crate::state::{Desired, Ids, Limits, backend_key, pool_key, vip_key};
 
 /// What the pinned maps hold (read by the dataplane).
@@ -96,7 +96,11 @@ impl Reconciler {
                 }
             }
         }
-        r.tables = maps.tables;
+        r.tables = maps
+            .tables
+            .into_iter()
+            .map(|(id, slots)| (id, Slots::Held(slots.into())))
+            .collect();
         r.filter = maps.filter;
         r.filter.resize(VIP_FILTER_WORDS as usize, 0);
         r.ab_rules = maps
@@ -189,7 +193,7 @@ backends = [ { address = "10.0.1.1:80" }, { address = "10.0.1.2:80" } ]
                     maps.backends.insert(*id, *value);
                 }
                 Op::Table { id, slots } => {
-                    maps.tables.insert(*id, slots.clone());
+                    maps.tables.insert(*id, slots.to_vec());
                 }
                 Op::Vip(k, i) => {
                     maps.vips.retain(|(key, _)| key != k);

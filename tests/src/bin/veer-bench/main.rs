@@ -47,6 +47,12 @@ struct Options {
     /// end-to-end section.
     #[arg(long)]
     data_path_only: bool,
+    /// Only the agent's memory and status/scrape times (see agent.rs).
+    #[arg(long)]
+    agent_only: bool,
+    /// An older `veer` binary measured beside this build in the agent section.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
     /// The end-to-end bench instead: HTTP through veer, HAProxy, nftables and direct.
     #[arg(long)]
     e2e: bool,
@@ -110,6 +116,9 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench loads BPF programs into the kernel: run it as root (cargo xtask bench)");
     }
+    if opts.agent_only {
+        return agent::run(opts.baseline.as_deref()).map(|r| r.print(opts.json));
+    }
     let e2e_opts = e2e::Options {
         seconds: opts.e2e_seconds,
         reps: opts.e2e_reps,
@@ -121,11 +130,20 @@ fn main() -> anyhow::Result<()> {
     }
     let full = !(opts.data_path_only || opts.only.is_some());
     let control = if full { Some(control::run()?) } else { None };
+    let agent = if full {
+        Some(agent::run(opts.baseline.as_deref())?)
+    } else {
+        None
+    };
+    let json_out = opts.json;
     let data = std::thread::spawn(move || data_path(opts))
         .join()
         .map_err(|_| anyhow::anyhow!("data-path bench panicked"))??;
     if let Some(c) = control {
         c.print(data);
+    }
+    if let Some(a) = agent {
+        a.print(json_out);
     }
     if full {
         // The last section: real connections through real balancers.
@@ -774,6 +792,7 @@ fn rotation_keys(n: u32) -> Vec<[u32; 2]> {
     out
 }
 
+mod agent;
 mod control;
 mod e2e;
 
