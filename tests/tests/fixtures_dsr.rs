@@ -186,3 +186,34 @@ fn a_malformed_packet_to_a_dsr_vip_is_still_dropped() {
         assert!(!fx.has_flow(&flow_key(&syn(43000))));
     });
 }
+
+#[test]
+fn a_dsr_ipv6_syn_leaves_with_only_its_macs_changed() {
+    with_fixture(|fx| {
+        let (vip_id, table) = (6, 6);
+        let backends: Vec<(u32, SocketAddr, u32)> = (1..=3u8)
+            .map(|i| (40 + i as u32, SocketAddr::new(backend6(i).into(), PORT), 1))
+            .collect();
+        for &(id, addr, _) in &backends {
+            fx.set_backend(id, addr, vip_id, BACKEND_READY);
+        }
+        fx.write_table(&Pool { table, backends });
+        fx.set_vip(
+            SocketAddr::new(VIP6.into(), PORT),
+            PROTO_TCP,
+            VipInfo {
+                vip_id,
+                table_current: table,
+                flags: VIP_F_DSR,
+                ..Default::default()
+            },
+        );
+        for port in 44000..44010 {
+            let s = Spec::tcp_syn((CLIENT6.into(), port), (VIP6.into(), PORT));
+            let i = (fx.predict(table, &flow_key(&s)) - 40) as u8;
+            let (verdict, out) = fx.run(&s.build(), None);
+            assert_eq!(verdict, XDP_REDIRECT);
+            assert_eq!(out, expected(&s, i), "IPv6: only the MACs change (hop limit kept)");
+        }
+    });
+}
