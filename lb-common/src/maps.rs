@@ -119,6 +119,12 @@ pub const VIP_F_ROUND_ROBIN: u32 = 1 << 3;
 /// the backend with fewer live flows per unit of weight (BACKEND_LOAD) takes the flow, and
 /// its flows are counted there.
 pub const VIP_F_LEAST_CONN: u32 = 1 << 4;
+/// Direct server return (L2): a client packet keeps its addresses and ports; only its
+/// destination MAC becomes the backend's (its source MAC the egress interface's), and the
+/// backend, holding the VIP on a loopback, answers the client itself. No NAT port, no
+/// reverse entry; a TCP segment that misses the connection table is scheduled like a new
+/// flow (it may come from another balancer node after an ECMP change).
+pub const VIP_F_DSR: u32 = 1 << 5;
 
 /// `Flow.flags` / `NatRev.flags`
 /// The first FIN or RST of the flow was seen (counted in `closed_flows`).
@@ -130,6 +136,8 @@ pub const FLOW_F_SYN: u16 = 1 << 2;
 /// Flow: counted in its backend's `BackendLoad.live` (a least-conn VIP's flow); the count
 /// goes down once, when the flow is seen closing or its entry is overwritten.
 pub const FLOW_F_COUNTED: u16 = 1 << 3;
+/// Flow: of a DSR VIP (forwarded by MAC only; it has no reverse entry).
+pub const FLOW_F_DSR: u16 = 1 << 4;
 
 /// FRAGS key: a datagram's fragments share addresses, protocol and IP id (IPv4: 16 bits).
 #[repr(C)]

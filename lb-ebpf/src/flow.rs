@@ -173,6 +173,13 @@ pub fn established(
     })
 }
 
+/// `FlowEntry.rev_link` of a flow with no reverse entry (DSR): outside every map, so
+/// `ensure_reverse` leaves it alone and `confirm_reverse` never confirms it. A DSR flow
+/// stays unconfirmed (the balancer never sees the answer; a client's ACK proves nothing, a
+/// spoofer sends two) and gives way first under pressure; its next packet is scheduled by
+/// the table again, to the same backend while the table stands.
+pub const NO_REVERSE: u32 = u32::MAX;
+
 /// Confirms the reverse entry of a flow whose backend has answered (not with a reset);
 /// says whether it did.
 #[inline(always)]

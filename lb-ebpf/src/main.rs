@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_SYN, Flow, FlowKey, NatRev, NextHop, Reason,
-    VipInfo, VipKey,
+    Backend, Config, FAMILY_V4, FLOW_F_ANSWERED, FLOW_F_CLOSED, FLOW_F_DSR, FLOW_F_SYN, Flow, FlowKey, NatRev, NextHop,
+    Reason, VIP_F_DSR, VipInfo, VipKey,
     conntrack::{FlowEntry, TAKE_NONE, stamp},
 };
 
@@ -148,6 +148,9 @@ fn process(ctx: &XdpContext) -> Verdict {
             backend: &backend,
             snat_port_be: flow.snat_port_be,
         };
+        if flow.flags & FLOW_F_DSR != 0 {
+            return to_backend_dsr(ctx, &pkt, &chosen, &event, now_ns);
+        }
         return to_backend(ctx, &pkt, &snat, &chosen, &event, now_ns);
     }
     // The key in per-CPU map memory: the program's one stack frame is full.
@@ -162,6 +165,7 @@ fn process(ctx: &XdpContext) -> Verdict {
     };
     // SAFETY: the value is read in place; the agent replaces VIP entries whole.
     match unsafe { VIPS.get(&scratch.vip_key) } {
+        Some(vip) if vip.flags & VIP_F_DSR != 0 => new_flow_dsr(ctx, &pkt, vip, cfg, bucket, now_ns),
         Some(vip) => new_flow(ctx, &pkt, vip, cfg, &snat, bucket, now_ns),
         None => Verdict::Pass(Reason::PassNotVip),
     }
@@ -240,6 +244,93 @@ fn new_flow(
         snat_port_be: port,
     };
     to_backend(ctx, pkt, snat, &chosen, &event, now_ns)
+}
+
+/// First packet of a client flow to a DSR VIP, or a TCP segment of one that this node has
+/// not seen (a flow moved here by an ECMP change, or one whose entry gave way): chosen by
+/// the table like a new flow and recorded, with no NAT port and no reverse entry.
+#[inline(always)]
+fn new_flow_dsr(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &VipInfo,
+    cfg: &Config,
+    mut bucket: flow::Bucket<FlowEntry>,
+    now_ns: u64,
+) -> Verdict {
+    let key = &pkt.key;
+    let (id, backend) = match select::select_backend(key, vip, cfg) {
+        Ok(chosen) => chosen,
+        Err(r) => return Verdict::Drop(r),
+    };
+    let now = stamp(now_ns);
+    let Some(guard) = guard::open(now) else {
+        return Verdict::Drop(Reason::DropFlowInsert);
+    };
+    let choice = flow::choose_way(&bucket, key, guard::hold(guard), now);
+    guard::count(guard, choice.kind);
+    if choice.kind == TAKE_NONE {
+        return Verdict::Drop(Reason::DropFlood);
+    }
+    let flow = Flow {
+        backend_id: id,
+        vip_id: vip.vip_id,
+        snat_port_be: 0,
+        flags: select::new_flow_flags(vip) | FLOW_F_DSR,
+    };
+    if let Err(r) = flow::record(&mut bucket, choice.way, key, flow, (flow::NO_REVERSE, 0), now) {
+        return Verdict::Drop(r);
+    }
+    let event = Event {
+        bytes: pkt.ip_len,
+        reply: false,
+        new_flow: true,
+        closed: false,
+        answered: false,
+        reset: false,
+    };
+    let chosen = Chosen {
+        vip_id: vip.vip_id,
+        backend_id: id,
+        backend: &backend,
+        snat_port_be: 0,
+    };
+    to_backend_dsr(ctx, pkt, &chosen, &event, now_ns)
+}
+
+/// Client -> VIP on a DSR backend: the frame goes on unchanged but for its MACs
+/// (destination: the backend's, from the FIB toward the backend address; source: the egress
+/// interface's). Addresses, ports, TTL and checksums stay: the backend holds the VIP and
+/// answers the client itself. The agent admits only backends on a directly connected
+/// network, so the FIB's neighbour is the backend. An unresolved neighbour drops the packet
+/// (the stack would route it by the VIP): the agent keeps managed neighbour entries for
+/// every backend, so that is a first packet's rare case, and TCP retransmits.
+#[inline(always)]
+fn to_backend_dsr(ctx: &XdpContext, pkt: &Packet, to: &Chosen, event: &Event, now_ns: u64) -> Verdict {
+    stats::count(to.vip_id, to.backend_id, event);
+    let Some(hop) = NEXTHOPS.get_ptr_mut(to.backend_id) else {
+        return Verdict::Drop(Reason::DropNoBackend);
+    };
+    // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
+    let hop = unsafe { &mut *hop };
+    let path = fib::Path {
+        family: pkt.key.family,
+        src: &pkt.key.dst_be,
+        dst: &to.backend.addr_be,
+        reply: false,
+    };
+    match fib::resolve(ctx, hop, &path, now_ns) {
+        Ok(true) => {}
+        Ok(false) => return Verdict::Drop(Reason::DropFib),
+        Err(v) => return v,
+    }
+    if hop.mtu != 0 && pkt.ip_len > hop.mtu {
+        if pkt.dont_fragment {
+            icmp::tail(ctx, icmp::REQ_TOO_BIG, hop.mtu);
+        }
+        return Verdict::Drop(Reason::DropFib);
+    }
+    fib::send(ctx, hop, false)
 }
 
 /// Where a client packet goes.

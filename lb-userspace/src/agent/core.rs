@@ -275,6 +275,12 @@ impl Core {
         let ops = rec
             .reconcile(&edit.next, self.snat_v4, self.snat_v6)
             .map_err(|e| CoreError::Rejected(e.to_string()))?;
+        crate::host::dsr::check_backends(
+            &edit.next.config,
+            &edit.next.config.agent.interfaces,
+            Some(&self.desired.config),
+        )
+        .map_err(CoreError::Rejected)?;
         let moved_pct = edit
             .next
             .config
@@ -641,6 +647,63 @@ impl Core {
         })
     }
 
+    /// The active pool's table of `vip` read from the kernel (slots from TABLES, addresses
+    /// from BACKENDS), with its slot -> address digest.
+    pub fn table(&self, vip: &str) -> Result<types::Table, CoreError> {
+        let v = self
+            .desired
+            .vip(vip)
+            .ok_or_else(|| CoreError::NotFound(format!("unknown VIP {vip:?}")))?;
+        let info = self.reconciler.vip_info(vip).map(|(_, i)| *i).unwrap_or_default();
+        let ring = self.reconciler.limits.ring_size;
+        let failed = |e: crate::dataplane::DataplaneError| CoreError::Failed(e.to_string());
+        let slots = if info.table_current == 0 {
+            vec![0; ring as usize]
+        } else {
+            self.dp.read_table(info.table_current, ring).map_err(failed)?
+        };
+        let mut by_id: BTreeMap<u32, Option<SocketAddr>> = BTreeMap::new();
+        let mut digest = Fnv64::default();
+        let mut counts = BTreeMap::new();
+        for id in slots {
+            let addr = match by_id.get(&id) {
+                Some(a) => *a,
+                None => {
+                    let a = if id == 0 {
+                        None
+                    } else {
+                        let b = self.dp.read_backend(id).map_err(failed)?;
+                        Some(backend_socket_addr(&b))
+                    };
+                    by_id.insert(id, a);
+                    a
+                }
+            };
+            match addr {
+                Some(a) => {
+                    match a.ip() {
+                        std::net::IpAddr::V4(ip) => digest.write(&ip.octets()),
+                        std::net::IpAddr::V6(ip) => digest.write(&ip.octets()),
+                    }
+                    digest.write(&a.port().to_be_bytes());
+                    *counts.entry(a.to_string()).or_insert(0) += 1;
+                }
+                None => {
+                    digest.write(&[0]);
+                    *counts.entry("none".to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        Ok(types::Table {
+            vip: vip.to_string(),
+            pool: v.active.clone(),
+            mode: format!("{:?}", v.mode).to_lowercase(),
+            ring_size: ring,
+            digest: format!("{:016x}", digest.0),
+            slots: counts,
+        })
+    }
+
     /// The backend a flow from `src` reaches now: its connection-table entry, else the
     /// data path's own selection over the tables as the agent wrote them.
     pub fn trace(&self, vip: &str, src: SocketAddr) -> Result<types::Trace, CoreError> {
@@ -717,4 +780,34 @@ fn key_src(k: &FlowKey) -> SocketAddr {
         Ipv6Addr::from(o).into()
     };
     SocketAddr::new(ip, u16::from_be(k.sport_be))
+}
+
+/// FNV-1a, 64 bits: a digest an operator compares across nodes (not a security hash).
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A kernel BACKENDS entry as IP:PORT.
+fn backend_socket_addr(b: &lb_common::Backend) -> SocketAddr {
+    let bytes: Vec<u8> = b.addr_be.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let ip = if b.family == lb_common::FAMILY_V4 {
+        std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&bytes);
+        std::net::IpAddr::from(o)
+    };
+    SocketAddr::new(ip, u16::from_be(b.port_be))
 }

@@ -89,6 +89,8 @@ pub fn prepare(config_path: &Path, interfaces: &[String]) -> Result<Prepared, Ag
     Reconciler::new(limits(&config))
         .reconcile(&Desired::new(config.clone()), snat_v4, snat_v6)
         .map_err(|e| AgentError::Rejected(format!("{}: {e}", config_path.display())))?;
+    crate::host::dsr::check_backends(&config, &interfaces, None)
+        .map_err(|e| AgentError::Rejected(format!("{}: {e}", config_path.display())))?;
     Ok(Prepared {
         config,
         config_hash: fnv1a(&text),

@@ -83,6 +83,7 @@ pub fn router(core: Shared) -> Router {
         .route("/v1/canary/gate", post(canary_gate))
         .route("/v1/flows/{vip}", get(flows))
         .route("/v1/trace/{vip}", get(trace))
+        .route("/v1/table/{vip}", get(table))
         .layer(axum::middleware::from_fn(crate::metrics::track_api))
         .layer(axum::middleware::from_fn(super::audit::with_peer))
         .with_state(core)
@@ -248,6 +249,13 @@ async fn flows(
     Query(q): Query<FlowsQuery>,
 ) -> Result<Json<Flows>, ApiError> {
     Ok(Json(core.lock().await.flows(&vip, q.limit.unwrap_or(100))?))
+}
+
+async fn table(
+    State(core): State<Shared>,
+    UrlPath(vip): UrlPath<String>,
+) -> Result<Json<super::types::Table>, ApiError> {
+    Ok(Json(core.lock().await.table(&vip)?))
 }
 
 async fn trace(

@@ -382,6 +382,20 @@ pub struct Flows {
     pub flows: Vec<FlowRow>,
 }
 
+/// `GET /v1/table/{vip}`: the active pool's table as the kernel holds it, as slot ->
+/// backend address. `digest` (FNV-1a 64 over every slot's address and port, in slot order)
+/// is equal on every node whose table maps each slot to the same address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    pub vip: String,
+    pub pool: String,
+    pub mode: String,
+    pub ring_size: u32,
+    pub digest: String,
+    /// Slots per backend address (`none`: empty slots).
+    pub slots: std::collections::BTreeMap<String, u32>,
+}
+
 /// `GET /v1/trace/{vip}?src=IP:PORT`: the backend a flow from `source` reaches now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trace {

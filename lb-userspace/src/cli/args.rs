@@ -246,6 +246,15 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// The VIP's active table as the kernel holds it: slots per backend and a digest of
+    /// slot -> address, to compare across balancer nodes.
+    Table {
+        /// The VIP's name.
+        vip: String,
+        /// Print only the digest.
+        #[arg(long)]
+        digest: bool,
+    },
     /// Which backend a flow from SRC gets now (the kernel's own selection function).
     Trace {
         /// The VIP's name.

@@ -285,6 +285,15 @@ pub fn run(socket: &Endpoint, json: bool, command: Command) -> Result<(), Client
             let f: Flows = client::call(socket, "GET", &format!("/v1/flows/{vip}?limit={limit}"), None::<&()>)?;
             print(json, &f, render::flows);
         }
+        Command::Table { vip, digest } => {
+            vip_name(&vip)?;
+            let t: crate::api::types::Table = client::call(socket, "GET", &format!("/v1/table/{vip}"), None::<&()>)?;
+            if digest && !json {
+                println!("{}", t.digest);
+            } else {
+                print(json, &t, render::table);
+            }
+        }
         Command::Trace { vip, src } => {
             vip_name(&vip)?;
             let parsed: std::net::SocketAddr = src

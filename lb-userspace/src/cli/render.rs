@@ -89,6 +89,20 @@ pub fn flows(f: &Flows) -> String {
     out
 }
 
+pub fn table(t: &crate::api::types::Table) -> String {
+    let mut out = format!(
+        "VIP {} ({}), pool {}: {} slots, digest {}\n",
+        t.vip, t.mode, t.pool, t.ring_size, t.digest
+    );
+    for (addr, n) in &t.slots {
+        out.push_str(&format!(
+            "  {addr:<40} {n:>6} slots  {:5.1}%\n",
+            *n as f64 * 100.0 / t.ring_size.max(1) as f64
+        ));
+    }
+    out
+}
+
 pub fn trace(t: &Trace) -> String {
     if t.existing_flow {
         format!(

@@ -86,6 +86,9 @@ impl Scheduler {
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Nat,
+    /// Direct server return (L2): only the destination MAC is rewritten; backends hold the
+    /// VIP on a loopback and share an L2 segment with the balancer.
+    Dsr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -512,11 +515,12 @@ impl Validator<'_> {
         }
         let mode = match v.mode.as_ref().map(|m| m.get_ref().as_str()) {
             None | Some("nat") => Mode::Nat,
-            Some(m @ ("dsr" | "ipip")) => {
+            Some("dsr") => Mode::Dsr,
+            Some(m @ "ipip") => {
                 return self.err(
                     v.mode.as_ref().map(|p| p.span()).unwrap_or_default(),
                     "vip.mode",
-                    format!("{m:?} is not supported yet; use \"nat\""),
+                    format!("{m:?} is not supported yet; use \"nat\" or \"dsr\""),
                 );
             }
             Some(other) => {
@@ -556,6 +560,11 @@ impl Validator<'_> {
             for b in p.backends {
                 let addr = self.socket_addr(&b.address, "vip.pool.backends.address")?;
                 if let Err(e) = validate::backend_address(addr, address) {
+                    return self.err(b.address.span(), "vip.pool.backends.address", e.0);
+                }
+                if mode == Mode::Dsr
+                    && let Err(e) = validate::dsr_backend_port(addr, address)
+                {
                     return self.err(b.address.span(), "vip.pool.backends.address", e.0);
                 }
                 if !seen_backends.insert(addr) {
@@ -663,11 +672,19 @@ backends = [ { address = "10.0.2.10:8080" } ]
         assert_eq!((e.line, e.field.as_str()), (3, "agent.api_listen"), "{e}");
         assert!(e.message.contains("plaintext is served only on loopback"), "{e}");
         let tls = "api_tls_cert = \"/etc/veer/api.crt\"\napi_tls_key = \"/etc/veer/api.key\"";
-        let c = parse(&with(&format!("api_listen = \"0.0.0.0:9478\"\n{token}\n{tls}")), "veer.toml").unwrap();
+        let c = parse(
+            &with(&format!("api_listen = \"0.0.0.0:9478\"\n{token}\n{tls}")),
+            "veer.toml",
+        )
+        .unwrap();
         assert_eq!(c.agent.api_tls_cert.as_deref(), Some(Path::new("/etc/veer/api.crt")));
-        let e = err(&with(&format!("api_listen = \"0.0.0.0:9478\"\n{token}\napi_tls_cert = \"/c\"")));
+        let e = err(&with(&format!(
+            "api_listen = \"0.0.0.0:9478\"\n{token}\napi_tls_cert = \"/c\""
+        )));
         assert_eq!(e.field, "agent.api_tls_cert", "{e}");
-        let e = err(&with(&format!("api_listen = \"127.0.0.1:9478\"\n{token}\napi_tls_client_ca = \"/ca\"")));
+        let e = err(&with(&format!(
+            "api_listen = \"127.0.0.1:9478\"\n{token}\napi_tls_client_ca = \"/ca\""
+        )));
         assert_eq!(e.field, "agent.api_tls_client_ca", "{e}");
     }
 
@@ -701,10 +718,17 @@ backends = [ { address = "10.0.2.10:8080" } ]
         let same_addr = two.replacen("name = \"web\"", "name = \"web2\"", 1);
         assert!(err(&same_addr).message.contains("already another VIP"));
         assert!(
-            err(&GOOD.replace("mode = \"nat\"", "mode = \"dsr\""))
+            err(&GOOD.replace("mode = \"nat\"", "mode = \"ipip\""))
                 .message
                 .contains("not supported yet")
         );
+        // DSR rewrites no port: a backend listens on the VIP's port.
+        let dsr = GOOD.replace("mode = \"nat\"", "mode = \"dsr\"");
+        let e = err(&dsr);
+        assert_eq!(e.field, "vip.pool.backends.address", "{e}");
+        assert!(e.message.contains("the VIP's port"), "{e}");
+        let ok = dsr.replace(":8080\"", ":80\"");
+        assert_eq!(parse(&ok, "t.toml").unwrap().vips[0].mode, Mode::Dsr);
         assert!(err(&GOOD.replace("maglev", "fastest")).message.contains("expected"));
         for (name, s) in [
             ("round-robin", Scheduler::RoundRobin),

@@ -432,6 +432,12 @@ impl Dataplane {
         self.tables.read(id, ring_size)
     }
 
+    /// Backend `id` as the kernel holds it.
+    pub fn read_backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        let m: Array<&MapData, Backend> = self.map(MAP_BACKENDS)?;
+        m.get(&id, 0).map_err(map_err(MAP_BACKENDS))
+    }
+
     /// The kernel's table memory, for the reconciler to read written tables back from
     /// instead of keeping copies.
     pub fn table_store(&self) -> std::sync::Arc<dyn crate::state::TableStore> {

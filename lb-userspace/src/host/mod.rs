@@ -3,6 +3,7 @@
 //! own process limits. README's "What the agent changes on the host" lists the same.
 
 pub mod bpffs;
+pub mod dsr;
 pub mod neigh;
 pub mod sysctl;
 pub mod systemd;

@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_HASH_SOURCE, VIP_F_LEAST_CONN,
-    VIP_F_ROUND_ROBIN, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
+    BACKEND_DOWN, BACKEND_READY, BACKEND_UNSET, Backend, VIP_F_AB_RULES, VIP_F_DSR, VIP_F_HASH_SOURCE,
+    VIP_F_LEAST_CONN, VIP_F_ROUND_ROBIN, VIP_F_SPLIT_BY_CLIENT, VIP_FILTER_WORDS, VipInfo, VipKey,
     maglev::{TableBackend, build_table},
     rr::build_sequence,
     vip_filter_slot,
@@ -21,7 +21,7 @@ use super::{
     AdminState, Deployment, Desired, Exhausted, IdAllocator, Ids, Limits, SplitBy, ab_rule, addr_be, backend_key,
     backend_state, family, pool_key, vip_key,
 };
-use crate::config::{PoolConfig, Scheduler, VipConfig};
+use crate::config::{Mode, PoolConfig, Scheduler, VipConfig};
 
 mod adopt;
 pub use adopt::{MapContents, ip_of};
@@ -248,7 +248,9 @@ impl Reconciler {
             ..Run::default()
         };
         for v in &desired.config.vips {
-            check_snat(v, snat_v4.is_some(), snat_v6.is_some())?;
+            if v.mode == Mode::Nat {
+                check_snat(v, snat_v4.is_some(), snat_v6.is_some())?;
+            }
             self.plan_vip(desired, v, &mut run, &mut w)?;
         }
         self.ids.next_backend = run.backend_ids.cursor();
@@ -297,6 +299,9 @@ impl Reconciler {
             Scheduler::RoundRobin => VIP_F_ROUND_ROBIN,
             Scheduler::LeastConn => VIP_F_LEAST_CONN,
         };
+        if v.mode == Mode::Dsr {
+            flags |= VIP_F_DSR;
+        }
         if deploy.split.as_ref().is_some_and(|s| s.by == SplitBy::Client) {
             flags |= VIP_F_SPLIT_BY_CLIENT;
         }
@@ -423,6 +428,15 @@ impl Reconciler {
         }
         let old_id = self.ids.tables.get(&pkey).copied();
         let sequence = v.scheduler == Scheduler::RoundRobin;
+        // DSR: every node's table must map each slot to the same backend address (a flow
+        // that ECMP moves to another node finds the same backend there). So it is built
+        // from scratch over the members in address order: a pure function of addresses,
+        // ports and weights, never of ids, of the previous table or of the order of API
+        // calls. The cost: a membership change can move more slots than a minimal rebuild.
+        let consistent = v.mode == Mode::Dsr;
+        if consistent {
+            members.sort_by_key(|b| (b.addr_be.map(u32::to_ne_bytes), u16::from_be(b.port_be)));
+        }
         let built = (sequence, members);
         let members = &built.1;
         let table_id = if members.iter().all(|b| b.weight == 0) {
@@ -435,10 +449,11 @@ impl Reconciler {
             let previous = old_id
                 .filter(|id| self.members.get(id).is_none_or(|(kind, _)| *kind == sequence))
                 .and_then(|id| self.table(id));
+            let base = previous.as_deref().filter(|_| !consistent);
             let slots = if sequence {
                 build_sequence(members, self.limits.ring_size)
             } else {
-                build_table(members, self.limits.ring_size, previous.as_deref())
+                build_table(members, self.limits.ring_size, base)
             };
             let id = match old_id {
                 Some(old) if previous.as_deref() == Some(slots.as_slice()) => old,
@@ -580,6 +595,11 @@ fn check_whole(
                     "VIP {:?}: backend {} is {what}",
                     v.name, b.address
                 )));
+            }
+            if v.mode == Mode::Dsr
+                && let Err(e) = crate::state::validate::dsr_backend_port(b.address, v.address)
+            {
+                return Err(StateError::Invalid(format!("VIP {:?}: {}", v.name, e.0)));
             }
         }
     }
@@ -1048,5 +1068,82 @@ mod tests {
             vec![],
             "nothing recorded"
         );
+    }
+
+    #[test]
+    fn a_dsr_vip_carries_its_flag_needs_no_snat_and_refuses_another_port() {
+        let dsr = CFG.replace("active = \"blue\"", "active = \"blue\"\nmode = \"dsr\"");
+        let mut r = Reconciler::new(limits());
+        r.reconcile(&desired(&dsr), None, None)
+            .expect("DSR needs no SNAT address");
+        assert_eq!(r.vip_info("web").unwrap().1.flags, VIP_F_DSR);
+        // The same VIP in NAT mode without SNAT is refused.
+        assert!(Reconciler::new(limits()).reconcile(&desired(CFG), None, None).is_err());
+        // A backend added later (the API's path) on another port is refused, nothing changes.
+        let mut d = desired(&dsr);
+        let before = r.clone();
+        d.config.vips[0].pools[1].backends.push(crate::config::BackendConfig {
+            address: "10.0.2.9:8080".parse().unwrap(),
+            weight: 100,
+        });
+        let e = r.reconcile(&d, None, None).unwrap_err().to_string();
+        assert!(e.contains("the VIP's port"), "{e}");
+        assert_eq!(r.vip_info("web"), before.vip_info("web"));
+    }
+
+    /// A DSR VIP's table as slot -> backend address, the way every node must agree on it.
+    fn slot_addresses(r: &Reconciler) -> Vec<([u32; 4], u16)> {
+        let table = r.table(r.vip_info("web").unwrap().1.table_current).unwrap();
+        table
+            .iter()
+            .map(|id| {
+                let b = r.backends[id];
+                (b.addr_be, b.port_be)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dsr_table_maps_slots_to_addresses_independently_of_ids_history_and_call_order() {
+        let pool = |backends: &str| {
+            format!(
+                "[agent]\nring_size = 251\n[[vip]]\nname = \"web\"\naddress = \"10.0.0.100:80\"\nmode = \"dsr\"\n\
+                 active = \"blue\"\n[[vip.pool]]\nname = \"blue\"\nbackends = [ {backends} ]\n"
+            )
+        };
+        let (a, b, c, x) = (
+            "{ address = \"10.0.1.1:80\", weight = 100 }",
+            "{ address = \"10.0.1.2:80\", weight = 300 }",
+            "{ address = \"10.0.1.3:80\", weight = 200 }",
+            "{ address = \"10.0.1.9:80\" }",
+        );
+        let mut one = Reconciler::new(limits());
+        one.reconcile(&desired(&pool(&[a, b, c].join(", "))), None, None)
+            .unwrap();
+        // Another node: the same backends, added one at a time in another order, after a
+        // backend that came and went (other ids, other previous tables).
+        let mut two = Reconciler::new(limits());
+        for step in [vec![x], vec![x, c], vec![c], vec![c, b], vec![c, b, a]] {
+            two.reconcile(&desired(&pool(&step.join(", "))), None, None).unwrap();
+        }
+        assert_ne!(one.ids.backends, two.ids.backends, "the nodes gave out different ids");
+        assert_eq!(
+            slot_addresses(&one),
+            slot_addresses(&two),
+            "slot -> address maps differ"
+        );
+        // The same history in NAT mode keeps the minimal-disruption base: the maps differ,
+        // which is why DSR builds from scratch.
+        let nat = |t: String| t.replace("mode = \"dsr\"", "mode = \"nat\"\n");
+        let mut three = Reconciler::new(limits());
+        three
+            .reconcile(&desired(&nat(pool(&[a, b, c].join(", ")))), snat(), None)
+            .unwrap();
+        let mut four = Reconciler::new(limits());
+        for step in [vec![x], vec![x, c], vec![c], vec![c, b], vec![c, b, a]] {
+            four.reconcile(&desired(&nat(pool(&step.join(", ")))), snat(), None)
+                .unwrap();
+        }
+        assert_ne!(slot_addresses(&three), slot_addresses(&four));
     }
 }

@@ -72,6 +72,18 @@ pub fn backend_address(addr: SocketAddr, vip: SocketAddr) -> Result<(), Invalid>
     Ok(())
 }
 
+/// A backend of a DSR VIP: the packet reaches it with the VIP's port (DSR rewrites only
+/// the MAC), so that is the port it must listen on.
+pub fn dsr_backend_port(addr: SocketAddr, vip: SocketAddr) -> Result<(), Invalid> {
+    if addr.port() != vip.port() {
+        return invalid(format!(
+            "{addr}: a backend of a DSR VIP listens on the VIP's port ({}): DSR rewrites only the MAC",
+            vip.port()
+        ));
+    }
+    Ok(())
+}
+
 /// `ADDR/LEN` with no bits set past the prefix (`10.1.0.0/16`, not `10.1.2.3/16`).
 pub fn cidr(s: &str) -> Result<(IpAddr, u8), Invalid> {
     let (ip, len) = s
