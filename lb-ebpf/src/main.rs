@@ -180,6 +180,28 @@ pub fn snat_addr(cfg: &Config, family: u8) -> [u32; 4] {
     }
 }
 
+/// The start of every new flow, NAT or DSR: the backend the VIP's pool picks, then a way
+/// in the flow's bucket that the flood guard lets it take; returns (backend id, backend,
+/// way, stamp).
+#[inline(always)]
+fn admit(
+    key: &FlowKey,
+    vip: &VipInfo,
+    cfg: &Config,
+    bucket: &flow::Bucket<FlowEntry>,
+    now_ns: u64,
+) -> Result<(u32, Backend, usize, u32), Reason> {
+    let (id, backend) = select::select_backend(key, vip, cfg)?;
+    let now = stamp(now_ns);
+    let guard = guard::open(now).ok_or(Reason::DropFlowInsert)?;
+    let choice = flow::choose_way(bucket, key, guard::hold(guard), now);
+    guard::count(guard, choice.kind);
+    if choice.kind == TAKE_NONE {
+        return Err(Reason::DropFlood);
+    }
+    Ok((id, backend, choice.way, now))
+}
+
 /// First packet of a client flow to a VIP: choose the backend, allocate the NAT port,
 /// record both directions, forward.
 #[inline(always)]
@@ -196,19 +218,10 @@ fn new_flow(
         return Verdict::Drop(Reason::DropNoPort);
     }
     let key = &pkt.key;
-    let (id, backend) = match select::select_backend(key, vip, cfg) {
-        Ok(chosen) => chosen,
+    let (id, backend, way, now) = match admit(key, vip, cfg, &bucket, now_ns) {
+        Ok(admitted) => admitted,
         Err(r) => return Verdict::Drop(r),
     };
-    let now = stamp(now_ns);
-    let Some(guard) = guard::open(now) else {
-        return Verdict::Drop(Reason::DropFlowInsert);
-    };
-    let choice = flow::choose_way(&bucket, key, guard::hold(guard), now);
-    guard::count(guard, choice.kind);
-    if choice.kind == TAKE_NONE {
-        return Verdict::Drop(Reason::DropFlood);
-    }
     // A flow opened by a SYN: the backend's reset of it (a stopped server) is a health
     // signal even unanswered; one opened by a bare ACK (any client can send one) is not.
     let opened = if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -226,17 +239,10 @@ fn new_flow(
         snat_port_be: port,
         flags: select::new_flow_flags(vip),
     };
-    if let Err(r) = flow::record(&mut bucket, choice.way, key, flow, (rev_link, rev_tag), now) {
+    if let Err(r) = flow::record(&mut bucket, way, key, flow, (rev_link, rev_tag), now) {
         return Verdict::Drop(r);
     }
-    let event = Event {
-        bytes: pkt.ip_len,
-        reply: false,
-        new_flow: true,
-        closed: false,
-        answered: false,
-        reset: false,
-    };
+    let event = Event::new_flow(pkt.ip_len);
     let chosen = Chosen {
         vip_id: vip.vip_id,
         backend_id: id,
@@ -259,36 +265,20 @@ fn new_flow_dsr(
     now_ns: u64,
 ) -> Verdict {
     let key = &pkt.key;
-    let (id, backend) = match select::select_backend(key, vip, cfg) {
-        Ok(chosen) => chosen,
+    let (id, backend, way, now) = match admit(key, vip, cfg, &bucket, now_ns) {
+        Ok(admitted) => admitted,
         Err(r) => return Verdict::Drop(r),
     };
-    let now = stamp(now_ns);
-    let Some(guard) = guard::open(now) else {
-        return Verdict::Drop(Reason::DropFlowInsert);
-    };
-    let choice = flow::choose_way(&bucket, key, guard::hold(guard), now);
-    guard::count(guard, choice.kind);
-    if choice.kind == TAKE_NONE {
-        return Verdict::Drop(Reason::DropFlood);
-    }
     let flow = Flow {
         backend_id: id,
         vip_id: vip.vip_id,
         snat_port_be: 0,
         flags: select::new_flow_flags(vip) | FLOW_F_DSR,
     };
-    if let Err(r) = flow::record(&mut bucket, choice.way, key, flow, (flow::NO_REVERSE, 0), now) {
+    if let Err(r) = flow::record(&mut bucket, way, key, flow, (flow::NO_REVERSE, 0), now) {
         return Verdict::Drop(r);
     }
-    let event = Event {
-        bytes: pkt.ip_len,
-        reply: false,
-        new_flow: true,
-        closed: false,
-        answered: false,
-        reset: false,
-    };
+    let event = Event::new_flow(pkt.ip_len);
     let chosen = Chosen {
         vip_id: vip.vip_id,
         backend_id: id,

@@ -23,6 +23,21 @@ pub struct Event {
     pub reset: bool,
 }
 
+impl Event {
+    /// The first packet of a flow just recorded.
+    #[inline(always)]
+    pub fn new_flow(bytes: u16) -> Event {
+        Event {
+            bytes,
+            reply: false,
+            new_flow: true,
+            closed: false,
+            answered: false,
+            reset: false,
+        }
+    }
+}
+
 #[inline(always)]
 fn bump(map: &PerCpuArray<Counters>, index: u32, e: &Event) {
     if let Some(c) = map.get_ptr_mut(index) {
