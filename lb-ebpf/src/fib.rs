@@ -48,6 +48,14 @@ pub fn arrived_by_egress(ctx: &XdpContext, backend_id: u32) -> bool {
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// The cached next hop toward backend `id` (filled by [`resolve`]).
+#[inline(always)]
+pub fn hop_of(id: u32) -> Result<&'static mut NextHop, Verdict> {
+    let hop = NEXTHOPS.get_ptr_mut(id).ok_or(Verdict::Drop(Reason::DropNoBackend))?;
+    // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
+    Ok(unsafe { &mut *hop })
+}
+
 /// The rewritten packet's addresses, as the FIB lookup needs them.
 pub struct Path<'a> {
     pub family: u8,

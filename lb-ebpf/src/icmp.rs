@@ -17,7 +17,7 @@ use lb_common::{
 use crate::{
     Verdict, fib,
     flow::{self, store},
-    maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, NEXTHOPS, scratch},
+    maps::{BACKENDS, CONFIG, FRAGS, ICMP_PROGS, scratch},
     nat::store_addr,
     packet::{
         ETH_P_8021Q, ETH_P_IP, ETHER_TYPE, EthHdr, ICMP_CHECK, ICMP_LEN, Ipv4Hdr, Ipv4Words, Ipv6Hdr, Ipv6Words,
@@ -385,11 +385,10 @@ fn translate(ctx: &XdpContext, err: &IcmpError, snat: &[u32; 4], now_ns: u64) ->
         if rewrite(ctx, err, &rw).is_none() {
             return Verdict::Drop(Reason::DropTruncated);
         }
-        let Some(hop) = NEXTHOPS.get_ptr_mut(f.backend_id) else {
-            return Verdict::Drop(Reason::DropNoBackend);
+        let hop = match fib::hop_of(f.backend_id) {
+            Ok(h) => h,
+            Err(v) => return v,
         };
-        // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
-        let hop = unsafe { &mut *hop };
         let path = fib::Path {
             family: q.family,
             src: snat,

@@ -29,7 +29,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{CONFIG, NEXTHOPS, VIPS},
+    maps::{CONFIG, VIPS},
     nat::{Rewrite, rewrite},
     parse::{Packet, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse},
     stats::Event,
@@ -298,11 +298,10 @@ fn new_flow_dsr(
 #[inline(always)]
 fn to_backend_dsr(ctx: &XdpContext, pkt: &Packet, to: &Chosen, event: &Event, now_ns: u64) -> Verdict {
     stats::count(to.vip_id, to.backend_id, event);
-    let Some(hop) = NEXTHOPS.get_ptr_mut(to.backend_id) else {
-        return Verdict::Drop(Reason::DropNoBackend);
+    let hop = match fib::hop_of(to.backend_id) {
+        Ok(h) => h,
+        Err(v) => return v,
     };
-    // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
-    let hop = unsafe { &mut *hop };
     let path = fib::Path {
         family: pkt.key.family,
         src: &pkt.key.dst_be,
@@ -335,11 +334,10 @@ struct Chosen<'a> {
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, pkt: &Packet, snat: &[u32; 4], to: &Chosen, event: &Event, now_ns: u64) -> Verdict {
     stats::count(to.vip_id, to.backend_id, event);
-    let Some(hop) = NEXTHOPS.get_ptr_mut(to.backend_id) else {
-        return Verdict::Drop(Reason::DropNoBackend);
+    let hop = match fib::hop_of(to.backend_id) {
+        Ok(h) => h,
+        Err(v) => return v,
     };
-    // SAFETY: array slot valid for the program's lifetime; racing writers store equal values.
-    let hop = unsafe { &mut *hop };
     let path = fib::Path {
         family: pkt.key.family,
         src: snat,
