@@ -106,21 +106,7 @@ impl Drop for Load {
 
 /// `veer switch VIP POOL --wait --drain-timeout TIMEOUT` in its own process.
 fn spawn_switch_wait(lab: &Lab, vip: &str, pool: &str, timeout: &str) -> std::process::Child {
-    std::process::Command::new(veer_bin().unwrap())
-        .args([
-            "--socket",
-            lab.socket().to_str().unwrap(),
-            "switch",
-            vip,
-            pool,
-            "--wait",
-            "--drain-timeout",
-            timeout,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    lab.spawn_veer(&["switch", vip, pool, "--wait", "--drain-timeout", timeout])
 }
 
 fn green_share(o: &Outcome) -> f64 {
@@ -371,22 +357,16 @@ fn split_dry_run_predicts_the_moved_share_and_apply_matches_it() {
 fn canary_into_a_healthy_pool_reaches_100_percent_and_becomes_a_switch() {
     let Some(lab) = lab_checked() else { return };
     let load = Load::start(&lab);
-    let mut canary = std::process::Command::new(veer_bin().unwrap())
-        .args(["--socket", lab.socket().to_str().unwrap()])
-        .args([
-            "canary",
-            "web",
-            "green",
-            "--steps",
-            "10,50,100",
-            "--interval",
-            "600ms",
-            "--wait",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut canary = lab.spawn_veer(&[
+        "canary",
+        "web",
+        "green",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "600ms",
+        "--wait",
+    ]);
     // Every step is seen in the agent's state, in order, before the canary becomes a switch.
     let mut steps: Vec<f64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -658,19 +638,6 @@ fn switch_wait_on_a_udp_vip_returns_once_the_old_pools_flows_go_idle() {
     println!("udp switch: --wait returned {after:?} after the last datagram of the busy flow (udp_idle 1s)");
 }
 
-/// `veer ARGS` against the lab's agent in its own process, stdout and stderr piped (as in a
-/// CI job: stdout is no terminal).
-fn spawn_veer(lab: &Lab, args: &[&str]) -> std::process::Child {
-    std::process::Command::new(veer_bin().unwrap())
-        .arg("--socket")
-        .arg(lab.socket())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// Three long-lived connections to the active pool, checked to be on `pool`'s backends.
 fn three_streams(lab: &Lab, pool: &[&str]) -> Vec<std::net::TcpStream> {
     (0..3)
@@ -711,7 +678,7 @@ fn switch_wait_off_a_terminal_prints_a_line_per_change_and_json_lines_with_json(
     let Some(lab) = lab() else { return };
     let watch = lab.watch().unwrap();
     let streams = three_streams(&lab, &BLUE);
-    let wait = spawn_veer(&lab, &["switch", "web", "green", "--wait", "--drain-timeout", "20s"]);
+    let wait = lab.spawn_veer(&["switch", "web", "green", "--wait", "--drain-timeout", "20s"]);
     let (code, out, err, took) = close_one_per_second(streams, wait);
     assert_eq!(code, Some(0), "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -738,10 +705,7 @@ fn switch_wait_off_a_terminal_prints_a_line_per_change_and_json_lines_with_json(
 
     // And back, as NDJSON.
     let streams = three_streams(&lab, &GREEN);
-    let wait = spawn_veer(
-        &lab,
-        &["--json", "switch", "web", "blue", "--wait", "--drain-timeout", "20s"],
-    );
+    let wait = lab.spawn_veer(&["--json", "switch", "web", "blue", "--wait", "--drain-timeout", "20s"]);
     let (code, out, err, _) = close_one_per_second(streams, wait);
     assert_eq!(code, Some(0), "{out}{err}");
     let events: Vec<serde_json::Value> = out
@@ -774,20 +738,17 @@ fn a_canary_whose_gate_fails_at_step_2_rolls_back_with_exit_4_and_fails_no_reque
         f = count.display()
     );
     let load = Load::start(&lab);
-    let canary = spawn_veer(
-        &lab,
-        &[
-            "canary",
-            "web",
-            "green",
-            "--steps",
-            "10,50,100",
-            "--interval",
-            "700ms",
-            "--gate",
-            &gate,
-        ],
-    );
+    let canary = lab.spawn_veer(&[
+        "canary",
+        "web",
+        "green",
+        "--steps",
+        "10,50,100",
+        "--interval",
+        "700ms",
+        "--gate",
+        &gate,
+    ]);
     let out = canary.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -967,20 +928,17 @@ fn a_prometheus_gate_passes_on_a_result_and_rolls_back_on_an_empty_one() {
 fn a_gated_canary_wait_outlives_an_agent_restart() {
     let Some(mut lab) = lab() else { return };
     let load = Load::start(&lab);
-    let canary = spawn_veer(
-        &lab,
-        &[
-            "canary",
-            "web",
-            "green",
-            "--steps",
-            "20,100",
-            "--interval",
-            "3s",
-            "--gate",
-            "true",
-        ],
-    );
+    let canary = lab.spawn_veer(&[
+        "canary",
+        "web",
+        "green",
+        "--steps",
+        "20,100",
+        "--interval",
+        "3s",
+        "--gate",
+        "true",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while lab.status().unwrap()["vips"][0]["split"]["percent"] != 20.0 {
         assert!(Instant::now() < deadline, "the canary's first step never applied");

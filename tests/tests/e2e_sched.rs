@@ -4,7 +4,6 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -171,22 +170,16 @@ fn deployments_under_load(scheduler: &str) {
         "{scheduler}: split 30%: green got {green:.1}%"
     );
     lab.veer_ok(&["rollback", "web"]);
-    let mut canary = std::process::Command::new(veer_bin().unwrap())
-        .args(["--socket", lab.socket().to_str().unwrap()])
-        .args([
-            "canary",
-            "web",
-            "green",
-            "--steps",
-            "25,100",
-            "--interval",
-            "400ms",
-            "--wait",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut canary = lab.spawn_veer(&[
+        "canary",
+        "web",
+        "green",
+        "--steps",
+        "25,100",
+        "--interval",
+        "400ms",
+        "--wait",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = canary.try_wait().unwrap() {

@@ -547,6 +547,19 @@ impl Lab {
         ))
     }
 
+    /// `veer ARGS` against this lab's agent in its own process, stdout and stderr piped (as
+    /// in a CI job: stdout is no terminal).
+    pub fn spawn_veer(&self, args: &[&str]) -> Child {
+        Command::new(veer_bin().expect("the veer binary"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn veer")
+    }
+
     /// Runs the `veer` CLI and asserts exit 0 (with the agent's log on failure); returns stdout.
     pub fn veer_ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.veer(args).expect("run veer");
