@@ -14,7 +14,8 @@ use crate::util::{is_root, output, run as run_cmd};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Tools the lab, the end-to-end tests and the metrics test call (procps: sysctl; bpftool
-/// and curl: inspecting a running agent by hand; prometheus: the scrape test).
+/// and curl: inspecting a running agent by hand; prometheus: the scrape test; tmux: the
+/// live-view test, which drives `veer top` in a terminal).
 const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "procps", "bpftool", "curl", "prometheus", "tmux"];
 
 #[derive(clap::Args, Default)]
